@@ -1,0 +1,1 @@
+//! Raw PJRT C API bindings.
