@@ -26,6 +26,18 @@ pub const HEADER_API_VERSION: (i32, i32) = (PJRT_API_MAJOR as i32, PJRT_API_MINO
 /// Absolute path of the header the bindings were generated from (for diagnostics).
 pub const HEADER_PATH: &str = env!("PJRT_SYS_HEADER_PATH");
 
+/// A PJRT struct with a `struct_size` field and a matching `<Name>_STRUCT_SIZE` constant.
+///
+/// Implemented (by `build.rs`) for every such struct in the header.
+pub trait PjrtArgs: Default {
+    /// The header's `<Name>_STRUCT_SIZE`: offset of the last field plus its size.
+    const STRUCT_SIZE: usize;
+    /// All-zero struct (null pointers, zero counts) with `struct_size` set.
+    fn new() -> Self;
+}
+
+include!(concat!(env!("OUT_DIR"), "/pjrt_args_impls.rs"));
+
 /// Signature of the `GetPjrtApi` symbol every PJRT plugin exports.
 pub type GetPjrtApiFn = unsafe extern "C" fn() -> *const PJRT_Api;
 
@@ -47,6 +59,13 @@ mod tests {
         // The 0.54 header's 72-byte args are what the plugin rejects; 0.81 has 88.
         assert_eq!(PJRT_Client_Create_Args_STRUCT_SIZE as usize, 88);
         assert_eq!(PJRT_Buffer_Type_F32, 11);
+        let args = PJRT_Client_Create_Args::new();
+        assert_eq!(args.struct_size, 88);
+        assert!(args.client.is_null());
+        assert_eq!(
+            <PJRT_Api as PjrtArgs>::STRUCT_SIZE,
+            PJRT_Api_STRUCT_SIZE as usize
+        );
         assert_eq!(PJRT_Buffer_Type_BF16, 13);
     }
 }
