@@ -1,1 +1,3 @@
 //! PJRT runtime.
+
+pub mod pjrt;

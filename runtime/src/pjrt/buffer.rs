@@ -1,0 +1,186 @@
+//! `PJRT_Buffer`: an array on a device.
+
+use std::mem::{size_of, MaybeUninit};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use pjrt_sys::{self as sys, PjrtArgs};
+
+use super::api::Api;
+use super::client::{element_count, invalid, ClientInner};
+use super::element::{Element, ElementType};
+use super::error::{PjrtError, Result};
+use super::event::wait_raw;
+
+/// A device buffer. Destroyed on drop; keeps its client alive.
+pub struct Buffer {
+    client: Arc<ClientInner>,
+    raw: NonNull<sys::PJRT_Buffer>,
+    dims: Vec<i64>,
+    element_type: ElementType,
+}
+
+// SAFETY: PJRT buffers may be used from any thread; the plugin synchronizes access to the
+// device memory behind them. The Rust-side fields are immutable.
+unsafe impl Send for Buffer {}
+// SAFETY: as above; every `&self` method only reads or asks the plugin to read.
+unsafe impl Sync for Buffer {}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("element_type", &self.element_type)
+            .field("dims", &self.dims)
+            .finish()
+    }
+}
+
+impl Buffer {
+    /// Takes ownership of `raw` (destroyed on drop, even if this returns an error) and caches
+    /// its shape and element type.
+    pub(crate) fn from_raw(
+        client: Arc<ClientInner>,
+        raw: NonNull<sys::PJRT_Buffer>,
+    ) -> Result<Buffer> {
+        let mut buffer = Buffer {
+            client,
+            raw,
+            dims: Vec::new(),
+            element_type: ElementType::Other(0),
+        };
+        let api = &*buffer.client.api;
+
+        let mut ty = sys::PJRT_Buffer_ElementType_Args::new();
+        ty.buffer = raw.as_ptr();
+        // SAFETY: `raw` is a live buffer; out fields only.
+        unsafe { pjrt_call!(api, PJRT_Buffer_ElementType, &mut ty) }?;
+
+        let mut dims = sys::PJRT_Buffer_Dimensions_Args::new();
+        dims.buffer = raw.as_ptr();
+        // SAFETY: `raw` is a live buffer; out fields only.
+        unsafe { pjrt_call!(api, PJRT_Buffer_Dimensions, &mut dims) }?;
+        let dims = if dims.num_dims == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: the plugin returned `num_dims` sizes that live as long as the buffer.
+            unsafe { std::slice::from_raw_parts(dims.dims, dims.num_dims) }.to_vec()
+        };
+
+        buffer.element_type = ElementType::from_raw(ty.type_);
+        buffer.dims = dims;
+        Ok(buffer)
+    }
+
+    pub(crate) fn client_inner(&self) -> &Arc<ClientInner> {
+        &self.client
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::PJRT_Buffer {
+        self.raw.as_ptr()
+    }
+
+    fn api(&self) -> &Api {
+        &self.client.api
+    }
+
+    /// Shape (row-major dimension sizes).
+    pub fn dims(&self) -> &[i64] {
+        &self.dims
+    }
+
+    /// Number of elements (product of [`Buffer::dims`]).
+    pub fn element_count(&self) -> usize {
+        // Dimensions came from the plugin, so they are non-negative and fit.
+        element_count(&self.dims).unwrap_or(0)
+    }
+
+    pub fn element_type(&self) -> ElementType {
+        self.element_type
+    }
+
+    /// Bytes the buffer occupies on its device (may include padding).
+    pub fn on_device_size_in_bytes(&self) -> Result<usize> {
+        let mut args = sys::PJRT_Buffer_OnDeviceSizeInBytes_Args::new();
+        args.buffer = self.raw();
+        // SAFETY: live buffer; out fields only.
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_OnDeviceSizeInBytes, &mut args) }?;
+        Ok(args.on_device_size_in_bytes)
+    }
+
+    /// Address of the buffer's device memory (`PJRT_Buffer_UnsafePointer`). Only for
+    /// identity checks such as "did donation alias this output onto its input"; on CPU it is
+    /// a host address, but nothing here makes dereferencing it sound.
+    pub fn device_address(&self) -> Result<usize> {
+        let mut args = sys::PJRT_Buffer_UnsafePointer_Args::new();
+        args.buffer = self.raw();
+        // SAFETY: live buffer; out fields only.
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_UnsafePointer, &mut args) }?;
+        Ok(args.buffer_pointer)
+    }
+
+    /// Blocks until the buffer's contents are computed / transferred.
+    pub fn block_until_ready(&self) -> Result<()> {
+        let mut args = sys::PJRT_Buffer_ReadyEvent_Args::new();
+        args.buffer = self.raw();
+        // SAFETY: live buffer; the returned event is owned by us (wrapped right below).
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_ReadyEvent, &mut args) }?;
+        wait_raw(self.api(), args.event, "PJRT_Buffer_ReadyEvent")
+    }
+
+    /// Copies the buffer to a new host vector. `T` must match [`Buffer::element_type`].
+    pub fn to_host<T: Element>(&self) -> Result<Vec<T>> {
+        let n = self.element_count();
+        let mut out: Vec<T> = Vec::with_capacity(n);
+        self.copy_into(&mut out.spare_capacity_mut()[..n])?;
+        // SAFETY: `copy_into` succeeded, so the plugin wrote all `n` elements, and every bit
+        // pattern is a valid `T` (guaranteed by the sealed `Element` trait).
+        unsafe { out.set_len(n) };
+        Ok(out)
+    }
+
+    /// Copies the buffer into `dst`, whose length must be the element count.
+    pub fn copy_to_host<T: Element>(&self, dst: &mut [T]) -> Result<()> {
+        // SAFETY: `MaybeUninit<T>` has the layout of `T`, and `copy_into` only writes
+        // initialized `T` values (never uninit bytes) into the slice.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<T>]) };
+        self.copy_into(dst)
+    }
+
+    fn copy_into<T: Element>(&self, dst: &mut [MaybeUninit<T>]) -> Result<()> {
+        if T::TYPE != self.element_type {
+            return Err(PjrtError::TypeMismatch {
+                expected: T::TYPE,
+                actual: self.element_type,
+            });
+        }
+        let n = self.element_count();
+        if dst.len() != n {
+            return Err(invalid(format!(
+                "copy_to_host: destination holds {} elements, buffer {:?} has {n}",
+                dst.len(),
+                self.dims
+            )));
+        }
+        let mut args = sys::PJRT_Buffer_ToHostBuffer_Args::new();
+        args.src = self.raw();
+        args.dst = dst.as_mut_ptr().cast();
+        args.dst_size = size_of::<T>() * n;
+        // SAFETY: `dst` is valid for `dst_size` bytes and stays borrowed until the copy's
+        // event has been awaited below (or the call failed and wrote nothing).
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_ToHostBuffer, &mut args) }?;
+        wait_raw(self.api(), args.event, "PJRT_Buffer_ToHostBuffer")
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut args = sys::PJRT_Buffer_Destroy_Args::new();
+        args.buffer = self.raw();
+        if let Ok(f) = pjrt_fn!(self.client.api, PJRT_Buffer_Destroy) {
+            // SAFETY: we own the buffer and destroy it exactly once. Pending work that reads
+            // it is kept alive by the plugin's own reference counting.
+            let err = unsafe { f(&mut args) };
+            let _ = self.client.api.check("PJRT_Buffer_Destroy", err);
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `PJRT_LoadedExecutable`: a compiled program, executed on device 0.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use pjrt_sys::{self as sys, PjrtArgs};
+
+use super::buffer::Buffer;
+use super::client::{invalid, ClientInner};
+use super::error::Result;
+use super::event::Event;
+
+/// One argument of [`Executable::execute`].
+#[derive(Debug)]
+pub enum Arg<'a> {
+    /// Read-only input: stays valid and unchanged after the call. Listed in
+    /// `non_donatable_input_indices`, so the plugin copies it if the program aliases it.
+    Borrowed(&'a Buffer),
+    /// Input handed over to the program: a parameter marked
+    /// `tf.aliasing_output = N : i32` may reuse its memory for output `N` (in-place update).
+    /// The buffer is consumed either way.
+    Donated(Buffer),
+}
+
+impl<'a> From<&'a Buffer> for Arg<'a> {
+    fn from(b: &'a Buffer) -> Self {
+        Arg::Borrowed(b)
+    }
+}
+
+impl From<Buffer> for Arg<'_> {
+    fn from(b: Buffer) -> Self {
+        Arg::Donated(b)
+    }
+}
+
+impl Arg<'_> {
+    fn buffer(&self) -> &Buffer {
+        match self {
+            Arg::Borrowed(b) => b,
+            Arg::Donated(b) => b,
+        }
+    }
+}
+
+/// A compiled, loaded program. Destroyed on drop; keeps its client alive.
+pub struct Executable {
+    client: Arc<ClientInner>,
+    raw: NonNull<sys::PJRT_LoadedExecutable>,
+    num_outputs: usize,
+}
+
+// SAFETY: PJRT loaded executables may be executed concurrently from several threads; the
+// Rust-side fields are immutable.
+unsafe impl Send for Executable {}
+// SAFETY: as above.
+unsafe impl Sync for Executable {}
+
+impl std::fmt::Debug for Executable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executable")
+            .field("num_outputs", &self.num_outputs)
+            .finish()
+    }
+}
+
+impl Executable {
+    /// Takes ownership of `raw` (destroyed on drop, even on error) and reads its output count.
+    pub(crate) fn from_raw(
+        client: Arc<ClientInner>,
+        raw: NonNull<sys::PJRT_LoadedExecutable>,
+    ) -> Result<Self> {
+        let mut exe = Executable {
+            client,
+            raw,
+            num_outputs: 0,
+        };
+        let api = &*exe.client.api;
+
+        let mut get = sys::PJRT_LoadedExecutable_GetExecutable_Args::new();
+        get.loaded_executable = raw.as_ptr();
+        // SAFETY: live loaded executable; the returned `PJRT_Executable` is ours to destroy.
+        unsafe { pjrt_call!(api, PJRT_LoadedExecutable_GetExecutable, &mut get) }?;
+        let mut num = sys::PJRT_Executable_NumOutputs_Args::new();
+        num.executable = get.executable;
+        // SAFETY: `get.executable` is live until destroyed below.
+        let counted = unsafe { pjrt_call!(api, PJRT_Executable_NumOutputs, &mut num) };
+        let mut destroy = sys::PJRT_Executable_Destroy_Args::new();
+        destroy.executable = get.executable;
+        // SAFETY: we own `get.executable` and free it exactly once, after its last use.
+        let destroyed = unsafe { pjrt_call!(api, PJRT_Executable_Destroy, &mut destroy) };
+        counted?;
+        destroyed?;
+        exe.num_outputs = num.num_outputs;
+        Ok(exe)
+    }
+
+    /// Number of outputs the program returns (tuple elements flattened).
+    pub fn num_outputs(&self) -> usize {
+        self.num_outputs
+    }
+
+    /// Runs the program on device 0 and waits for it to finish.
+    ///
+    /// [`Arg::Borrowed`] inputs remain usable afterwards; [`Arg::Donated`] inputs are
+    /// destroyed after the run (their memory may now back an aliased output). On error,
+    /// donated inputs are destroyed too.
+    pub fn execute(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
+        let api = &*self.client.api;
+        let inputs: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|a| a.buffer().raw()).collect();
+        let non_donatable: Vec<i64> = args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Arg::Borrowed(_)))
+            .map(|(i, _)| i as i64)
+            .collect();
+        for arg in &args {
+            if !Arc::ptr_eq(arg.buffer().client_inner(), &self.client) {
+                return Err(invalid(
+                    "execute: argument buffer belongs to a different client".into(),
+                ));
+            }
+        }
+
+        let mut options = sys::PJRT_ExecuteOptions::new();
+        options.non_donatable_input_indices = non_donatable.as_ptr();
+        options.num_non_donatable_input_indices = non_donatable.len();
+
+        let argument_lists: [*const *mut sys::PJRT_Buffer; 1] = [inputs.as_ptr()];
+        let mut outputs: Vec<*mut sys::PJRT_Buffer> = vec![std::ptr::null_mut(); self.num_outputs];
+        let output_lists: [*mut *mut sys::PJRT_Buffer; 1] = [outputs.as_mut_ptr()];
+        let mut complete: [*mut sys::PJRT_Event; 1] = [std::ptr::null_mut()];
+
+        let mut exec = sys::PJRT_LoadedExecutable_Execute_Args::new();
+        exec.executable = self.raw.as_ptr();
+        exec.options = &mut options;
+        exec.argument_lists = argument_lists.as_ptr();
+        exec.num_devices = 1;
+        exec.num_args = inputs.len();
+        exec.output_lists = output_lists.as_ptr();
+        exec.device_complete_events = complete.as_mut_ptr();
+        // SAFETY: all arrays above outlive the call; `inputs` are live buffers of this client
+        // (kept alive by `args` until after completion); `outputs` has `num_outputs` slots for
+        // the single device; `complete` has one slot.
+        unsafe { pjrt_call!(api, PJRT_LoadedExecutable_Execute, &mut exec) }?;
+
+        // Own everything the call returned before anything else can fail.
+        let done = Event::from_raw(api, complete[0]);
+        let mut results = Vec::with_capacity(outputs.len());
+        let mut first_err = None;
+        for raw in outputs {
+            match NonNull::new(raw) {
+                Some(raw) => match Buffer::from_raw(self.client.clone(), raw) {
+                    Ok(b) => results.push(b),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                },
+                None => {
+                    first_err = first_err.or(Some(invalid(
+                        "execute: plugin returned a null output".into(),
+                    )))
+                }
+            }
+        }
+        // Wait even if collecting outputs failed: inputs must not be freed while running.
+        let waited = done.map_or(Ok(()), |d| d.wait("PJRT_LoadedExecutable_Execute"));
+        drop(args);
+        waited?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
+    /// [`Executable::execute`] with every argument borrowed.
+    pub fn execute_borrowed(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+        self.execute(args.iter().map(|b| Arg::Borrowed(b)).collect())
+    }
+}
+
+impl Drop for Executable {
+    fn drop(&mut self) {
+        let mut args = sys::PJRT_LoadedExecutable_Destroy_Args::new();
+        args.executable = self.raw.as_ptr();
+        if let Ok(f) = pjrt_fn!(self.client.api, PJRT_LoadedExecutable_Destroy) {
+            // SAFETY: we own the executable and destroy it exactly once; `execute` waits for
+            // completion, so no run of ours is in flight.
+            let err = unsafe { f(&mut args) };
+            let _ = self.client.api.check("PJRT_LoadedExecutable_Destroy", err);
+        }
+    }
+}
