@@ -1,1 +1,13 @@
-//! Reference implementations.
+//! Reference implementations and random input generators for checking generated kernels.
+//!
+//! - [`rpa`]: ragged paged attention in f64, written from the semantics alone;
+//! - [`batch`]: random ragged batches (decode rows, prefill chunks, shuffled pages, padding);
+//! - [`compare`]: error metrics against the reference.
+
+pub mod batch;
+pub mod compare;
+pub mod rpa;
+
+pub use batch::{BatchSpec, RaggedBatch};
+pub use compare::ErrorStats;
+pub use rpa::{reference, valid_rows, RpaProblem};
