@@ -1,0 +1,38 @@
+//! The template set, embedded in the binary so `kernelgen` runs from any directory.
+
+use super::EmitError;
+use std::error::Error as _;
+
+/// (name, source) of every template; names match the files in `templates/`.
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "macros.tera",
+        include_str!("../../../templates/macros.tera"),
+    ),
+    (
+        "rpa.stablehlo.mlir.tera",
+        include_str!("../../../templates/rpa.stablehlo.mlir.tera"),
+    ),
+];
+
+/// Renders template `name` with `context`.
+pub fn render(name: &str, context: &tera::Context) -> Result<String, EmitError> {
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(vec![]);
+    tera.add_raw_templates(TEMPLATES.iter().copied())
+        .map_err(|e| EmitError::Template(chain(&e)))?;
+    tera.render(name, context)
+        .map_err(|e| EmitError::Template(chain(&e)))
+}
+
+/// tera puts the useful part (which variable, which line) in the error's sources.
+fn chain(e: &tera::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
