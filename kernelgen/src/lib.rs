@@ -1,12 +1,19 @@
 //! kernelgen: ragged paged attention kernels for XLA devices, generated from one typed config.
 //!
 //! - [`config`]: the validated [`config::KernelConfig`], presets, Hugging Face config reader;
-//! - [`emit`]: StableHLO (and Pallas TPU) emission from the templates in `templates/`;
+//! - [`emit`]: StableHLO emission from the templates in `templates/`, checked by melior;
 //! - [`artifact`]: the artifact directory (`manifest.json` + emitted files);
-//! - [`numerics`]: runs an artifact through PJRT against the f64 reference.
+//! - [`builder`]: config -> artifact (`kernelgen build`);
+//! - [`numerics`]: runs a kernel through PJRT against the f64 reference (`kernelgen verify`).
 
+pub mod artifact;
+pub mod builder;
 pub mod config;
+pub mod emit;
+mod error;
+pub mod numerics;
+
+pub use error::Error;
 
 /// kernelgen's version, written into every manifest and emitted file header.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub mod emit;

@@ -1,0 +1,118 @@
+//! Flags that describe a kernel config, shared by the subcommands that take one.
+
+use clap::Args;
+use kernelgen::config::{
+    defaults, geometry_from_hf_config, ConfigError, Dtype, Geometry, KernelConfig, KernelParams,
+    Preset,
+};
+use std::path::PathBuf;
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    Dtype::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct KernelArgs {
+    /// q_block: query tokens per block
+    #[arg(long = "q", value_name = "Q_BLOCK")]
+    pub q_block: u32,
+    /// kv_pages_block: KV pages per block
+    #[arg(long = "kv", value_name = "KV_PAGES_BLOCK")]
+    pub kv_pages_block: u32,
+    /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b]
+    #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]
+    pub preset: Option<String>,
+    /// Take heads, KV heads, head_dim, sliding window and soft cap from a Hugging Face config.json
+    #[arg(long, value_name = "PATH", help_heading = "Geometry")]
+    pub hf_config: Option<PathBuf>,
+    /// Override the number of query heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_q_heads: Option<u32>,
+    /// Override the number of KV heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_kv_heads: Option<u32>,
+    /// Override head_dim
+    #[arg(long, help_heading = "Geometry")]
+    pub head_dim: Option<u32>,
+    /// Tokens per KV page
+    #[arg(long, default_value_t = defaults::PAGE_SIZE, help_heading = "Call shapes")]
+    pub page_size: u32,
+    /// Element type of q, kv_pages and the output: bf16 or f32 (accumulation is always f32)
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype, help_heading = "Call shapes")]
+    pub dtype: Dtype,
+    /// Rows of q: all sequences' new tokens per call, padded
+    #[arg(long = "max-tokens", default_value_t = defaults::MAX_NUM_TOKENS, help_heading = "Call shapes")]
+    pub max_num_tokens: u32,
+    /// Sequences per call (rows of kv_lens and page_indices)
+    #[arg(long = "max-seqs", default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Call shapes")]
+    pub max_num_seqs: u32,
+    /// Longest sequence; sets pages_per_seq = ceil(max_model_len / page_size)
+    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, conflicts_with = "pages_per_seq", help_heading = "Call shapes")]
+    pub max_model_len: u32,
+    /// Columns of page_indices (instead of --max-model-len)
+    #[arg(long, help_heading = "Call shapes")]
+    pub pages_per_seq: Option<u32>,
+    /// Pages in the KV pool [default: max_seqs * pages_per_seq]
+    #[arg(long, help_heading = "Call shapes")]
+    pub total_pages: Option<u32>,
+    /// Logit scale [default: 1/sqrt(head_dim)]
+    #[arg(long, help_heading = "Attention")]
+    pub sm_scale: Option<f32>,
+    /// Keys further back than this many positions are masked
+    #[arg(long, help_heading = "Attention")]
+    pub sliding_window: Option<u32>,
+    /// Logit soft cap: cap * tanh(logit / cap), applied before the mask
+    #[arg(long, help_heading = "Attention")]
+    pub soft_cap: Option<f32>,
+}
+
+impl KernelArgs {
+    /// Resolves geometry (preset or config.json, then overrides) and validates everything.
+    pub fn to_config(&self) -> Result<KernelConfig, ConfigError> {
+        let (mut geometry, window, cap) = match &self.hf_config {
+            Some(path) => {
+                let a = geometry_from_hf_config(path)?;
+                (a.geometry, a.sliding_window, a.soft_cap)
+            }
+            None => {
+                let name = self.preset.as_deref().unwrap_or("llama3-8b");
+                (Preset::find(name)?.geometry, None, None)
+            }
+        };
+        let Geometry {
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+        } = &mut geometry;
+        *num_q_heads = self.num_q_heads.unwrap_or(*num_q_heads);
+        *num_kv_heads = self.num_kv_heads.unwrap_or(*num_kv_heads);
+        *head_dim = self.head_dim.unwrap_or(*head_dim);
+        if self.page_size == 0 {
+            return Err(ConfigError::field("page_size", 0, "must be in 1..=4096"));
+        }
+        let pages_per_seq = match self.pages_per_seq {
+            Some(n) => n,
+            None if self.max_model_len == 0 => {
+                return Err(ConfigError::field("max_model_len", 0, "must be >= 1"))
+            }
+            None => self.max_model_len.div_ceil(self.page_size),
+        };
+        let params = KernelParams {
+            geometry,
+            dtype: self.dtype,
+            page_size: self.page_size,
+            q_block: self.q_block,
+            kv_pages_block: self.kv_pages_block,
+            max_num_tokens: self.max_num_tokens,
+            max_num_seqs: self.max_num_seqs,
+            pages_per_seq,
+            total_pages: self
+                .total_pages
+                .unwrap_or(self.max_num_seqs.saturating_mul(pages_per_seq)),
+            sm_scale: self.sm_scale,
+            sliding_window: self.sliding_window.or(window),
+            soft_cap: self.soft_cap.or(cap),
+        };
+        KernelConfig::new(params)
+    }
+}

@@ -1,0 +1,14 @@
+//! The library's error type: one variant per stage, each carrying that stage's own enum.
+
+/// Any kernelgen library failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Emit(#[from] crate::emit::EmitError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+    #[error("PJRT: {0}")]
+    Pjrt(#[from] runtime::pjrt::PjrtError),
+}

@@ -1,0 +1,161 @@
+//! Runs a ragged paged attention kernel through PJRT and compares it with the f64 reference.
+//!
+//! `kernelgen verify` and the proptest suite both go through [`KernelRunner`], so what the CLI
+//! reports is what the tests assert.
+
+use crate::config::{Dtype, KernelConfig};
+use half::bf16;
+use runtime::pjrt::{Buffer, Client, CompileOptions, Executable, PjrtError};
+use std::time::{Duration, Instant};
+use verify::{BatchSpec, ErrorStats, RaggedBatch};
+
+/// Tolerance on the normwise relative error (max abs err / max |reference|).
+///
+/// f32 inputs: the kernel accumulates in f32, so errors are a few ulps of f32 times the reduction
+/// depth. bf16 inputs: the reference is computed on the same bf16-rounded inputs, so the budget
+/// covers the kernel's bf16 output rounding (2^-9 relative) plus f32 accumulation.
+pub fn tolerance(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::F32 => 1e-5,
+        Dtype::Bf16 => 2e-2,
+    }
+}
+
+/// A compiled kernel and the client it runs on.
+pub struct KernelRunner {
+    client: Client,
+    exe: Executable,
+    cfg: KernelConfig,
+    pub compile_time: Duration,
+}
+
+/// One batch's outcome.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BatchOutcome {
+    pub seed: u64,
+    /// (q_len, kv_len) per sequence.
+    pub seqs: Vec<(usize, usize)>,
+    pub stats: ErrorStats,
+    /// Padding rows (past cu_q_lens[num_seqs]) were all finite.
+    pub padding_finite: bool,
+    /// A second run of the same inputs gave bit-identical output, padding included.
+    pub deterministic: bool,
+    pub run_time_ms: f64,
+}
+
+impl BatchOutcome {
+    pub fn passed(&self, tol: f64) -> bool {
+        self.stats.within(tol) && self.padding_finite && self.deterministic
+    }
+}
+
+fn upload_values(
+    client: &Client,
+    dtype: Dtype,
+    data: &[f32],
+    dims: &[i64],
+) -> Result<Buffer, PjrtError> {
+    match dtype {
+        Dtype::F32 => client.buffer_from_host(data, dims),
+        Dtype::Bf16 => {
+            let v: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+            client.buffer_from_host(&v, dims)
+        }
+    }
+}
+
+impl KernelRunner {
+    /// Compiles `mlir` (the artifact's StableHLO) for `cfg` on `client`.
+    pub fn compile(
+        client: Client,
+        cfg: &KernelConfig,
+        mlir: &str,
+    ) -> Result<KernelRunner, PjrtError> {
+        let start = Instant::now();
+        let exe = client.compile(mlir, &CompileOptions::new())?;
+        Ok(KernelRunner {
+            client,
+            exe,
+            cfg: cfg.clone(),
+            compile_time: start.elapsed(),
+        })
+    }
+
+    /// Runs the kernel on `batch`; returns the output as f32 (bf16 outputs widened exactly).
+    pub fn run(&self, batch: &RaggedBatch) -> Result<Vec<f32>, PjrtError> {
+        let c = &self.cfg;
+        let g = c.geometry();
+        let (t, s) = (c.max_num_tokens() as i64, c.max_num_seqs() as i64);
+        let q = upload_values(
+            &self.client,
+            c.dtype(),
+            &batch.q,
+            &[t, g.num_q_heads as i64, g.head_dim as i64],
+        )?;
+        let kv_dims = [
+            c.total_pages() as i64,
+            c.page_size() as i64,
+            2 * g.num_kv_heads as i64,
+            g.head_dim as i64,
+        ];
+        let kv = upload_values(&self.client, c.dtype(), &batch.kv_pages, &kv_dims)?;
+        let kv_lens = self.client.buffer_from_host(&batch.kv_lens, &[s])?;
+        let pages = self
+            .client
+            .buffer_from_host(&batch.page_indices, &[s, c.pages_per_seq() as i64])?;
+        let cu = self.client.buffer_from_host(&batch.cu_q_lens, &[s + 1])?;
+        let n = self.client.buffer_from_host(&[batch.num_seqs], &[1])?;
+        let out = self
+            .exe
+            .execute_borrowed(&[&q, &kv, &kv_lens, &pages, &cu, &n])?;
+        let out = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| PjrtError::InvalidArgument("the kernel returned no output".into()))?;
+        match c.dtype() {
+            Dtype::F32 => out.to_host::<f32>(),
+            Dtype::Bf16 => Ok(out.to_host::<bf16>()?.into_iter().map(f32::from).collect()),
+        }
+    }
+
+    /// Draws the batch for `seed`, runs it twice, compares with the reference.
+    pub fn check_batch(&self, spec: &BatchSpec, seed: u64) -> Result<BatchOutcome, PjrtError> {
+        let problem = self.cfg.problem();
+        let batch = RaggedBatch::generate(&problem, spec, seed, self.cfg.dtype() == Dtype::Bf16);
+        let start = Instant::now();
+        let out = self.run(&batch)?;
+        let run_time_ms = start.elapsed().as_secs_f64() * 1e3;
+        let again = self.run(&batch)?;
+        let expected = verify::reference(&problem, &batch);
+        let row = problem.num_q_heads * problem.head_dim;
+        let valid = verify::valid_rows(&batch) * row;
+        Ok(BatchOutcome {
+            seed,
+            seqs: batch.seq_lens(),
+            stats: ErrorStats::measure(&out, &expected, valid),
+            padding_finite: out[valid..].iter().all(|x| x.is_finite()),
+            deterministic: out
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            run_time_ms,
+        })
+    }
+
+    pub fn config(&self) -> &KernelConfig {
+        &self.cfg
+    }
+}
+
+/// The batch mixes `verify` cycles through: mixed, decode only, and a single whole prompt.
+pub fn batch_specs(cfg: &KernelConfig) -> Vec<BatchSpec> {
+    vec![
+        BatchSpec::default(),
+        BatchSpec::decode_only(cfg.max_num_seqs() as usize),
+        BatchSpec {
+            num_seqs: Some(1),
+            decode_fraction: 0.0,
+            full_prefill_fraction: 1.0,
+        },
+    ]
+}
