@@ -14,10 +14,14 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 #[derive(Args, Clone, Debug)]
 pub struct KernelArgs {
     /// q_block: query tokens per block
-    #[arg(long = "q", value_name = "Q_BLOCK")]
+    #[arg(long = "q", value_name = "Q_BLOCK", allow_negative_numbers = true)]
     pub q_block: u32,
     /// kv_pages_block: KV pages per block
-    #[arg(long = "kv", value_name = "KV_PAGES_BLOCK")]
+    #[arg(
+        long = "kv",
+        value_name = "KV_PAGES_BLOCK",
+        allow_negative_numbers = true
+    )]
     pub kv_pages_block: u32,
     /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b]
     #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]

@@ -194,9 +194,9 @@ impl KernelConfig {
         let g = p.geometry;
         in_range("num_q_heads", g.num_q_heads, 1, 1024)?;
         in_range("num_kv_heads", g.num_kv_heads, 1, g.num_q_heads)?;
-        if g.num_q_heads % g.num_kv_heads != 0 {
+        if !g.num_q_heads.is_multiple_of(g.num_kv_heads) {
             let divisors: Vec<String> = (1..=g.num_q_heads)
-                .filter(|d| g.num_q_heads % d == 0)
+                .filter(|d| g.num_q_heads.is_multiple_of(*d))
                 .map(|d| d.to_string())
                 .collect();
             return Err(ConfigError::field(

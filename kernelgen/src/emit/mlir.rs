@@ -56,7 +56,7 @@ pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, EmitErr
     }
 }
 
-fn types<'a>(
+fn types(
     values: impl Iterator<Item = String>,
     op: &str,
     location: &str,

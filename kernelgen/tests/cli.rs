@@ -1,0 +1,227 @@
+//! The `kernelgen` binary: invalid input is refused with one line naming the field, before any
+//! file is written; a built artifact verifies; a tampered one is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kernelgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
+        .args(args)
+        .output()
+        .expect("run kernelgen")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kg-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Asserts exit 1, a single stderr line containing every `needle`, and no output directory.
+fn assert_rejected(args: &[&str], out: &Path, needles: &[&str]) {
+    let o = kernelgen(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert_usage_error(args, out, needles);
+}
+
+/// Asserts exit 1, stderr containing every `needle`, and no output directory (flag parsing
+/// errors add clap's usage lines after the first).
+fn assert_usage_error(args: &[&str], out: &Path, needles: &[&str]) {
+    let o = kernelgen(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: '{n}' missing from: {err}");
+    }
+    assert!(
+        !out.exists(),
+        "{args:?}: wrote {} although the config is invalid",
+        out.display()
+    );
+}
+
+#[test]
+fn invalid_configs_exit_1_naming_the_field_before_any_output() {
+    let out = tmp("invalid");
+    let o = out.to_str().unwrap();
+    assert_rejected(
+        &["build", "--q", "0", "--kv", "4", "--out", o],
+        &out,
+        &["q_block = 0", "1..=256"],
+    );
+    assert_rejected(
+        &["build", "--q", "8", "--kv", "17", "--out", o],
+        &out,
+        &["kv_pages_block = 17", "1..=16", "pages_per_seq"],
+    );
+    assert_rejected(
+        &[
+            "build",
+            "--q",
+            "8",
+            "--kv",
+            "4",
+            "--num-kv-heads",
+            "3",
+            "--out",
+            o,
+        ],
+        &out,
+        &["num_kv_heads = 3", "multiple", "1, 2, 4, 8, 16, 32"],
+    );
+    assert_rejected(
+        &[
+            "build",
+            "--q",
+            "8",
+            "--kv",
+            "4",
+            "--head-dim",
+            "0",
+            "--out",
+            o,
+        ],
+        &out,
+        &["head_dim = 0"],
+    );
+    assert_rejected(
+        &[
+            "build", "--q", "8", "--kv", "4", "--preset", "llama9", "--out", o,
+        ],
+        &out,
+        &["unknown preset 'llama9'", "smollm2-135m"],
+    );
+    assert_rejected(
+        &[
+            "build",
+            "--q",
+            "8",
+            "--kv",
+            "4",
+            "--hf-config",
+            "/nonexistent/config.json",
+            "--out",
+            o,
+        ],
+        &out,
+        &["/nonexistent/config.json"],
+    );
+    let bad_hf = tmp("hf");
+    std::fs::create_dir_all(&bad_hf).unwrap();
+    let cfg = bad_hf.join("config.json");
+    std::fs::write(&cfg, r#"{"hidden_size": 100, "num_attention_heads": 3}"#).unwrap();
+    assert_rejected(
+        &[
+            "build",
+            "--q",
+            "8",
+            "--kv",
+            "4",
+            "--hf-config",
+            cfg.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        &out,
+        &["hidden_size 100", "num_attention_heads 3"],
+    );
+    assert_usage_error(
+        &["build", "--q", "-1", "--kv", "4", "--out", o],
+        &out,
+        &["'-1'", "--q"],
+    );
+    assert_usage_error(
+        &[
+            "build", "--q", "8", "--kv", "4", "--dtype", "fp8", "--out", o,
+        ],
+        &out,
+        &["fp8", "f32, bf16"],
+    );
+    assert_usage_error(&["build", "--kv", "4", "--out", o], &out, &["--q"]);
+}
+
+#[test]
+fn build_then_verify_then_tamper() {
+    let out = tmp("ok");
+    let o = out.to_str().unwrap();
+    let b = kernelgen(&[
+        "build",
+        "--q",
+        "8",
+        "--kv",
+        "2",
+        "--preset",
+        "smollm2-135m",
+        "--page-size",
+        "16",
+        "--dtype",
+        "f32",
+        "--max-tokens",
+        "32",
+        "--max-seqs",
+        "4",
+        "--max-model-len",
+        "128",
+        "--out",
+        o,
+    ]);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["config"]["q_block"], 8);
+    assert_eq!(
+        manifest["inputs"][1]["shape"],
+        serde_json::json!([32, 16, 6, 64])
+    );
+    let mlir = std::fs::read_to_string(out.join("rpa.stablehlo.mlir")).unwrap();
+    assert!(
+        mlir.starts_with("// Generated by kernelgen")
+            && mlir.contains("q_block=8 kv_pages_block=2")
+    );
+
+    let v = kernelgen(&["verify", o, "--batches", "3", "--json"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    assert!(report["worst_max_rel"].as_f64().unwrap() <= 1e-5);
+
+    std::fs::write(
+        out.join("rpa.stablehlo.mlir"),
+        mlir.replace("q_block=8", "q_block=9"),
+    )
+    .unwrap();
+    let t = kernelgen(&["verify", o]);
+    assert_eq!(t.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&t.stderr).contains("modified after it was built"));
+}
+
+#[test]
+fn help_teaches_and_exits_0() {
+    let h = kernelgen(&["build", "--help"]);
+    assert_eq!(h.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&h.stdout);
+    for flag in [
+        "--q",
+        "--kv",
+        "--preset",
+        "--hf-config",
+        "--page-size",
+        "--dtype",
+        "--out",
+        "--max-model-len",
+    ] {
+        assert!(text.contains(flag), "build --help lacks {flag}");
+    }
+    let top = kernelgen(&["--help"]);
+    assert!(String::from_utf8_lossy(&top.stdout).contains("Exit codes"));
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job, from a fresh machine: install what is missing, build kernelgen, emit the default
+# kernel (Llama-3-8B geometry, q_block 32, kv_pages_block 16, page_size 64, bf16) and verify it on
+# the PJRT CPU plugin against the f64 reference.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh --model
+cargo build --release -q -p kernelgen
+kg=target/release/kernelgen
+"$kg" build --q 32 --kv 16
+"$kg" verify out/rpa-q32-kv16
