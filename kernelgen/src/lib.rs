@@ -4,7 +4,9 @@
 //! - [`emit`]: StableHLO emission from the templates in `templates/`, checked by melior;
 //! - [`artifact`]: the artifact directory (`manifest.json` + emitted files);
 //! - [`builder`]: config -> artifact (`kernelgen build`);
-//! - [`numerics`]: runs a kernel through PJRT against the f64 reference (`kernelgen verify`).
+//! - [`numerics`]: runs a kernel through PJRT against the f64 reference (`kernelgen verify`);
+//! - [`target`]: TPU generations (VMEM, SMEM, default scoped limit, tiling);
+//! - [`vmem`]: the VMEM/SMEM budget checker (`kernelgen check`, `kernelgen plan`).
 
 pub mod artifact;
 pub mod builder;
@@ -12,6 +14,8 @@ pub mod config;
 pub mod emit;
 mod error;
 pub mod numerics;
+pub mod target;
+pub mod vmem;
 
 pub use error::Error;
 

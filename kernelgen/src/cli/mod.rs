@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, dispatch, exit codes.
 
 mod build;
+mod calibrate;
 mod kernel_args;
 mod verify;
 
@@ -43,6 +44,7 @@ struct Cli {
 enum Command {
     Build(build::BuildArgs),
     Verify(verify::VerifyArgs),
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -62,6 +64,7 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -156,6 +156,8 @@ impl ConfigError {
 
 /// Largest value any integer knob may take; keeps every derived size well inside i32/i64.
 const MAX_DIM: u32 = 1 << 20;
+/// Longest sequence (in tokens) a page table may describe.
+const MAX_POSITIONS: u64 = 1 << 30;
 
 fn in_range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<(), ConfigError> {
     if v < lo || v > hi {
@@ -232,19 +234,14 @@ impl KernelConfig {
                 return Err(ConfigError::field("soft_cap", c, "must be finite and > 0"));
             }
         }
-        // Sizes the emitted program indexes with i32.
-        let kv_elems = p.total_pages as u64
-            * p.page_size as u64
-            * 2
-            * g.num_kv_heads as u64
-            * g.head_dim as u64;
-        if kv_elems > i32::MAX as u64 {
+        // Token positions (kv_len, page * page_size + slot) are i32 in every kernel.
+        let max_len = p.pages_per_seq as u64 * p.page_size as u64;
+        if max_len > MAX_POSITIONS {
             return Err(ConfigError::field(
-                "total_pages",
-                p.total_pages,
+                "pages_per_seq",
+                p.pages_per_seq,
                 format!(
-                    "kv_pages would hold {kv_elems} elements; at most {} fit the kernel's i32 indexing",
-                    i32::MAX
+                    "pages_per_seq * page_size = {max_len} positions; at most {MAX_POSITIONS} fit the kernels' i32 positions"
                 ),
             ));
         }

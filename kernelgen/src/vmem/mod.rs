@@ -1,0 +1,326 @@
+//! VMEM (and SMEM) budget checker: an itemized, tile-padded account of every on-chip buffer a
+//! ragged paged attention kernel allocates on a TPU target, and a verdict before any compile.
+//!
+//! The VMEM formula of each kernel lives in one file: [`jax_rpa`] (JAX's Pallas TPU
+//! `ragged_paged_attention`) and [`kernelgen_rpa`] (the Pallas kernel kernelgen emits). Each
+//! buffer there carries its kernel buffer name, shape and padding rule. Register spills, which
+//! the compiler also allocates in scoped VMEM, are not a closed form: [`spill`] holds the
+//! allowance fitted to the real TPU compiler (data in `verify/data/`), with its measured error,
+//! which becomes the `uncertain` band around the limit.
+
+pub mod calibrate;
+pub mod jax_rpa;
+pub mod kernelgen_rpa;
+pub mod smem;
+pub mod spill;
+mod spill_fitted;
+
+use crate::config::{Dtype, KernelConfig};
+use crate::target::{fmt_bytes, Target};
+use serde::Serialize;
+use std::fmt;
+
+/// Which kernel's allocations to account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelModel {
+    /// `jax.experimental.pallas.ops.tpu.ragged_paged_attention` (jax 0.12).
+    JaxRpa,
+    /// The Pallas TPU kernel `kernelgen build --emit tpu` writes (`rpa.pallas.py`).
+    Kernelgen,
+}
+
+impl KernelModel {
+    pub fn parse(s: &str) -> Result<KernelModel, crate::config::ConfigError> {
+        match s {
+            "jax-rpa" => Ok(KernelModel::JaxRpa),
+            "kernelgen" => Ok(KernelModel::Kernelgen),
+            _ => Err(crate::config::ConfigError::field(
+                "kernel",
+                s,
+                "one of jax-rpa, kernelgen",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelModel::JaxRpa => "jax-rpa",
+            KernelModel::Kernelgen => "kernelgen",
+        }
+    }
+}
+
+/// One VMEM allocation, itemized.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Buffer {
+    /// Name in the kernel source (`kv_bufs`, `l_ref`, ...).
+    pub name: &'static str,
+    pub what: &'static str,
+    pub dtype: &'static str,
+    /// Logical shape of one copy, including the copy axis where the kernel has one.
+    pub shape: Vec<u64>,
+    /// Shape after Mosaic's padding (minor dim to 128 lanes, second-minor to the dtype's tile).
+    pub padded_shape: Vec<u64>,
+    /// Separate copies the compiler allocates (2 for pipelined windows).
+    pub copies: u64,
+    pub bytes: u64,
+    /// False for the fitted spill allowance.
+    pub exact: bool,
+}
+
+/// How VMEM bytes of an array are counted: padding of the last two dims, times element size.
+pub fn padded(target: &Target, dtype: Dtype, shape: &[u64]) -> (Vec<u64>, u64) {
+    let mut p = shape.to_vec();
+    let n = p.len();
+    if n >= 1 {
+        p[n - 1] = p[n - 1].div_ceil(128) * 128;
+    }
+    if n >= 2 {
+        let tile = target.sublane_tile(dtype, p[n - 2]);
+        p[n - 2] = p[n - 2].div_ceil(tile) * tile;
+    }
+    let bytes = p.iter().product::<u64>() * dtype.bytes();
+    (p, bytes)
+}
+
+/// An exactly-sized buffer of `copies` copies of `shape`.
+pub fn buffer(
+    target: &Target,
+    name: &'static str,
+    what: &'static str,
+    dtype: Dtype,
+    shape: &[u64],
+    copies: u64,
+) -> Buffer {
+    let (padded_shape, bytes) = padded(target, dtype, shape);
+    Buffer {
+        name,
+        what,
+        dtype: dtype.mlir(),
+        shape: shape.to_vec(),
+        padded_shape,
+        copies,
+        bytes: bytes * copies,
+        exact: true,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Fits,
+    DoesNotFit,
+    /// Within the spill model's measured error of the limit: ask the oracle.
+    Uncertain,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Fits => "fits",
+            Verdict::DoesNotFit => "does not fit",
+            Verdict::Uncertain => "uncertain",
+        })
+    }
+}
+
+/// Where the limit came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitSource {
+    /// The target's default scoped limit (no `vmem_limit_bytes`).
+    TargetDefault,
+    /// `--vmem-limit` / `vmem_limit_bytes`.
+    Explicit,
+}
+
+/// The checker's account of one kernel config on one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmemReport {
+    pub kernel: KernelModel,
+    pub target: &'static str,
+    pub config: String,
+    pub buffers: Vec<Buffer>,
+    /// Sum of the exact buffers (kernel scratch, windows, internal scratch).
+    pub explicit_bytes: u64,
+    /// Estimated peak scoped VMEM: explicit buffers + spill allowance.
+    pub total_bytes: u64,
+    /// The spill model's error bound around `total_bytes`.
+    pub uncertainty_bytes: u64,
+    /// The need lies in `[lower_bytes, upper_bytes]`: fits if upper <= limit, does not fit if
+    /// lower > limit, else uncertain. Lower is never below the exact buffers (spills only add);
+    /// upper is unbounded (`None`) without a spill calibration.
+    pub lower_bytes: u64,
+    pub upper_bytes: Option<u64>,
+    pub limit_bytes: u64,
+    pub limit_source: LimitSource,
+    /// `limit - total` (negative when it does not fit).
+    pub margin_bytes: i64,
+    pub vmem_verdict: Verdict,
+    pub smem: smem::SmemReport,
+    /// Overall: the worse of VMEM and SMEM.
+    pub verdict: Verdict,
+    /// Adjustments made to match what the kernel actually runs (clamps, head blocks, padding).
+    pub notes: Vec<String>,
+}
+
+/// Input to a check: the validated config (heads per device), target, model and limit.
+#[derive(Clone, Debug)]
+pub struct CheckRequest<'a> {
+    pub cfg: &'a KernelConfig,
+    pub target: Target,
+    pub kernel: KernelModel,
+    pub vmem_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VmemError {
+    #[error("{kernel} cannot run this config: {reason}")]
+    Unsupported {
+        kernel: &'static str,
+        reason: String,
+    },
+    #[error("vmem_limit = {limit} exceeds {target}'s physical VMEM ({physical}); use at most {physical}")]
+    LimitAboveCapacity {
+        limit: String,
+        target: &'static str,
+        physical: String,
+    },
+}
+
+/// What a kernel model contributes: its exact buffers and the features of its spills.
+pub struct ModelAccount {
+    pub buffers: Vec<Buffer>,
+    pub spill_kernel: spill::Kernel,
+    pub features: spill::SpillFeatures,
+    pub notes: Vec<String>,
+}
+
+impl KernelModel {
+    /// The exact buffers and spill features of this kernel for `cfg` on `t`.
+    pub fn account(self, cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError> {
+        match self {
+            KernelModel::JaxRpa => jax_rpa::account(cfg, t),
+            KernelModel::Kernelgen => kernelgen_rpa::account(cfg, t),
+        }
+    }
+}
+
+fn verdict(lower: u64, upper: Option<u64>, limit: u64) -> Verdict {
+    if upper.is_some_and(|u| u <= limit) {
+        Verdict::Fits
+    } else if lower > limit {
+        Verdict::DoesNotFit
+    } else {
+        Verdict::Uncertain
+    }
+}
+
+/// Accounts every buffer of `req.kernel` for `req.cfg` on `req.target` and gives the verdict.
+pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
+    let t = &req.target;
+    let (limit, limit_source) = match req.vmem_limit {
+        Some(l) if l > t.vmem_bytes => {
+            return Err(VmemError::LimitAboveCapacity {
+                limit: fmt_bytes(l),
+                target: t.name,
+                physical: fmt_bytes(t.vmem_bytes),
+            })
+        }
+        Some(l) => (l, LimitSource::Explicit),
+        None => (t.default_scoped_vmem_bytes, LimitSource::TargetDefault),
+    };
+    let account = req.kernel.account(req.cfg, t)?;
+    let mut notes = account.notes;
+    let mut buffers = account.buffers;
+    let explicit_bytes: u64 = buffers.iter().map(|b| b.bytes).sum();
+    let spill = spill::estimate_with(account.spill_kernel, t, &account.features, explicit_bytes);
+    if spill.model.is_none() {
+        notes.push(format!(
+            "no spill calibration for {} on {}: the verdict is uncertain unless far from the limit; use --oracle",
+            req.kernel.name(),
+            t.name
+        ));
+    }
+    buffers.push(Buffer {
+        name: "spills",
+        what: "register spills and vector temporaries (fitted to the TPU compiler)",
+        dtype: "u8",
+        shape: vec![spill.bytes],
+        padded_shape: vec![spill.bytes],
+        copies: 1,
+        bytes: spill.bytes,
+        exact: false,
+    });
+    let total_bytes = explicit_bytes + spill.bytes;
+    let uncertainty_bytes = spill.uncertainty_bytes;
+    let lower_bytes = total_bytes
+        .saturating_sub(uncertainty_bytes)
+        .max(explicit_bytes);
+    let upper_bytes = spill.model.map(|_| total_bytes + uncertainty_bytes);
+    let vmem_verdict = verdict(lower_bytes, upper_bytes, limit);
+    let smem = smem::account(req.cfg, t);
+    let overall = match (vmem_verdict, smem.verdict) {
+        (Verdict::DoesNotFit, _) | (_, Verdict::DoesNotFit) => Verdict::DoesNotFit,
+        (Verdict::Uncertain, _) | (_, Verdict::Uncertain) => Verdict::Uncertain,
+        _ => Verdict::Fits,
+    };
+    Ok(VmemReport {
+        kernel: req.kernel,
+        target: t.name,
+        config: req.cfg.to_string(),
+        buffers,
+        explicit_bytes,
+        total_bytes,
+        uncertainty_bytes,
+        lower_bytes,
+        upper_bytes,
+        limit_bytes: limit,
+        limit_source,
+        margin_bytes: limit as i64 - total_bytes as i64,
+        vmem_verdict,
+        smem,
+        verdict: overall,
+        notes,
+    })
+}
+
+/// Smallest `vmem_limit_bytes` (rounded up to 1 MiB) the model says fits, if within physical VMEM.
+pub fn limit_that_fits(report: &VmemReport, target: &Target) -> Option<u64> {
+    let need = report.upper_bytes?;
+    let mib = crate::target::MIB;
+    let l = need.div_ceil(mib) * mib;
+    (l <= target.vmem_bytes).then_some(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_matches_compiler_dumps() {
+        // shapes and sizes from the TPU compiler's allocation listing (jf dumps, libtpu 0.0.50.1)
+        let v5p = crate::target::Target::find("v5p").unwrap();
+        let v7x = crate::target::Target::find("v7x").unwrap();
+        // kv_bufs bf16[2,4,16,16,128] size 0x80000
+        assert_eq!(padded(&v5p, Dtype::Bf16, &[2, 4, 16, 16, 128]).1, 0x80000);
+        // kv_bufs bf16[2,4,16,2,128]{T(2,128)(2,1)} size 0x10000 (2 heads not padded to 8)
+        assert_eq!(padded(&v7x, Dtype::Bf16, &[2, 4, 16, 2, 128]).1, 0x10000);
+        // l/m f32[1,64,128] size 0x8000; acc f32[8,8,128] size 0x8000
+        assert_eq!(padded(&v7x, Dtype::F32, &[1, 64, 128]).1, 0x8000);
+        assert_eq!(padded(&v7x, Dtype::F32, &[8, 8, 128]).1, 0x8000);
+        // head_dim 64 pads to 128 lanes
+        assert_eq!(padded(&v5p, Dtype::F32, &[8, 8, 64]).0, vec![8, 8, 128]);
+    }
+
+    #[test]
+    fn verdict_band() {
+        assert_eq!(verdict(85, Some(95), 100), Verdict::Fits);
+        assert_eq!(verdict(92, Some(102), 100), Verdict::Uncertain);
+        assert_eq!(verdict(101, Some(111), 100), Verdict::DoesNotFit);
+        // uncalibrated: only the exact lower bound can decide
+        assert_eq!(verdict(50, None, 100), Verdict::Uncertain);
+        assert_eq!(verdict(120, None, 100), Verdict::DoesNotFit);
+    }
+}

@@ -1,0 +1,202 @@
+"""TPU compiler oracle: compiles ragged paged attention kernels with the real TPU compiler
+(libtpu's XLA:TPU + Mosaic) ahead of time on a CPU-only machine, and reports the verdict.
+
+Driven by kernelgen (verify/src/oracle.rs): one JSON request per stdin line, one JSON response per
+stdout line, so one process amortizes the jax import over many compiles.
+
+Request fields:
+  kernel            "jax-rpa" (jax.experimental.pallas.ops.tpu.ragged_paged_attention) or
+                    "kernelgen" (an emitted rpa.pallas.py, path in "module")
+  target            v4 | v5e | v5p | v6e | v7x
+  num_q_heads, num_kv_heads, head_dim, page_size, dtype ("bfloat16" | "float32"),
+  q_block, kv_pages_block, max_num_tokens, max_num_seqs, pages_per_seq, total_pages
+  vmem_limit_bytes  null for the chip default
+  min_limit         true: also bisect the smallest vmem_limit_bytes that compiles
+  export_path       optional: write the lowered StableHLO (tpu_custom_call) text there
+Response: {"verdict": "fits" | "vmem_oom" | "error", "size_bytes", "limit_bytes",
+           "message", "compile_s", "min_limit_bytes"?}
+"""
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import traceback
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import numpy as np  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from jax.sharding import SingleDeviceSharding  # noqa: E402
+
+# Compile-only topology names for one core of each generation (measured working with
+# jax 0.12.0.1 + libtpu 0.0.50.1; see shared/research/tpu-aot.md).
+TOPOLOGIES = {
+    "v4": "v4:2x2x1",
+    "v5e": "v5e=1x1",
+    "v5p": "v5p=1x1x1",
+    "v6e": "v6e=1x1",
+    "v7x": "tpu7x:2x2x1",
+}
+
+_devices = {}
+
+
+def device(target):
+    if target not in _devices:
+        topo = topologies.get_topology_desc(topology_name=TOPOLOGIES[target], platform="tpu")
+        _devices[target] = topo.devices[0]
+    return _devices[target]
+
+
+_modules = {}
+
+
+def kernel_fn(req):
+    if req["kernel"] == "jax-rpa":
+        from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
+
+        def f(*xs):
+            return ragged_paged_attention(
+                *xs,
+                sm_scale=req["head_dim"] ** -0.5,
+                num_kv_pages_per_block=req["kv_pages_block"],
+                num_queries_per_block=req["q_block"],
+                vmem_limit_bytes=req.get("vmem_limit_bytes"),
+            )
+
+        return f
+    if req["kernel"] == "kernelgen":
+        path = req["module"]
+        if path not in _modules:
+            spec = importlib.util.spec_from_file_location(f"kg_{len(_modules)}", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            _modules[path] = mod
+        mod = _modules[path]
+        return lambda *xs: mod.ragged_paged_attention(*xs, vmem_limit_bytes=req.get("vmem_limit_bytes"))
+    raise ValueError(f"unknown kernel {req['kernel']!r}")
+
+
+def abstract_args(req, dev):
+    sh = SingleDeviceSharding(dev)
+    dt = jnp.dtype(req["dtype"])
+    S = lambda shape, d: jax.ShapeDtypeStruct(shape, d, sharding=sh)  # noqa: E731
+    seqs, pps = req["max_num_seqs"], req["pages_per_seq"]
+    return (
+        S((req["max_num_tokens"], req["num_q_heads"], req["head_dim"]), dt),
+        S((req["total_pages"], req["page_size"], 2 * req["num_kv_heads"], req["head_dim"]), dt),
+        S((seqs,), jnp.int32),
+        S((seqs, pps), jnp.int32),
+        S((seqs + 1,), jnp.int32),
+        S((1,), jnp.int32),
+    )
+
+
+def lower(req):
+    dev = device(req["target"])
+    mesh = jax.sharding.Mesh(np.array([dev]), ("x",))
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return jax.jit(kernel_fn(req)).lower(*abstract_args(req, dev))
+
+
+# Scoped-limit overflow (v5e and later) and physical-capacity overflow (v4, or a limit above
+# capacity) for VMEM; capacity overflow for SMEM (scalar-prefetched arrays).
+_SCOPED = re.compile(r"Scoped allocation with size ([0-9.]+)([KMG]) and limit ([0-9.]+)([KMG])")
+_CAPACITY = re.compile(r"Used ([0-9.]+)([KMG]) of ([0-9.]+)([KMG]) (vmem|smem)")
+# A single buffer larger than physical VMEM (v4): "Allocation (size=N) would exceed memory (size=M)".
+_ALLOCATION = re.compile(r"Allocation \(size=([0-9]+)\) would exceed memory \(size=([0-9]+)\)")
+_UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def compile_once(req):
+    """Returns (verdict, size_bytes, limit_bytes, message)."""
+    try:
+        lowered = lower(req)
+    except Exception as e:  # lowering problems are kernel/config errors, not VMEM verdicts
+        return "error", None, None, f"lowering failed: {type(e).__name__}: {e}"
+    if req.get("export_path"):
+        with open(req["export_path"], "w") as fh:
+            fh.write(lowered.as_text())
+    try:
+        lowered.compile()
+        return "fits", None, req.get("vmem_limit_bytes"), ""
+    except Exception as e:
+        msg = str(e)
+        m = _ALLOCATION.search(msg)
+        if m and "space=vmem" in msg:
+            return "vmem_oom", int(m.group(1)), int(m.group(2)), m.group(0)
+        for pattern in (_SCOPED, _CAPACITY):
+            m = pattern.search(msg)
+            if m:
+                size = float(m.group(1)) * _UNIT[m.group(2)]
+                limit = float(m.group(3)) * _UNIT[m.group(4)]
+                space = m.group(5) if pattern is _CAPACITY else "vmem"
+                return f"{space}_oom", int(size), int(limit), msg.splitlines()[0][:300] + " ... " + m.group(0)
+        return "error", None, None, f"{type(e).__name__}: {msg[:2000]}"
+
+
+def min_limit(req, lo, hi, step=64 << 10):
+    """Smallest vmem_limit_bytes (multiple of step) in (lo, hi] that compiles; lo fails, hi fits."""
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if mid <= lo:
+            mid = lo + step
+        verdict, *_ = compile_once(dict(req, vmem_limit_bytes=mid))
+        if verdict == "fits":
+            hi = mid
+        elif verdict == "vmem_oom":
+            lo = mid
+        else:
+            return None
+    return hi
+
+
+def handle(req):
+    t0 = time.time()
+    verdict, size, limit, message = compile_once(req)
+    out = {
+        "verdict": verdict,
+        "size_bytes": size,
+        "limit_bytes": limit,
+        "message": message,
+        "compile_s": round(time.time() - t0, 3),
+        "jax": jax.__version__,
+    }
+    if req.get("min_limit") and verdict in ("fits", "vmem_oom"):
+        t1 = time.time()
+        cap = req.get("min_limit_cap", 256 << 20)
+        if verdict == "fits":
+            base = req.get("vmem_limit_bytes") or req.get("default_limit_bytes")
+            hi, lo = base, 0
+        else:
+            lo, hi = limit, cap
+            v2, *_ = compile_once(dict(req, vmem_limit_bytes=hi))
+            if v2 != "fits":
+                hi = None
+        out["min_limit_bytes"] = min_limit(req, lo, hi) if hi else None
+        out["bisect_s"] = round(time.time() - t1, 3)
+    return out
+
+
+def main():
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            resp = handle(json.loads(line))
+        except Exception as e:
+            resp = {"verdict": "error", "message": f"oracle driver: {e}\n{traceback.format_exc()}"}
+        sys.stdout.write(json.dumps(resp) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
