@@ -446,11 +446,17 @@ mod tests {
         );
         assert_eq!(
             field_of(KernelParams {
-                total_pages: 1 << 20,
+                total_pages: 0,
                 ..llama()
             }),
             "total_pages"
         );
+        let long = KernelParams {
+            page_size: 4096,
+            pages_per_seq: 1 << 20,
+            ..llama()
+        };
+        assert_eq!(field_of(long), "pages_per_seq");
     }
 
     #[test]
