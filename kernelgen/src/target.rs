@@ -25,6 +25,8 @@ pub struct Target {
     /// Limit a kernel gets when it sets no `vmem_limit_bytes`.
     pub default_scoped_vmem_bytes: u64,
     pub smem_bytes: u64,
+    /// HBM of one JAX device (a megacore chip for v4/v5p, one TensorCore for v7x).
+    pub hbm_bytes: u64,
     /// Mosaic's "internal scratch" VMEM allocation, present in every Pallas kernel.
     pub internal_scratch_bytes: u64,
     /// Rows per tile of a 16-bit array's second-minor dimension in VMEM scratch.
@@ -41,6 +43,7 @@ pub const TARGETS: &[Target] = &[
         // scoped default below physical VMEM; a 13.2 MiB kernel compiles with no limit set.
         default_scoped_vmem_bytes: 16 * MIB,
         smem_bytes: MIB,                   // [info] 1 MiB per core
+        hbm_bytes: 34_400_000_000,         // [info] per chip (megacore device)
         internal_scratch_bytes: 36 * 1024, // [oracle] jf dump: u32[72,128] 'internal scratch'
         bf16_sublane_tile: 8, // [info] get_sublane_tiling: num_sublanes (8) before TPU7x
     },
@@ -51,6 +54,7 @@ pub const TARGETS: &[Target] = &[
         vmem_bytes: 128 * MIB,               // [info]
         default_scoped_vmem_bytes: 16 * MIB, // [oracle] "limit 16.00M"
         smem_bytes: MIB,                     // [info]
+        hbm_bytes: 17_200_000_000,           // [info]
         internal_scratch_bytes: 36 * 1024,   // [oracle] jf dump: u32[72,128]
         bf16_sublane_tile: 8,                // [info]
     },
@@ -61,6 +65,7 @@ pub const TARGETS: &[Target] = &[
         vmem_bytes: 64 * MIB, // [info]; compiler: "would exceed memory (size=67108864)"
         default_scoped_vmem_bytes: 16 * MIB, // [oracle] "limit 16.00M"
         smem_bytes: MIB,      // [info]
+        hbm_bytes: 103_000_000_000, // [info] per chip (megacore device)
         internal_scratch_bytes: 36 * 1024, // [oracle] jf dump: u32[72,128]
         bf16_sublane_tile: 8, // [info]
     },
@@ -71,6 +76,7 @@ pub const TARGETS: &[Target] = &[
         vmem_bytes: 128 * MIB,               // [info]
         default_scoped_vmem_bytes: 32 * MIB, // [oracle] "limit 32.00M"
         smem_bytes: MIB,                     // [info]; [oracle] "Used 1.00M of 1.00M smem"
+        hbm_bytes: 34_400_000_000,           // [info]
         internal_scratch_bytes: 72 * 1024,   // [oracle] jf dump: u32[144,128]
         bf16_sublane_tile: 8,                // [info]
     },
@@ -81,6 +87,7 @@ pub const TARGETS: &[Target] = &[
         vmem_bytes: 64 * MIB,                // [info]
         default_scoped_vmem_bytes: 32 * MIB, // [oracle] "limit 32.00M"
         smem_bytes: MIB,                     // [info]
+        hbm_bytes: 103_000_000_000,          // [info] 206 GB per chip / 2 TensorCores
         internal_scratch_bytes: 72 * 1024,   // [oracle] jf dump: u32[144,128]
         bf16_sublane_tile: 16, // [info] large 2nd-minor tiling is the default from TPU7x
     },

@@ -1,3 +1,4 @@
 //! PJRT runtime.
 
 pub mod pjrt;
+pub mod plan;

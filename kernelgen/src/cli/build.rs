@@ -1,7 +1,7 @@
 //! `kernelgen build`: emit a kernel artifact.
 
 use super::exit;
-use super::kernel_args::KernelArgs;
+use super::kernel_args::{KernelArgs, CPU_DEFAULTS};
 use anyhow::Context;
 use clap::Args;
 use kernelgen::builder::build_stablehlo;
@@ -26,7 +26,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<i32> {
-    let cfg = args.kernel.to_config()?;
+    let cfg = args.kernel.to_config(&CPU_DEFAULTS)?;
     let dir = args
         .out
         .unwrap_or_else(|| PathBuf::from("out").join(cfg.short_name()));

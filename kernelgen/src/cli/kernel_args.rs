@@ -44,15 +44,15 @@ pub struct KernelArgs {
     /// Element type of q, kv_pages and the output: bf16 or f32 (accumulation is always f32)
     #[arg(long, default_value = "bf16", value_parser = parse_dtype, help_heading = "Call shapes")]
     pub dtype: Dtype,
-    /// Rows of q: all sequences' new tokens per call, padded
-    #[arg(long = "max-tokens", default_value_t = defaults::MAX_NUM_TOKENS, help_heading = "Call shapes")]
-    pub max_num_tokens: u32,
-    /// Sequences per call (rows of kv_lens and page_indices)
-    #[arg(long = "max-seqs", default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Call shapes")]
-    pub max_num_seqs: u32,
-    /// Longest sequence; sets pages_per_seq = ceil(max_model_len / page_size)
-    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, conflicts_with = "pages_per_seq", help_heading = "Call shapes")]
-    pub max_model_len: u32,
+    /// Rows of q: all sequences' new tokens per call, padded [default: 256 for build, 2048 for check]
+    #[arg(long = "max-tokens", help_heading = "Call shapes")]
+    pub max_num_tokens: Option<u32>,
+    /// Sequences per call (rows of kv_lens and page_indices) [default: 16 for build, 128 for check]
+    #[arg(long = "max-seqs", help_heading = "Call shapes")]
+    pub max_num_seqs: Option<u32>,
+    /// Longest sequence; sets pages_per_seq = ceil(max_model_len / page_size) [default: 1024 for build, 4096 for check]
+    #[arg(long, conflicts_with = "pages_per_seq", help_heading = "Call shapes")]
+    pub max_model_len: Option<u32>,
     /// Columns of page_indices (instead of --max-model-len)
     #[arg(long, help_heading = "Call shapes")]
     pub pages_per_seq: Option<u32>,
@@ -70,9 +70,41 @@ pub struct KernelArgs {
     pub soft_cap: Option<f32>,
 }
 
+/// Call-shape defaults: `build`/`verify` use shapes a CPU verifies in seconds; `check`/`plan`
+/// use TPU serving shapes.
+#[derive(Clone, Copy, Debug)]
+pub struct CallDefaults {
+    pub max_num_tokens: u32,
+    pub max_num_seqs: u32,
+    pub max_model_len: u32,
+}
+
+pub const CPU_DEFAULTS: CallDefaults = CallDefaults {
+    max_num_tokens: defaults::MAX_NUM_TOKENS,
+    max_num_seqs: defaults::MAX_NUM_SEQS,
+    max_model_len: defaults::MAX_MODEL_LEN,
+};
+
+pub const TPU_DEFAULTS: CallDefaults = CallDefaults {
+    max_num_tokens: 2048,
+    max_num_seqs: 128,
+    max_model_len: 4096,
+};
+
 impl KernelArgs {
+    /// pages_per_seq as the flags give it.
+    pub fn pages_per_seq(&self, d: &CallDefaults) -> u32 {
+        self.pages_per_seq.unwrap_or_else(|| {
+            self.max_model_len
+                .unwrap_or(d.max_model_len)
+                .div_ceil(self.page_size.max(1))
+        })
+    }
+
     /// Resolves geometry (preset or config.json, then overrides) and validates everything.
-    pub fn to_config(&self) -> Result<KernelConfig, ConfigError> {
+    pub fn to_config(&self, d: &CallDefaults) -> Result<KernelConfig, ConfigError> {
+        let max_num_seqs = self.max_num_seqs.unwrap_or(d.max_num_seqs);
+        let max_model_len = self.max_model_len.unwrap_or(d.max_model_len);
         let (mut geometry, window, cap) = match &self.hf_config {
             Some(path) => {
                 let a = geometry_from_hf_config(path)?;
@@ -96,10 +128,10 @@ impl KernelArgs {
         }
         let pages_per_seq = match self.pages_per_seq {
             Some(n) => n,
-            None if self.max_model_len == 0 => {
+            None if max_model_len == 0 => {
                 return Err(ConfigError::field("max_model_len", 0, "must be >= 1"))
             }
-            None => self.max_model_len.div_ceil(self.page_size),
+            None => max_model_len.div_ceil(self.page_size),
         };
         let params = KernelParams {
             geometry,
@@ -107,12 +139,12 @@ impl KernelArgs {
             page_size: self.page_size,
             q_block: self.q_block,
             kv_pages_block: self.kv_pages_block,
-            max_num_tokens: self.max_num_tokens,
-            max_num_seqs: self.max_num_seqs,
+            max_num_tokens: self.max_num_tokens.unwrap_or(d.max_num_tokens),
+            max_num_seqs,
             pages_per_seq,
             total_pages: self
                 .total_pages
-                .unwrap_or(self.max_num_seqs.saturating_mul(pages_per_seq)),
+                .unwrap_or(max_num_seqs.saturating_mul(pages_per_seq)),
             sm_scale: self.sm_scale,
             sliding_window: self.sliding_window.or(window),
             soft_cap: self.soft_cap.or(cap),

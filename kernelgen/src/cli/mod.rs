@@ -2,7 +2,9 @@
 
 mod build;
 mod calibrate;
+mod check;
 mod kernel_args;
+mod matrix;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,7 @@ struct Cli {
 enum Command {
     Build(build::BuildArgs),
     Verify(verify::VerifyArgs),
+    Check(check::CheckArgs),
     Calibrate(calibrate::CalibrateArgs),
 }
 
@@ -64,6 +67,7 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Check(args) => check::run(args),
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {

@@ -14,6 +14,7 @@ pub mod kernelgen_rpa;
 pub mod smem;
 pub mod spill;
 mod spill_fitted;
+pub mod suggest;
 
 use crate::config::{Dtype, KernelConfig};
 use crate::target::{fmt_bytes, Target};

@@ -1,0 +1,249 @@
+//! Capacity rules of a paged-KV serving engine, checked before any compile or device work.
+//!
+//! `kernelgen plan` prints these (plus the kernel's VMEM/SMEM account) and the engine refuses to
+//! start when one fails, with the same message: the knob, its value, and the value that passes.
+
+use serde::Serialize;
+
+/// Engine knobs and the workload they must serve.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EnginePlan {
+    /// Sequences decoded concurrently.
+    pub max_seqs: u64,
+    /// KV pages in the pool.
+    pub max_pages: u64,
+    pub page_size: u64,
+    /// Longest prompt.
+    pub max_prompt_len: u64,
+    pub max_new_tokens: u64,
+    /// Requests in the workload (defaults to max_seqs).
+    pub num_prompts: u64,
+    /// Longest sequence the engine accepts (prompt + generation).
+    pub max_seq_len: u64,
+    /// Decode steps per fused device call.
+    pub max_rounds: u64,
+    /// Tokens packed per decode step.
+    pub max_tokens_per_round: u64,
+    /// Token capacity of one prefill pass, if the engine prefills prompts whole.
+    pub max_prefill_size: Option<u64>,
+    /// KV bytes one token occupies across all layers (2 * kv_heads * head_dim * dtype * layers).
+    pub kv_bytes_per_token: Option<u64>,
+    /// Device memory available to the page pool.
+    pub hbm_bytes: Option<u64>,
+}
+
+/// One rule's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rule {
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was computed, e.g. "needs 528 pages (16 seqs x 33 pages), have 480".
+    pub detail: String,
+    /// For a failed rule: the knob and the value that would pass.
+    pub fix: Option<String>,
+}
+
+impl Rule {
+    fn new(name: &'static str, ok: bool, detail: String, fix: impl FnOnce() -> String) -> Rule {
+        Rule {
+            name,
+            ok,
+            detail,
+            fix: (!ok).then(fix),
+        }
+    }
+}
+
+impl EnginePlan {
+    /// Pages one sequence needs to hold its prompt and full generation.
+    pub fn pages_per_seq(&self) -> u64 {
+        (self.max_prompt_len + self.max_new_tokens).div_ceil(self.page_size.max(1))
+    }
+
+    /// Sequences resident at once.
+    pub fn concurrent_seqs(&self) -> u64 {
+        self.num_prompts.min(self.max_seqs)
+    }
+
+    /// Every rule, in order; an engine must refuse to start if any is not ok.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        let zero = [
+            ("max_seqs", self.max_seqs),
+            ("max_pages", self.max_pages),
+            ("page_size", self.page_size),
+            ("max_new_tokens", self.max_new_tokens),
+            ("max_rounds", self.max_rounds),
+            ("max_tokens_per_round", self.max_tokens_per_round),
+        ];
+        for (knob, v) in zero {
+            if v == 0 {
+                rules.push(Rule::new(
+                    "positive knobs",
+                    false,
+                    format!("{knob} = 0"),
+                    || format!("--{} 1 or more", knob.replace('_', "-")),
+                ));
+            }
+        }
+        if !rules.is_empty() {
+            return rules;
+        }
+        let per_seq = self.pages_per_seq();
+        let seqs = self.concurrent_seqs();
+        let needed = seqs * per_seq;
+        rules.push(Rule::new(
+            "kv pages",
+            needed <= self.max_pages,
+            format!(
+                "needs {needed} pages ({seqs} seqs x ceil(({} + {}) / {}) = {per_seq} pages), have {}",
+                self.max_prompt_len, self.max_new_tokens, self.page_size, self.max_pages
+            ),
+            || {
+                format!(
+                    "--max-pages {needed}, or --max-seqs {} (the most that fit {} pages)",
+                    self.max_pages / per_seq,
+                    self.max_pages
+                )
+            },
+        ));
+        let longest = self.max_prompt_len + self.max_new_tokens;
+        rules.push(Rule::new(
+            "sequence length",
+            longest <= self.max_seq_len,
+            format!(
+                "prompt {} + new tokens {} = {longest}, max_seq_len {}",
+                self.max_prompt_len, self.max_new_tokens, self.max_seq_len
+            ),
+            || format!("--max-seq-len {longest}"),
+        ));
+        // Decode budget of a fused loop: max_seq_len / max_rounds host iterations, each running
+        // max_rounds steps that emit at most min(max_tokens_per_round, max_seqs) tokens.
+        let per_round = self.max_tokens_per_round.min(self.max_seqs);
+        let budget = (self.max_seq_len / self.max_rounds) * self.max_rounds * per_round;
+        let wanted = self.num_prompts * self.max_new_tokens;
+        rules.push(Rule::new(
+            "decode token budget",
+            budget >= wanted,
+            format!(
+                "floor({} / {}) x {} x min({}, {}) = {budget} tokens, workload needs {} x {} = {wanted}",
+                self.max_seq_len, self.max_rounds, self.max_rounds, self.max_tokens_per_round, self.max_seqs, self.num_prompts, self.max_new_tokens
+            ),
+            || {
+                let rounds = self.max_seq_len / self.max_rounds * self.max_rounds;
+                let need = wanted.div_ceil(rounds.max(1));
+                if need <= self.max_seqs {
+                    format!("--max-tokens-per-round {need}")
+                } else {
+                    format!("--max-seqs {need} and --max-tokens-per-round {need}")
+                }
+            },
+        ));
+        if let Some(prefill) = self.max_prefill_size {
+            rules.push(Rule::new(
+                "prefill capacity",
+                prefill >= self.max_prompt_len,
+                format!(
+                    "max_prefill_size {prefill}, longest prompt {}",
+                    self.max_prompt_len
+                ),
+                || format!("--max-prefill-size {}", self.max_prompt_len),
+            ));
+        }
+        if let (Some(per_token), Some(hbm)) = (self.kv_bytes_per_token, self.hbm_bytes) {
+            let pool = self.max_pages * self.page_size * per_token;
+            rules.push(Rule::new(
+                "page pool memory",
+                pool <= hbm,
+                format!(
+                    "{} pages x {} tokens x {per_token} B = {:.2} GiB of {:.2} GiB",
+                    self.max_pages,
+                    self.page_size,
+                    pool as f64 / (1u64 << 30) as f64,
+                    hbm as f64 / (1u64 << 30) as f64
+                ),
+                || format!("--max-pages {}", hbm / (self.page_size * per_token)),
+            ));
+        }
+        rules
+    }
+
+    /// `Err` with one line per failed rule, for refusing to start.
+    pub fn validate(&self) -> Result<(), String> {
+        let failed: Vec<String> = self
+            .rules()
+            .into_iter()
+            .filter(|r| !r.ok)
+            .map(|r| {
+                format!(
+                    "{}: {}; fix: {}",
+                    r.name,
+                    r.detail,
+                    r.fix.unwrap_or_default()
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(seqs: u64, pages: u64) -> EnginePlan {
+        EnginePlan {
+            max_seqs: seqs,
+            max_pages: pages,
+            page_size: 64,
+            max_prompt_len: 64,
+            max_new_tokens: 2048,
+            num_prompts: seqs,
+            max_seq_len: 4096,
+            max_rounds: 32,
+            max_tokens_per_round: seqs,
+            max_prefill_size: None,
+            kv_bytes_per_token: None,
+            hbm_bytes: None,
+        }
+    }
+
+    fn rule(p: &EnginePlan, name: &str) -> Rule {
+        p.rules().into_iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn sixteen_seqs_need_528_pages() {
+        let r = rule(&plan(16, 480), "kv pages");
+        assert!(!r.ok);
+        assert!(r.detail.contains("needs 528 pages"), "{}", r.detail);
+        assert!(r.fix.unwrap().contains("--max-pages 528"));
+        assert!(rule(&plan(16, 528), "kv pages").ok);
+    }
+
+    #[test]
+    fn page_pool_of_4096_holds_124_seqs_not_125() {
+        assert!(rule(&plan(124, 4096), "kv pages").ok);
+        let r = rule(&plan(125, 4096), "kv pages");
+        assert!(!r.ok && r.detail.contains("needs 4125 pages"));
+        assert!(r.fix.unwrap().contains("--max-seqs 124"));
+    }
+
+    #[test]
+    fn decode_budget_counts_fused_rounds() {
+        let mut p = plan(16, 1024);
+        p.max_tokens_per_round = 4;
+        let r = rule(&p, "decode token budget");
+        // floor(4096/32)*32*min(4,16) = 16384 < 16 * 2048 = 32768
+        assert!(!r.ok, "{}", r.detail);
+        assert_eq!(r.fix.as_deref(), Some("--max-tokens-per-round 8"));
+        p.max_tokens_per_round = 8;
+        assert!(rule(&p, "decode token budget").ok);
+        assert!(plan(16, 528).validate().is_ok());
+        assert!(plan(16, 480).validate().unwrap_err().contains("kv pages"));
+    }
+}
