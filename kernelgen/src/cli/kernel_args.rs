@@ -101,6 +101,16 @@ impl KernelArgs {
         })
     }
 
+    /// Decoder layers of the preset or config.json, when known.
+    pub fn num_layers(&self) -> Result<Option<u32>, ConfigError> {
+        match &self.hf_config {
+            Some(path) => Ok(geometry_from_hf_config(path)?.num_layers),
+            None => Ok(Some(
+                Preset::find(self.preset.as_deref().unwrap_or("llama3-8b"))?.num_layers,
+            )),
+        }
+    }
+
     /// Resolves geometry (preset or config.json, then overrides) and validates everything.
     pub fn to_config(&self, d: &CallDefaults) -> Result<KernelConfig, ConfigError> {
         let max_num_seqs = self.max_num_seqs.unwrap_or(d.max_num_seqs);

@@ -5,6 +5,7 @@ mod calibrate;
 mod check;
 mod kernel_args;
 mod matrix;
+mod plan;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,7 @@ enum Command {
     Build(build::BuildArgs),
     Verify(verify::VerifyArgs),
     Check(check::CheckArgs),
+    Plan(plan::PlanArgs),
     Calibrate(calibrate::CalibrateArgs),
 }
 
@@ -68,6 +70,7 @@ pub fn run() -> i32 {
         Command::Build(args) => build::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {

@@ -11,6 +11,8 @@ pub struct HfAttention {
     pub sliding_window: Option<u32>,
     /// `attn_logit_softcapping` (Gemma 2 style).
     pub soft_cap: Option<f32>,
+    /// `num_hidden_layers`.
+    pub num_layers: Option<u32>,
 }
 
 fn read_u32(v: &serde_json::Value, key: &str) -> Option<Result<u32, String>> {
@@ -79,6 +81,7 @@ pub fn geometry_from_hf_config(path: &Path) -> Result<HfAttention, ConfigError> 
         },
         sliding_window,
         soft_cap,
+        num_layers: read_u32(v, "num_hidden_layers").and_then(|r| r.ok()),
     })
 }
 

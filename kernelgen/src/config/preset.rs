@@ -9,12 +9,22 @@ pub struct Preset {
     pub name: &'static str,
     pub model: &'static str,
     pub geometry: Geometry,
+    /// Decoder layers (for page-pool memory: every layer has its own KV pages).
+    pub num_layers: u32,
 }
 
-const fn preset(name: &'static str, model: &'static str, q: u32, kv: u32, d: u32) -> Preset {
+const fn preset(
+    name: &'static str,
+    model: &'static str,
+    q: u32,
+    kv: u32,
+    d: u32,
+    layers: u32,
+) -> Preset {
     Preset {
         name,
         model,
+        num_layers: layers,
         geometry: Geometry {
             num_q_heads: q,
             num_kv_heads: kv,
@@ -25,17 +35,18 @@ const fn preset(name: &'static str, model: &'static str, q: u32, kv: u32, d: u32
 
 /// Known presets; `llama3-8b` is the default.
 pub const PRESETS: &[Preset] = &[
-    preset("llama3-8b", "meta-llama/Meta-Llama-3-8B", 32, 8, 128),
-    preset("llama3-70b", "meta-llama/Meta-Llama-3-70B", 64, 8, 128),
-    preset("llama3.2-1b", "meta-llama/Llama-3.2-1B", 32, 8, 64),
-    preset("mistral-7b", "mistralai/Mistral-7B-v0.1", 32, 8, 128),
-    preset("qwen2.5-7b", "Qwen/Qwen2.5-7B", 28, 4, 128),
+    preset("llama3-8b", "meta-llama/Meta-Llama-3-8B", 32, 8, 128, 32),
+    preset("llama3-70b", "meta-llama/Meta-Llama-3-70B", 64, 8, 128, 80),
+    preset("llama3.2-1b", "meta-llama/Llama-3.2-1B", 32, 8, 64, 16),
+    preset("mistral-7b", "mistralai/Mistral-7B-v0.1", 32, 8, 128, 32),
+    preset("qwen2.5-7b", "Qwen/Qwen2.5-7B", 28, 4, 128, 28),
     preset(
         "smollm2-135m",
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         9,
         3,
         64,
+        30,
     ),
 ];
 
