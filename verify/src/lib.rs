@@ -3,10 +3,14 @@
 //! - [`rpa`]: ragged paged attention in f64, written from the semantics alone;
 //! - [`batch`]: random ragged batches (decode rows, prefill chunks, shuffled pages, padding);
 //! - [`compare`]: error metrics against the reference;
+//! - [`dense`]: dense f32 Llama decoder (greedy generation) and the layer math it shares;
+//! - [`host_executor`]: the engine's `StepExecutor` on the host, with a paged KV cache;
 //! - [`oracle`]: the real TPU compiler (deviceless, via a managed Python venv) and its committed data.
 
 pub mod batch;
 pub mod compare;
+pub mod dense;
+pub mod host_executor;
 pub mod oracle;
 pub mod rpa;
 
