@@ -16,6 +16,10 @@ pub mod page_allocator;
 pub mod sampler;
 pub mod scheduler;
 
+pub use self::core::{DecodeStats, Detokenizer, Engine, FinishedRequest, SampleOutput};
+pub use metrics::{Metrics, MetricsReport};
+pub use page_allocator::{PageAllocator, PageError};
+pub use scheduler::{PageTable, SeqView};
 
 use serde::{Deserialize, Serialize};
 
@@ -139,4 +143,7 @@ pub enum EngineError {
     Request(String),
     #[error("executor: {0}")]
     Executor(String),
+    /// An engine invariant broke (a bug): reported instead of panicking.
+    #[error("engine bug: {0}")]
+    Internal(String),
 }
