@@ -454,6 +454,29 @@ fn run(s: &Scenario) -> Result<(Engine<MockExec>, Vec<FinishedRequest>), TestCas
     );
     let st = e.stats();
     prop_assert_eq!((st.pages_in_use, st.pages_free), (0, s.config.max_pages));
+    let m = e.metrics().report();
+    prop_assert_eq!(m.ttft_s.count, s.reqs.len());
+    prop_assert_eq!(m.e2e_latency_s.count, s.reqs.len());
+    let multi_token = done
+        .iter()
+        .flat_map(|f| &f.samples)
+        .filter(|o| o.tokens.len() >= 2)
+        .count();
+    prop_assert_eq!(m.tpot_s.count, multi_token);
+    prop_assert_eq!(m.tokens_per_step.count, work_steps);
+    prop_assert_eq!(
+        m.tokens_per_step.max as usize,
+        e.executor().max_batch_tokens
+    );
+    prop_assert!(m.prefill_steps >= 1);
+    prop_assert_eq!(m.pages_after_decode.map(|p| p.in_use), Some(0));
+    prop_assert!(m.pages_after_first_prefill.is_some());
+    prop_assert!(m.peak_pages_in_use <= s.config.max_pages);
+    let json: serde_json::Value = serde_json::from_str(&e.metrics().to_json()).unwrap();
+    prop_assert_eq!(
+        json["preemptions"].as_u64(),
+        Some(e.metrics().preemptions() as u64)
+    );
     for f in &done {
         let r = &s.reqs[ids[&f.id]];
         prop_assert_eq!(f.samples.len(), r.params.n);
