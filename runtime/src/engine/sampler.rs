@@ -183,7 +183,9 @@ impl Distribution {
                 let total = cumulative.last().copied().unwrap_or(0.0);
                 let target = rng.random::<f64>() * total;
                 let at = cumulative.partition_point(|&c| c <= target);
-                ids[at.min(ids.len() - 1)]
+                // `at` is in range for the distributions `new` builds; a hand-built empty one
+                // yields token 0 rather than a panic.
+                ids.get(at).or(ids.last()).copied().unwrap_or(0)
             }
         }
     }
