@@ -47,3 +47,86 @@ pub fn small_config(
     })
     .expect("valid test config")
 }
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use runtime::engine::{SeqInBatch, StepBatch};
+
+/// Random step sequences for driving executors directly: sequences arrive, prefill in random
+/// chunks, then decode, on shuffled non-contiguous pages; one StepBatch per step.
+pub struct BatchScript {
+    rng: ChaCha8Rng,
+    page_size: usize,
+    free: Vec<u32>,
+    /// (tokens so far, target length, pages)
+    seqs: Vec<(Vec<u32>, usize, Vec<u32>)>,
+    vocab: u32,
+}
+
+impl BatchScript {
+    pub fn new(seed: u64, num_pages: usize, page_size: usize, vocab: usize) -> BatchScript {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut free: Vec<u32> = (0..num_pages as u32).collect();
+        free.shuffle(&mut rng);
+        BatchScript {
+            rng,
+            page_size,
+            free,
+            seqs: Vec::new(),
+            vocab: vocab as u32,
+        }
+    }
+
+    /// Adds a sequence that will grow to `len` tokens.
+    pub fn add_seq(&mut self, len: usize) {
+        self.seqs.push((Vec::new(), len, Vec::new()));
+    }
+
+    /// The next step: every unfinished sequence advances by a random chunk (1 once it has
+    /// started decoding), within `budget` tokens. None when all are done.
+    pub fn next(&mut self, budget: usize) -> Option<StepBatch> {
+        let mut b = StepBatch {
+            token_ids: vec![],
+            positions: vec![],
+            slot_mapping: vec![],
+            seqs: vec![],
+            logits_rows: vec![],
+        };
+        for (tokens, target, pages) in self.seqs.iter_mut() {
+            let left = *target - tokens.len();
+            let room = budget - b.token_ids.len();
+            if left == 0 || room == 0 {
+                continue;
+            }
+            let chunk = if tokens.len() >= *target / 2 {
+                1
+            } else {
+                self.rng.random_range(1..=left.min(room))
+            };
+            let start = tokens.len();
+            let q_start = b.token_ids.len();
+            for pos in start..start + chunk {
+                if pos % self.page_size == 0 {
+                    pages.push(self.free.pop().expect("enough pages"));
+                }
+                let tok = self.rng.random_range(0..self.vocab);
+                tokens.push(tok);
+                b.token_ids.push(tok);
+                b.positions.push(pos as u32);
+                b.slot_mapping.push(
+                    pages[pos / self.page_size] * self.page_size as u32
+                        + (pos % self.page_size) as u32,
+                );
+            }
+            b.seqs.push(SeqInBatch {
+                q_start,
+                q_len: chunk,
+                kv_len: tokens.len(),
+                pages: pages.clone(),
+            });
+            b.logits_rows.push(b.token_ids.len() - 1);
+        }
+        (!b.seqs.is_empty()).then_some(b)
+    }
+}

@@ -14,6 +14,7 @@ pub mod config;
 pub mod emit;
 mod error;
 pub mod numerics;
+pub mod serve;
 pub mod target;
 pub mod vmem;
 

@@ -10,3 +10,4 @@ pub mod engine;
 pub mod model;
 pub mod pjrt;
 pub mod plan;
+pub mod step;

@@ -4,10 +4,13 @@
 //! - [`stablehlo`]: the ragged paged attention kernel as StableHLO, for any PJRT backend;
 //! - [`mlir`]: melior parse, verify and generic-form print, plus the Rust shape checker
 //!   ([`typecheck`]) for the unregistered StableHLO ops;
+//! - [`step`]: the model's step program, with the kernel linked in by [`link`];
 //! - [`templates`]: the embedded template set.
 
+pub mod link;
 pub mod mlir;
 pub mod stablehlo;
+pub mod step;
 pub mod templates;
 pub mod typecheck;
 
@@ -28,4 +31,6 @@ pub enum EmitError {
     },
     #[error("printing the module failed: {0}")]
     Print(String),
+    #[error("linking the kernel: {0}")]
+    Link(String),
 }

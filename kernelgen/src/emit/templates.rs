@@ -13,6 +13,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "rpa.stablehlo.mlir.tera",
         include_str!("../../../templates/rpa.stablehlo.mlir.tera"),
     ),
+    (
+        "step.stablehlo.mlir.tera",
+        include_str!("../../../templates/step.stablehlo.mlir.tera"),
+    ),
 ];
 
 /// Renders template `name` with `context`.

@@ -187,9 +187,10 @@ pub fn check_op(op: &OpView) -> Check {
     match short {
         "add" | "subtract" | "multiply" | "divide" | "maximum" | "minimum" | "and" | "or"
         | "remainder" | "power" => elementwise(op, 2),
-        "exponential" | "tanh" | "negate" | "sqrt" | "rsqrt" | "log" | "abs" | "not" => {
-            elementwise(op, 1)
-        }
+        "exponential" | "tanh" | "negate" | "sqrt" | "rsqrt" | "log" | "abs" | "not"
+        | "logistic" | "cosine" | "sine" => elementwise(op, 1),
+        "concatenate" => concatenate(op),
+        "scatter" => scatter(op),
         "convert" => {
             op.arity(1, 1)?;
             expect_eq(
@@ -525,6 +526,77 @@ fn gather(op: &OpView) -> Check {
         })
         .collect();
     expect_eq("result", &op.results[0], &a.with_dims(dims))
+}
+
+fn concatenate(op: &OpView) -> Check {
+    ensure(!op.operands.is_empty() && op.results.len() == 1, || {
+        "expects operands and one result".into()
+    })?;
+    let dim = field_int(op.attr("dimension")?, "").ok_or("bad dimension")? as usize;
+    let first = &op.operands[0];
+    ensure(dim < first.rank(), || {
+        format!("dimension {dim} out of range for {first}")
+    })?;
+    let mut dims = first.dims.clone();
+    for t in &op.operands[1..] {
+        ensure(t.rank() == first.rank() && t.elem == first.elem, || {
+            format!("{t} cannot join {first}")
+        })?;
+        for (i, (&a, &b)) in t.dims.iter().zip(&first.dims).enumerate() {
+            ensure(i == dim || a == b, || {
+                format!("dim {i} differs: {t} vs {first}")
+            })?;
+        }
+        dims[dim] += t.dims[dim];
+    }
+    expect_eq("result", &op.results[0], &first.with_dims(dims))
+}
+
+/// Scatter with one operand: result = operand; updates = scatter batch dims + window dims.
+fn scatter(op: &OpView) -> Check {
+    op.arity(3, 1)?;
+    let (a, idx, upd) = (&op.operands[0], &op.operands[1], &op.operands[2]);
+    expect_eq("result", &op.results[0], a)?;
+    ensure(idx.elem == "i32" || idx.elem == "i64", || {
+        format!("indices must be integers, are {idx}")
+    })?;
+    ensure(upd.elem == a.elem, || {
+        format!("updates {upd} do not match operand {a}")
+    })?;
+    let dn = op.attr("scatter_dimension_numbers")?;
+    let window = field_list(dn, "update_window_dims").unwrap_or_default();
+    let inserted = field_list(dn, "inserted_window_dims").unwrap_or_default();
+    let ivd = field_int(dn, "index_vector_dim").ok_or("missing index_vector_dim")?;
+    let batch = idx.rank() - usize::from((ivd as usize) < idx.rank());
+    ensure(upd.rank() == batch + window.len(), || {
+        format!(
+            "updates {upd} need rank {} (batch) + {} (window)",
+            batch,
+            window.len()
+        )
+    })?;
+    ensure(window.len() + inserted.len() == a.rank(), || {
+        "window + inserted dims must cover the operand".into()
+    })?;
+    let kept: Vec<i64> = (0..a.rank() as i64)
+        .filter(|d| !inserted.contains(d))
+        .map(|d| a.dims[d as usize])
+        .collect();
+    for (w, k) in window.iter().zip(&kept) {
+        let u = upd.dims[*w as usize];
+        ensure(u <= *k, || {
+            format!("update window dim {w} ({u}) exceeds operand dim ({k})")
+        })?;
+    }
+    let body = op.regions.first().ok_or("scatter needs an update region")?;
+    let scalar = TensorType {
+        dims: vec![],
+        elem: a.elem.clone(),
+    };
+    ensure(
+        body.args == [scalar.clone(), scalar.clone()] && body.yields == [scalar],
+        || "update region must take and return scalars of the operand type".into(),
+    )
 }
 
 fn reduce(op: &OpView) -> Check {

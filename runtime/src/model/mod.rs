@@ -41,6 +41,13 @@ pub struct LlamaConfig {
     pub chat_template: Option<String>,
 }
 
+impl LlamaConfig {
+    /// Whether the LM head is the embedding matrix.
+    pub fn lm_head_tied(&self) -> bool {
+        self.tie_word_embeddings
+    }
+}
+
 /// A dense f32 matrix, row-major `[rows, cols]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
@@ -51,7 +58,12 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Matrix {
-        assert_eq!(rows * cols, data.len(), "matrix {rows}x{cols} with {} values", data.len());
+        assert_eq!(
+            rows * cols,
+            data.len(),
+            "matrix {rows}x{cols} with {} values",
+            data.len()
+        );
         Matrix { rows, cols, data }
     }
 

@@ -1,0 +1,265 @@
+//! The model's step program (`templates/step.stablehlo.mlir.tera`) with the ragged paged attention
+//! kernel linked in: one StableHLO module per token-count bucket.
+//!
+//! The kernel comes from an artifact ([`KernelSource::Artifact`]): its own `rpa.stablehlo.mlir`
+//! when the artifact's call shapes are the bucket's, otherwise the same kernel config (block sizes,
+//! dtype, page size, geometry) re-instantiated at the bucket's shapes. The runtime refuses an
+//! artifact whose geometry, page size or dtype differ from the model's before calling this.
+
+use super::link::link;
+use super::mlir::CheckedModule;
+use super::{stablehlo, templates, EmitError};
+use crate::artifact::Artifact;
+use crate::config::{Dtype, Geometry, KernelConfig, KernelParams};
+use crate::Error;
+use runtime::model::LlamaConfig;
+use runtime::step::layout::{KvDtype, StepShapes};
+use serde::Serialize;
+
+/// Symbol the step program calls the kernel by.
+pub const KERNEL_SYMBOL: &str = "rpa_attention";
+
+/// Where the attention kernel comes from.
+#[derive(Clone, Debug)]
+pub enum KernelSource {
+    /// A built artifact directory.
+    Artifact(Artifact),
+    /// Block sizes only: a kernel is emitted for each bucket (used when no --kernel is given).
+    Blocks { q_block: u32, kv_pages_block: u32 },
+}
+
+/// Sizes the step template spells into MLIR types (names follow the template).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepDims {
+    pub module_name: String,
+    pub t: usize,
+    pub s: usize,
+    pub s1: usize,
+    pub r: usize,
+    pub pps: usize,
+    pub np: usize,
+    pub np_p: usize,
+    pub p: usize,
+    pub h: usize,
+    pub v: usize,
+    pub f: usize,
+    pub f2: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub hkv2: usize,
+    pub hd: usize,
+    pub hd2: usize,
+    pub qd: usize,
+    pub kvd: usize,
+    pub qkv: usize,
+    pub layers: usize,
+    pub kv: &'static str,
+    pub tied: bool,
+    /// f32 constants as exact hex bit patterns.
+    pub eps: String,
+    pub inv_h: String,
+}
+
+fn hex(x: f32) -> String {
+    format!("0x{:08X}", x.to_bits())
+}
+
+impl StepDims {
+    pub fn new(m: &LlamaConfig, s: &StepShapes) -> StepDims {
+        StepDims {
+            module_name: format!("step_t{}", s.tokens),
+            t: s.tokens,
+            s: s.seqs,
+            s1: s.seqs + 1,
+            r: s.logits_rows,
+            pps: s.pages_per_seq,
+            np: s.pool_pages,
+            np_p: s.pool_pages * s.page_size,
+            p: s.page_size,
+            h: m.hidden_size,
+            v: m.vocab_size,
+            f: m.intermediate_size,
+            f2: 2 * m.intermediate_size,
+            hq: m.num_q_heads,
+            hkv: m.num_kv_heads,
+            hkv2: 2 * m.num_kv_heads,
+            hd: m.head_dim,
+            hd2: m.head_dim / 2,
+            qd: m.num_q_heads * m.head_dim,
+            kvd: m.num_kv_heads * m.head_dim,
+            qkv: (m.num_q_heads + 2 * m.num_kv_heads) * m.head_dim,
+            layers: m.num_layers,
+            kv: match s.kv_dtype {
+                KvDtype::F32 => "f32",
+                KvDtype::Bf16 => "bf16",
+            },
+            tied: m.lm_head_tied(),
+            eps: hex(m.rms_norm_eps),
+            inv_h: hex(1.0 / m.hidden_size as f32),
+        }
+    }
+}
+
+/// A checked, linked step program and where its kernel came from.
+pub struct StepProgram {
+    pub module: CheckedModule,
+    /// The kernel config linked in (at the bucket's shapes).
+    pub kernel: KernelConfig,
+    /// True when the artifact's own kernel text was linked unchanged.
+    pub artifact_text: bool,
+}
+
+pub fn kv_dtype(d: Dtype) -> KvDtype {
+    match d {
+        Dtype::F32 => KvDtype::F32,
+        Dtype::Bf16 => KvDtype::Bf16,
+    }
+}
+
+/// The kernel config for a bucket: the source's block sizes, dtype and geometry at the bucket's
+/// shapes (q_block and kv_pages_block clamped to what the shapes allow).
+pub fn bucket_kernel(
+    m: &LlamaConfig,
+    s: &StepShapes,
+    source: &KernelSource,
+) -> Result<KernelConfig, Error> {
+    let (q, kv, dtype) = match source {
+        KernelSource::Artifact(a) => {
+            let c = &a.manifest.config;
+            (c.q_block(), c.kv_pages_block(), c.dtype())
+        }
+        KernelSource::Blocks {
+            q_block,
+            kv_pages_block,
+        } => (
+            *q_block,
+            *kv_pages_block,
+            match s.kv_dtype {
+                KvDtype::F32 => Dtype::F32,
+                KvDtype::Bf16 => Dtype::Bf16,
+            },
+        ),
+    };
+    Ok(KernelConfig::new(KernelParams {
+        geometry: Geometry {
+            num_q_heads: m.num_q_heads as u32,
+            num_kv_heads: m.num_kv_heads as u32,
+            head_dim: m.head_dim as u32,
+        },
+        dtype,
+        page_size: s.page_size as u32,
+        q_block: q.min(s.tokens as u32),
+        kv_pages_block: kv.min(s.pages_per_seq as u32),
+        max_num_tokens: s.tokens as u32,
+        max_num_seqs: s.seqs as u32,
+        pages_per_seq: s.pages_per_seq as u32,
+        total_pages: s.pool_pages as u32,
+        sm_scale: None,
+        sliding_window: None,
+        soft_cap: None,
+    })?)
+}
+
+/// Renders the step template for `m` at `shapes` (unlinked: it declares `@rpa_attention`).
+pub fn render(m: &LlamaConfig, shapes: &StepShapes) -> Result<String, EmitError> {
+    let mut ctx = tera::Context::new();
+    ctx.insert("d", &StepDims::new(m, shapes));
+    ctx.insert(
+        "header",
+        &vec![
+            format!(
+                "Generated by kernelgen {} -- Llama step program. Do not edit.",
+                crate::VERSION
+            ),
+            format!(
+                "bucket: {} tokens, {} seqs, {} logits rows, {} pool pages of {} tokens",
+                shapes.tokens, shapes.seqs, shapes.logits_rows, shapes.pool_pages, shapes.page_size
+            ),
+        ],
+    );
+    templates::render("step.stablehlo.mlir.tera", &ctx)
+}
+
+/// Emits the step program for one bucket with the kernel linked in.
+pub fn emit(
+    m: &LlamaConfig,
+    shapes: &StepShapes,
+    source: &KernelSource,
+) -> Result<StepProgram, Error> {
+    let kernel = bucket_kernel(m, shapes, source)?;
+    let (kernel_text, artifact_text) = match source {
+        KernelSource::Artifact(a) if a.manifest.config == kernel => {
+            (a.read_text(stablehlo::FILE_NAME)?, true)
+        }
+        _ => (stablehlo::emit(&kernel)?.text, false),
+    };
+    let program = render(m, shapes)?;
+    let module = link(&program, &kernel_text, KERNEL_SYMBOL)?;
+    Ok(StepProgram {
+        module,
+        kernel,
+        artifact_text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::engine::EngineConfig;
+
+    pub fn tiny_config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 300,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_q_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            chat_template: None,
+        }
+    }
+
+    #[test]
+    fn step_program_links_the_kernel_once_and_calls_it_per_layer() {
+        let engine = EngineConfig {
+            max_seqs: 4,
+            max_pages: 16,
+            page_size: 4,
+            max_seq_len: 32,
+            max_tokens_per_round: 8,
+        };
+        for (tokens, dtype) in [(1, KvDtype::F32), (8, KvDtype::Bf16)] {
+            let shapes = StepShapes::new(&engine, tokens, dtype);
+            let p = emit(
+                &tiny_config(),
+                &shapes,
+                &KernelSource::Blocks {
+                    q_block: 4,
+                    kv_pages_block: 2,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let c = &p.module.op_counts;
+            assert_eq!(c["func.call"], 2, "{c:?}");
+            assert_eq!(c["func.func"], 2);
+            assert_eq!(c["stablehlo.scatter"], 2);
+            assert_eq!(
+                c["stablehlo.while"], 3,
+                "one kernel body with its three loops"
+            );
+            assert_eq!(p.kernel.max_num_tokens(), tokens as u32);
+            assert_eq!(p.kernel.q_block(), 4.min(tokens as u32));
+            assert!(p
+                .module
+                .generic_text
+                .contains("tf.aliasing_output = 1 : i32"));
+        }
+    }
+}

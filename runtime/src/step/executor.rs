@@ -1,0 +1,271 @@
+//! [`DeviceExecutor`]: the engine's [`StepExecutor`] on a PJRT device.
+//!
+//! Weights are uploaded once and borrowed by every step. Each layer's KV pool is created on the
+//! device (zero-filled by a tiny program, never uploaded) and donated to every step, whose
+//! program aliases it to an output: the pool is updated in place and never copied or moved back
+//! to the host. Programs are compiled once per token-count bucket, on first use, and cached.
+
+use super::layout::{pack_weights, KvDtype, StepShapes, NUM_STEP_INPUTS};
+use crate::engine::{EngineConfig, EngineError, StepBatch, StepExecutor};
+use crate::model::Model;
+use crate::pjrt::{Arg, Buffer, Client, CompileOptions, Executable};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Produces the step program (MLIR text) for a bucket's shapes.
+pub trait ProgramSource {
+    fn program(&self, shapes: &StepShapes) -> Result<String, String>;
+}
+
+/// Powers of two up to `max_tokens` (and `max_tokens` itself).
+pub fn default_buckets(max_tokens: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = (0..)
+        .map(|i| 1usize << i)
+        .take_while(|&n| n < max_tokens)
+        .collect();
+    b.push(max_tokens);
+    b
+}
+
+fn exec_err(what: &str) -> impl Fn(crate::pjrt::PjrtError) -> EngineError + '_ {
+    move |e| EngineError::Executor(format!("{what}: {e}"))
+}
+
+/// Timings the executor records.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ExecutorTimes {
+    /// Per bucket: program emission + compile time.
+    pub compile: BTreeMap<usize, f64>,
+    pub steps: usize,
+    /// Host-side time building and uploading step inputs.
+    pub host_s: f64,
+    /// Time inside execute (device work).
+    pub execute_s: f64,
+    /// Time copying logits back.
+    pub download_s: f64,
+}
+
+pub struct DeviceExecutor {
+    client: Client,
+    engine: EngineConfig,
+    kv_dtype: KvDtype,
+    vocab: usize,
+    buckets: Vec<usize>,
+    programs: BTreeMap<usize, Executable>,
+    source: Box<dyn ProgramSource>,
+    weights: Vec<Buffer>,
+    pools: Vec<Buffer>,
+    pool_dims: [i64; 4],
+    pub times: ExecutorTimes,
+}
+
+/// StableHLO for `func @main() -> zeros of the pool's shape`.
+fn zeros_program(dims: &[i64; 4], kv: KvDtype) -> String {
+    let e = match kv {
+        KvDtype::F32 => "f32",
+        KvDtype::Bf16 => "bf16",
+    };
+    let t = format!(
+        "tensor<{}x{}x{}x{}x{e}>",
+        dims[0], dims[1], dims[2], dims[3]
+    );
+    format!(
+        "func.func @main() -> {t} {{\n  %z = \"stablehlo.constant\"() {{value = dense<0.0> : tensor<{e}>}} : () -> tensor<{e}>\n  \
+         %b = \"stablehlo.broadcast_in_dim\"(%z) {{broadcast_dimensions = array<i64>}} : (tensor<{e}>) -> {t}\n  return %b : {t}\n}}\n"
+    )
+}
+
+impl DeviceExecutor {
+    /// Uploads `model`'s weights and creates zeroed KV pools on `client`'s device.
+    pub fn new(
+        client: Client,
+        model: &Model,
+        engine: &EngineConfig,
+        kv_dtype: KvDtype,
+        buckets: Vec<usize>,
+        source: Box<dyn ProgramSource>,
+    ) -> Result<DeviceExecutor, EngineError> {
+        if buckets.is_empty() || buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EngineError::Config(format!(
+                "token buckets must be ascending and non-empty: {buckets:?}"
+            )));
+        }
+        let weights = pack_weights(&model.config, &model.weights)
+            .into_iter()
+            .map(|w| {
+                client
+                    .buffer_from_host(&w.data, &w.dims)
+                    .map_err(exec_err(&w.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes = StepShapes::new(engine, buckets[0], kv_dtype);
+        let pool_dims = shapes.pool_dims(&model.config);
+        let zeros = client
+            .compile(&zeros_program(&pool_dims, kv_dtype), &CompileOptions::new())
+            .map_err(exec_err("compiling the pool initializer"))?;
+        let pools = (0..model.config.num_layers)
+            .map(|_| {
+                zeros
+                    .execute(vec![])
+                    .map_err(exec_err("zeroing a KV pool"))
+                    .and_then(|mut v| {
+                        v.pop().ok_or_else(|| {
+                            EngineError::Executor("pool initializer returned nothing".into())
+                        })
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DeviceExecutor {
+            client,
+            engine: engine.clone(),
+            kv_dtype,
+            vocab: model.config.vocab_size,
+            buckets,
+            programs: BTreeMap::new(),
+            source,
+            weights,
+            pools,
+            pool_dims,
+            times: ExecutorTimes::default(),
+        })
+    }
+
+    pub fn buckets(&self) -> &[usize] {
+        &self.buckets
+    }
+
+    /// Bytes of one layer's KV pool on the device.
+    pub fn pool_bytes(&self) -> u64 {
+        let elems: i64 = self.pool_dims.iter().product();
+        elems as u64 * if self.kv_dtype == KvDtype::F32 { 4 } else { 2 }
+    }
+
+    /// Compiles (once) and returns the program for `bucket` tokens.
+    pub fn compile_bucket(&mut self, bucket: usize) -> Result<&Executable, EngineError> {
+        if !self.programs.contains_key(&bucket) {
+            let start = Instant::now();
+            let shapes = StepShapes::new(&self.engine, bucket, self.kv_dtype);
+            let text = self
+                .source
+                .program(&shapes)
+                .map_err(EngineError::Executor)?;
+            let exe = self
+                .client
+                .compile(&text, &CompileOptions::new())
+                .map_err(exec_err(&format!(
+                    "compiling the step program for {bucket} tokens"
+                )))?;
+            self.times
+                .compile
+                .insert(bucket, start.elapsed().as_secs_f64());
+            self.programs.insert(bucket, exe);
+        }
+        Ok(&self.programs[&bucket])
+    }
+
+    fn bucket_for(&self, tokens: usize) -> Result<usize, EngineError> {
+        self.buckets
+            .iter()
+            .copied()
+            .find(|&b| b >= tokens)
+            .ok_or_else(|| {
+                EngineError::Executor(format!(
+                    "{tokens} tokens in one step exceed the largest bucket {}",
+                    self.buckets.last().copied().unwrap_or(0)
+                ))
+            })
+    }
+
+    /// The step's small inputs, padded to `shapes`.
+    fn inputs(&self, batch: &StepBatch, shapes: &StepShapes) -> Result<Vec<Buffer>, EngineError> {
+        let (t, s, r) = (shapes.tokens, shapes.seqs, shapes.logits_rows);
+        let pps = shapes.pages_per_seq;
+        if batch.seqs.len() > s || batch.logits_rows.len() > r {
+            return Err(EngineError::Executor(format!(
+                "batch of {} seqs / {} logits rows exceeds the bucket's {s} / {r}",
+                batch.seqs.len(),
+                batch.logits_rows.len()
+            )));
+        }
+        let pad = |v: &[u32], fill: i32, n: usize| -> Vec<i32> {
+            let mut out: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+            out.resize(n, fill);
+            out
+        };
+        let scratch = (shapes.scratch_page() * shapes.page_size) as i32;
+        let tokens = pad(&batch.token_ids, 0, t);
+        let positions = pad(&batch.positions, 0, t);
+        let slots = pad(&batch.slot_mapping, scratch, t);
+        let mut kv_lens = vec![0i32; s];
+        let mut pages = vec![0i32; s * pps];
+        let mut cu = vec![0i32; s + 1];
+        for (i, q) in batch.seqs.iter().enumerate() {
+            kv_lens[i] = q.kv_len as i32;
+            for (j, &p) in q.pages.iter().take(pps).enumerate() {
+                pages[i * pps + j] = p as i32;
+            }
+            cu[i + 1] = (q.q_start + q.q_len) as i32;
+        }
+        let total = cu[batch.seqs.len()];
+        cu[batch.seqs.len() + 1..]
+            .iter_mut()
+            .for_each(|c| *c = total);
+        let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
+        let rows = pad(&rows, 0, r);
+        let c = &self.client;
+        let up = |v: &[i32], dims: &[i64]| {
+            c.buffer_from_host(v, dims)
+                .map_err(exec_err("uploading step inputs"))
+        };
+        Ok(vec![
+            up(&tokens, &[t as i64])?,
+            up(&positions, &[t as i64])?,
+            up(&slots, &[t as i64])?,
+            up(&kv_lens, &[s as i64])?,
+            up(&pages, &[s as i64, pps as i64])?,
+            up(&cu, &[s as i64 + 1])?,
+            up(&[batch.seqs.len() as i32], &[1])?,
+            up(&rows, &[r as i64])?,
+        ])
+    }
+}
+
+impl StepExecutor for DeviceExecutor {
+    fn step(&mut self, batch: &StepBatch) -> Result<Vec<f32>, EngineError> {
+        let host_start = Instant::now();
+        let bucket = self.bucket_for(batch.token_ids.len())?;
+        self.compile_bucket(bucket)?;
+        let shapes = StepShapes::new(&self.engine, bucket, self.kv_dtype);
+        let inputs = self.inputs(batch, &shapes)?;
+        debug_assert_eq!(inputs.len(), NUM_STEP_INPUTS);
+        let pools = std::mem::take(&mut self.pools);
+        let mut args: Vec<Arg> = inputs.iter().map(Arg::Borrowed).collect();
+        args.extend(pools.into_iter().map(Arg::Donated));
+        args.extend(self.weights.iter().map(Arg::Borrowed));
+        let exec_start = Instant::now();
+        self.times.host_s += (exec_start - host_start).as_secs_f64();
+        let mut out = self.programs[&bucket].execute(args).map_err(exec_err(
+            "executing the step (the KV pools were donated and are lost)",
+        ))?;
+        self.times.execute_s += exec_start.elapsed().as_secs_f64();
+        let dl_start = Instant::now();
+        let logits_buf = out.remove(0);
+        self.pools = out;
+        let mut logits = logits_buf
+            .to_host::<f32>()
+            .map_err(exec_err("reading logits"))?;
+        logits.truncate(batch.logits_rows.len() * self.vocab);
+        self.times.download_s += dl_start.elapsed().as_secs_f64();
+        self.times.steps += 1;
+        Ok(logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+}
+
+/// Time spent so far compiling programs.
+pub fn total_compile(times: &ExecutorTimes) -> Duration {
+    Duration::from_secs_f64(times.compile.values().sum())
+}

@@ -1,0 +1,158 @@
+//! The step program's interface: shapes, parameter order and weight packing, in one place so
+//! the emitter (kernelgen `emit::step`) and the executor ([`super::DeviceExecutor`]) agree.
+//!
+//! Parameters, in order:
+//! 1. per-step inputs: `token_ids i32[T]`, `positions i32[T]`, `slot_mapping i32[T]`,
+//!    `kv_lens i32[S]`, `page_indices i32[S, PPS]`, `cu_q_lens i32[S+1]`, `num_seqs i32[1]`,
+//!    `logits_rows i32[R]`;
+//! 2. the KV pool of each layer, `[NP, page_size, 2*kv_heads, head_dim]` (K even, V odd heads),
+//!    donated and aliased to output `1 + layer`: updated in place, never copied;
+//! 3. weights, uploaded once and borrowed: `rope_inv_freq f32[D/2]`, `embed [V, H]`, per layer
+//!    `attn_norm [H]`, `wqkv [H, (Hq + 2 Hkv) D]` (q, k, v fused), `wo [Hq D, H]`, `ffn_norm [H]`,
+//!    `w_gate_up [H, 2F]` (gate, up fused), `w_down [F, H]`; then `final_norm [H]`, and
+//!    `lm_head [H, V]` unless tied (then logits use `embed` transposed in the dot).
+//!
+//! Outputs: `logits f32[R, V]` (row i = token row `logits_rows[i]`), then the KV pools.
+
+use crate::engine::EngineConfig;
+use crate::model::{LlamaConfig, LlamaWeights, Matrix};
+use serde::Serialize;
+
+/// Element type of the KV pool and the attention kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum KvDtype {
+    F32,
+    Bf16,
+}
+
+/// Shapes of one step program.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepShapes {
+    /// Token rows (the bucket).
+    pub tokens: usize,
+    /// Sequences (rows of the page table).
+    pub seqs: usize,
+    /// Logits rows: min(tokens, seqs).
+    pub logits_rows: usize,
+    pub pages_per_seq: usize,
+    /// Pages in each layer's pool, including the scratch page padding tokens write to.
+    pub pool_pages: usize,
+    pub page_size: usize,
+    pub kv_dtype: KvDtype,
+}
+
+impl StepShapes {
+    pub fn new(engine: &EngineConfig, tokens: usize, kv_dtype: KvDtype) -> StepShapes {
+        StepShapes {
+            tokens,
+            seqs: engine.max_seqs,
+            logits_rows: tokens.min(engine.max_seqs),
+            pages_per_seq: engine.pages_per_seq(),
+            pool_pages: engine.max_pages + 1,
+            page_size: engine.page_size,
+            kv_dtype,
+        }
+    }
+
+    /// The scratch page: padding tokens write their K/V here.
+    pub fn scratch_page(&self) -> usize {
+        self.pool_pages - 1
+    }
+
+    pub fn pool_dims(&self, m: &LlamaConfig) -> [i64; 4] {
+        [
+            self.pool_pages as i64,
+            self.page_size as i64,
+            2 * m.num_kv_heads as i64,
+            m.head_dim as i64,
+        ]
+    }
+}
+
+/// Number of per-step inputs before the KV pools.
+pub const NUM_STEP_INPUTS: usize = 8;
+
+/// One weight parameter: name (for the program's argument list) and row-major data.
+pub struct WeightParam {
+    pub name: String,
+    pub dims: Vec<i64>,
+    pub data: Vec<f32>,
+}
+
+/// Concatenates matrices with the same rows along columns: `[H, a] ++ [H, b] -> [H, a + b]`.
+fn concat_cols(parts: &[&Matrix]) -> Matrix {
+    let rows = parts[0].rows;
+    let cols: usize = parts.iter().map(|m| m.cols).sum();
+    let mut data = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for m in parts {
+            data.extend_from_slice(m.row(r));
+        }
+    }
+    Matrix::new(rows, cols, data)
+}
+
+fn matrix_param(name: String, m: Matrix) -> WeightParam {
+    WeightParam {
+        name,
+        dims: vec![m.rows as i64, m.cols as i64],
+        data: m.data,
+    }
+}
+
+fn vector_param(name: String, v: &[f32]) -> WeightParam {
+    WeightParam {
+        name,
+        dims: vec![v.len() as i64],
+        data: v.to_vec(),
+    }
+}
+
+/// RoPE inverse frequencies `theta^(-2i/d)`, i < d/2 (Hugging Face rotate-half convention).
+pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
+    let d = m.head_dim;
+    (0..d / 2)
+        .map(|i| (m.rope_theta as f64).powf(-((2 * i) as f64) / d as f64) as f32)
+        .collect()
+}
+
+/// The weights in parameter order, fused and laid out as the step program reads them.
+pub fn pack_weights(m: &LlamaConfig, w: &LlamaWeights) -> Vec<WeightParam> {
+    let mut out = vec![
+        vector_param("rope_inv_freq".into(), &rope_inv_freq(m)),
+        matrix_param("embed".into(), w.embed.clone()),
+    ];
+    for (i, l) in w.layers.iter().enumerate() {
+        out.push(vector_param(format!("l{i}_attn_norm"), &l.attn_norm));
+        out.push(matrix_param(
+            format!("l{i}_wqkv"),
+            concat_cols(&[&l.wq, &l.wk, &l.wv]),
+        ));
+        out.push(matrix_param(format!("l{i}_wo"), l.wo.clone()));
+        out.push(vector_param(format!("l{i}_ffn_norm"), &l.ffn_norm));
+        out.push(matrix_param(
+            format!("l{i}_w_gate_up"),
+            concat_cols(&[&l.w_gate, &l.w_up]),
+        ));
+        out.push(matrix_param(format!("l{i}_w_down"), l.w_down.clone()));
+    }
+    out.push(vector_param("final_norm".into(), &w.final_norm));
+    if let Some(head) = &w.lm_head {
+        out.push(matrix_param("lm_head".into(), head.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_cols_interleaves_rows() {
+        let a = Matrix::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
+        let b = Matrix::new(2, 1, vec![5.0, 6.0]);
+        let c = concat_cols(&[&a, &b]);
+        assert_eq!((c.rows, c.cols), (2, 3));
+        assert_eq!(c.data, vec![1.0, 2.0, 5.0, 3.0, 4.0, 6.0]);
+    }
+}
