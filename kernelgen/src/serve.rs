@@ -22,21 +22,15 @@ impl ProgramSource for StepSource {
     }
 }
 
-/// A kernel artifact that does not fit the model: names the field and both values.
+/// A kernel artifact that does not fit the model: names the field, both values, and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("kernel artifact {artifact} does not match the model: {field} is {kernel} in the kernel but {model} in the model; build one with `kernelgen build --q {q} --kv {kv} --num-q-heads {mq} --num-kv-heads {mkv} --head-dim {md} --page-size {mp} --dtype {mdt}`")]
+#[error("kernel artifact {artifact} does not match the model: {field} is {kernel} in the kernel but {model} in the model; build one with `{fix}`")]
 pub struct KernelMismatch {
     pub artifact: String,
     pub field: &'static str,
     pub kernel: String,
     pub model: String,
-    q: u32,
-    kv: u32,
-    mq: usize,
-    mkv: usize,
-    md: usize,
-    mp: usize,
-    mdt: &'static str,
+    pub fix: String,
 }
 
 /// Refuses an artifact whose heads, head_dim, page size or dtype differ from what the engine
@@ -79,13 +73,15 @@ pub fn check_artifact(
                 field,
                 kernel,
                 model,
-                q: c.q_block(),
-                kv: c.kv_pages_block(),
-                mq: m.num_q_heads,
-                mkv: m.num_kv_heads,
-                md: m.head_dim,
-                mp: page_size,
-                mdt: model_dtype.mlir(),
+                fix: format!(
+                    "kernelgen build --q {} --kv {} --num-q-heads {} --num-kv-heads {} --head-dim {} --page-size {page_size} --dtype {}",
+                    c.q_block(),
+                    c.kv_pages_block(),
+                    m.num_q_heads,
+                    m.num_kv_heads,
+                    m.head_dim,
+                    model_dtype.mlir()
+                ),
             });
         }
     }

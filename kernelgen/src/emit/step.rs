@@ -23,7 +23,7 @@ pub const KERNEL_SYMBOL: &str = "rpa_attention";
 #[derive(Clone, Debug)]
 pub enum KernelSource {
     /// A built artifact directory.
-    Artifact(Artifact),
+    Artifact(Box<Artifact>),
     /// Block sizes only: a kernel is emitted for each bucket (used when no --kernel is given).
     Blocks { q_block: u32, kv_pages_block: u32 },
 }
