@@ -66,8 +66,14 @@ fn run(seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
     for len in [13, 7, 30] {
         script.add_seq(len);
     }
-    let mut steps = 0;
+    let (mut steps, mut mixed) = (0, 0);
     while let Some(batch) = script.next(16) {
+        let decode_rows = batch
+            .seqs
+            .iter()
+            .filter(|q| q.q_len == 1 && q.kv_len > 1)
+            .count();
+        mixed += usize::from(decode_rows > 0 && decode_rows < batch.seqs.len());
         if steps == 2 {
             script.add_seq(11); // arrives while the others decode
         }
@@ -87,7 +93,10 @@ fn run(seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
         );
         steps += 1;
     }
-    assert!(steps >= 10, "only {steps} steps");
+    assert!(
+        mixed >= 1,
+        "no step mixed prefill chunks with decode rows ({steps} steps)"
+    );
     assert!(
         device.times.compile.len() >= 2,
         "several buckets were exercised: {:?}",
