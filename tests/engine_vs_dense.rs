@@ -4,7 +4,7 @@
 //! steps, page_size 16, a pool small enough to force preemption. Two kernels with different
 //! block sizes give identical tokens.
 
-use e2e::client;
+use e2e::serving_client;
 use kernelgen::emit::step::KernelSource;
 use kernelgen::serve::StepSource;
 use rand::{Rng, SeedableRng};
@@ -45,7 +45,7 @@ fn serve(
         kernel,
     };
     let exec = DeviceExecutor::new(
-        client(),
+        serving_client(),
         model,
         &cfg,
         KvDtype::F32,

@@ -3,13 +3,14 @@
 //! cache), step after step, on random mixed batches: chunked prefill, decode rows, sequences
 //! arriving mid-stream, shuffled pages, padding tokens, several buckets.
 
-use e2e::{client, BatchScript};
+use e2e::{client, serving_client, BatchScript};
 use kernelgen::emit::step::KernelSource;
 use kernelgen::serve::StepSource;
 use runtime::engine::{EngineConfig, StepExecutor};
 use runtime::model::safetensors::load_hf_dir;
 use runtime::model::tiny::{write_tiny_llama, TinyConfig};
 use runtime::model::Model;
+use runtime::pjrt::Client;
 use runtime::step::layout::KvDtype;
 use runtime::step::{default_buckets, DeviceExecutor};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ fn tiny(seed: u64, tied: bool) -> Model {
     m
 }
 
-fn run(seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
+fn run(client: Client, seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
     let model = Arc::new(tiny(seed, tied));
     let engine = EngineConfig {
         max_seqs: 4,
@@ -48,7 +49,7 @@ fn run(seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
         },
     };
     let mut device = DeviceExecutor::new(
-        client(),
+        client,
         &model,
         &engine,
         kv,
@@ -108,8 +109,8 @@ fn run(seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
 fn step_program_matches_host_reference_f32() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
-    run(seed, false, KvDtype::F32, (4, 2), 1e-4);
-    run(seed + 1, true, KvDtype::F32, (1, 1), 1e-4);
+    run(client(), seed, false, KvDtype::F32, (4, 2), 1e-4);
+    run(client(), seed + 1, true, KvDtype::F32, (1, 1), 1e-4);
 }
 
 #[test]
@@ -117,5 +118,22 @@ fn step_program_with_bf16_kv_pool_stays_close() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
     // K/V rounded to bf16 in the pool: logits move by about 2^-8 relative.
-    run(seed, true, KvDtype::Bf16, (8, 3), 3e-2);
+    run(client(), seed, true, KvDtype::Bf16, (8, 3), 3e-2);
+}
+
+/// The same on the serving plugin (newer XLA, PJRT API 0.115): forward compatibility of the
+/// bindings and of the emitted program.
+#[test]
+fn step_program_matches_host_reference_on_the_serving_plugin() {
+    let seed = rand::random::<u64>() % 1000;
+    eprintln!("seed {seed}");
+    run(serving_client(), seed, false, KvDtype::F32, (4, 2), 1e-4);
+    run(
+        serving_client(),
+        seed + 2,
+        true,
+        KvDtype::Bf16,
+        (8, 3),
+        3e-2,
+    );
 }

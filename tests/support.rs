@@ -15,6 +15,18 @@ pub fn client() -> Client {
         .clone()
 }
 
+/// The serving plugin's client (the newer XLA CPU plugin the engine runs on by default).
+pub fn serving_client() -> Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let api = runtime::pjrt::Api::load(&runtime::cache::serving_plugin_path())
+                .expect("serving PJRT plugin (run scripts/setup.sh)");
+            Client::new(api).expect("serving client")
+        })
+        .clone()
+}
+
 /// A small config, cheap enough to compile and run dozens of times.
 #[allow(clippy::too_many_arguments)]
 pub fn small_config(

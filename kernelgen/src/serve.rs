@@ -87,3 +87,131 @@ pub fn check_artifact(
     }
     Ok(())
 }
+
+use crate::artifact::ArtifactError;
+use runtime::engine::core::validate_config;
+use runtime::engine::{Engine, EngineConfig, EngineError};
+use runtime::model::{gguf, safetensors, tokenizer::Tokenizer, Model, ModelError};
+use runtime::pjrt::{Api, Client, PjrtError};
+use runtime::step::{default_buckets, DeviceExecutor};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything `kernelgen generate` and the benchmarks need to start serving.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// A `.gguf` file or a Hugging Face directory (config.json + safetensors + tokenizer.json).
+    pub model: PathBuf,
+    /// A kernel artifact directory; `None` emits a kernel with `blocks` for the model.
+    pub kernel: Option<PathBuf>,
+    pub blocks: (u32, u32),
+    pub engine: EngineConfig,
+    pub kv_dtype: KvDtype,
+    pub plugin: PathBuf,
+    /// Token buckets; `None`: powers of two up to max_tokens_per_round.
+    pub buckets: Option<Vec<usize>>,
+}
+
+/// Why serving could not start. Each is refused before any compile or device work.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Kernel(#[from] Box<KernelMismatch>),
+    #[error("kernel artifact: {0}")]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("PJRT plugin {path}: {source}")]
+    Plugin { path: PathBuf, source: PjrtError },
+}
+
+/// A model and its tokenizer, from a `.gguf` file or a Hugging Face directory.
+pub fn load_model(path: &Path) -> Result<(Model, Tokenizer), ModelError> {
+    if path.is_dir() {
+        let model = safetensors::load_hf_dir(path)?;
+        let tok_path = path.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(ModelError::Tokenizer(format!(
+                "{} has no tokenizer.json (needed to encode prompts)",
+                path.display()
+            )));
+        }
+        Ok((model, Tokenizer::from_file(&tok_path)?))
+    } else {
+        let model = gguf::load_gguf(path)?;
+        Ok((model, Tokenizer::from_gguf(path)?))
+    }
+}
+
+/// A started server: engine on the device, tokenizer, and what was loaded.
+pub struct Served {
+    pub engine: Engine<DeviceExecutor>,
+    pub tokenizer: Tokenizer,
+    pub model: runtime::model::LlamaConfig,
+    /// "artifact out/rpa-q16-kv8" or "emitted q_block=8 kv_pages_block=8".
+    pub kernel: String,
+    pub load_time: Duration,
+}
+
+/// Loads the model, checks the kernel against it, validates the engine config, uploads the
+/// weights and creates the KV pools. Programs compile on first use of each bucket.
+pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
+    let t0 = Instant::now();
+    validate_config(&opts.engine)?;
+    let (model, tokenizer) = load_model(&opts.model)?;
+    let (kernel, desc) = match &opts.kernel {
+        Some(dir) => {
+            let a = Artifact::open(dir)?;
+            check_artifact(&a, &model.config, opts.engine.page_size, opts.kv_dtype)
+                .map_err(Box::new)?;
+            let desc = format!("artifact {} ({})", dir.display(), a.manifest.config);
+            (KernelSource::Artifact(Box::new(a)), desc)
+        }
+        None => (
+            KernelSource::Blocks {
+                q_block: opts.blocks.0,
+                kv_pages_block: opts.blocks.1,
+            },
+            format!(
+                "emitted q_block={} kv_pages_block={}",
+                opts.blocks.0, opts.blocks.1
+            ),
+        ),
+    };
+    let plugin_err = |source| ServeError::Plugin {
+        path: opts.plugin.clone(),
+        source,
+    };
+    let client = Client::new(Api::load(&opts.plugin).map_err(plugin_err)?).map_err(plugin_err)?;
+    let buckets = opts
+        .buckets
+        .clone()
+        .unwrap_or_else(|| default_buckets(opts.engine.max_tokens_per_round));
+    let source = StepSource {
+        model: model.config.clone(),
+        kernel,
+    };
+    let exec = DeviceExecutor::new(
+        client,
+        &model,
+        &opts.engine,
+        opts.kv_dtype,
+        buckets,
+        Box::new(source),
+    )?;
+    let mut engine = Engine::new(opts.engine.clone(), exec)?;
+    engine.set_stop_token_ids(model.config.eos_token_ids.clone());
+    let tok = tokenizer.clone();
+    engine.set_detokenizer(Box::new(move |ids| {
+        tok.decode(ids, true).unwrap_or_default()
+    }));
+    Ok(Served {
+        engine,
+        tokenizer,
+        model: model.config,
+        kernel: desc,
+        load_time: t0.elapsed(),
+    })
+}

@@ -6,6 +6,7 @@
 //! - [`engine`]: page allocator, scheduler, sampler, metrics, and the [`engine::StepExecutor`] seam;
 //! - [`plan`]: engine capacity rules shared with `kernelgen plan`.
 
+pub mod cache;
 pub mod engine;
 pub mod model;
 pub mod pjrt;

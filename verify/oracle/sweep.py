@@ -16,6 +16,7 @@ import json
 import os
 import random
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tpu_oracle  # noqa: E402
@@ -80,6 +81,7 @@ def main():
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--targets", default="v5e,v5p,v6e,v7x,v4")
     ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per point (incl. bisection)")
     args = ap.parse_args()
     i, n = map(int, args.shard.split("/"))
     done = set()
@@ -93,7 +95,19 @@ def main():
     for j, p in enumerate(todo):
         req = dict(p, min_limit=True, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
                    min_limit_cap=CAPACITY[p["target"]])
+        # A compile stuck inside libtpu cannot be interrupted from Python: record the point as a
+        # timeout and exit; rerunning the sweep resumes after it.
+        def give_up(p=p):
+            rec = {"request": p, "default_limit_bytes": DEFAULT_LIMIT[p["target"]], "versions": versions,
+                   "response": {"verdict": "timeout", "message": f"no verdict within {args.timeout} s"}}
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            print(f"timeout on {p}", file=sys.stderr, flush=True)
+            os._exit(3)
+        watchdog = threading.Timer(args.timeout, give_up)
+        watchdog.start()
         resp = tpu_oracle.handle(req)
+        watchdog.cancel()
         rec = {"request": p, "default_limit_bytes": DEFAULT_LIMIT[p["target"]], "response": resp,
                "versions": versions}
         with open(args.out, "a") as fh:

@@ -69,12 +69,7 @@ pub enum OracleError {
     Protocol(String),
 }
 
-/// The cache root: `$KERNELGEN_CACHE`, else `<repo>/.cache`.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("KERNELGEN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
-}
+pub use runtime::cache::cache_dir;
 
 /// A Python >= 3.12: `$KERNELGEN_PYTHON`, `python3.12`/`python3.13` on PATH, or pyenv's.
 fn find_python() -> Result<PathBuf, OracleError> {

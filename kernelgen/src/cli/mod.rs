@@ -1,8 +1,10 @@
 //! Command-line interface: argument parsing, dispatch, exit codes.
 
+mod bench;
 mod build;
 mod calibrate;
 mod check;
+mod generate;
 mod kernel_args;
 mod matrix;
 mod plan;
@@ -49,6 +51,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     Check(check::CheckArgs),
     Plan(plan::PlanArgs),
+    Generate(generate::GenerateArgs),
+    Bench(bench::BenchArgs),
     Calibrate(calibrate::CalibrateArgs),
 }
 
@@ -71,6 +75,8 @@ pub fn run() -> i32 {
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {

@@ -52,6 +52,9 @@ pub struct KernelDims {
     pub window_m1: u64,
     pub has_soft_cap: bool,
     pub soft_cap: String,
+    /// Also return the (unchanged) kv_pages the loops carried: set when the kernel is linked
+    /// into a program that updates the pool in place, so the pool has a single consumer.
+    pub return_pool: bool,
 }
 
 fn hex_f32(x: f32) -> String {
@@ -90,6 +93,7 @@ impl KernelDims {
             window_m1: window.saturating_sub(1),
             has_soft_cap: cfg.soft_cap().is_some(),
             soft_cap: hex_f32(cfg.soft_cap().unwrap_or(1.0)),
+            return_pool: false,
         }
     }
 }
@@ -105,9 +109,19 @@ pub fn header(cfg: &KernelConfig, what: &str) -> Vec<String> {
 
 /// Renders the template for `cfg` without checking it (tests use this to corrupt text).
 pub fn render(cfg: &KernelConfig) -> Result<String, EmitError> {
+    render_with(cfg, false)
+}
+
+fn render_with(cfg: &KernelConfig, return_pool: bool) -> Result<String, EmitError> {
     let mut ctx = tera::Context::new();
     ctx.insert("cfg", cfg.params());
-    ctx.insert("dims", &KernelDims::new(cfg));
+    ctx.insert(
+        "dims",
+        &KernelDims {
+            return_pool,
+            ..KernelDims::new(cfg)
+        },
+    );
     ctx.insert("header", &header(cfg, "ragged paged attention, StableHLO"));
     templates::render("rpa.stablehlo.mlir.tera", &ctx)
 }
@@ -122,7 +136,17 @@ pub struct StablehloKernel {
 
 /// Renders, parses, verifies and shape-checks the kernel for `cfg`.
 pub fn emit(cfg: &KernelConfig) -> Result<StablehloKernel, EmitError> {
-    let rendered = render(cfg)?;
+    emit_with(cfg, false)
+}
+
+/// The kernel for linking into a program that updates kv_pages in place: it also returns the
+/// kv_pages its loops carried (unchanged), which the program passes on as the updated pool.
+pub fn emit_linkable(cfg: &KernelConfig) -> Result<StablehloKernel, EmitError> {
+    emit_with(cfg, true)
+}
+
+fn emit_with(cfg: &KernelConfig, return_pool: bool) -> Result<StablehloKernel, EmitError> {
+    let rendered = render_with(cfg, return_pool)?;
     let module = mlir::check(&rendered)?;
     let mut text: String = header(cfg, "ragged paged attention, StableHLO")
         .iter()

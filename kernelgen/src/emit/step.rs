@@ -1,10 +1,11 @@
 //! The model's step program (`templates/step.stablehlo.mlir.tera`) with the ragged paged attention
 //! kernel linked in: one StableHLO module per token-count bucket.
 //!
-//! The kernel comes from an artifact ([`KernelSource::Artifact`]): its own `rpa.stablehlo.mlir`
-//! when the artifact's call shapes are the bucket's, otherwise the same kernel config (block sizes,
-//! dtype, page size, geometry) re-instantiated at the bucket's shapes. The runtime refuses an
-//! artifact whose geometry, page size or dtype differ from the model's before calling this.
+//! The kernel comes from an artifact ([`KernelSource::Artifact`]): its config (block sizes, dtype,
+//! page size, geometry, sm_scale) is instantiated at each bucket's call shapes in linkable form
+//! (the kernel also returns the kv_pages its loops carried, so the program's updated pool has one
+//! consumer and XLA never copies it) and linked in with melior. The runtime refuses an artifact
+//! whose geometry, page size or dtype differ from the model's before calling this.
 
 use super::link::link;
 use super::mlir::CheckedModule;
@@ -105,8 +106,6 @@ pub struct StepProgram {
     pub module: CheckedModule,
     /// The kernel config linked in (at the bucket's shapes).
     pub kernel: KernelConfig,
-    /// True when the artifact's own kernel text was linked unchanged.
-    pub artifact_text: bool,
 }
 
 pub fn kv_dtype(d: Dtype) -> KvDtype {
@@ -187,19 +186,10 @@ pub fn emit(
     source: &KernelSource,
 ) -> Result<StepProgram, Error> {
     let kernel = bucket_kernel(m, shapes, source)?;
-    let (kernel_text, artifact_text) = match source {
-        KernelSource::Artifact(a) if a.manifest.config == kernel => {
-            (a.read_text(stablehlo::FILE_NAME)?, true)
-        }
-        _ => (stablehlo::emit(&kernel)?.text, false),
-    };
+    let kernel_text = stablehlo::emit_linkable(&kernel)?.text;
     let program = render(m, shapes)?;
     let module = link(&program, &kernel_text, KERNEL_SYMBOL)?;
-    Ok(StepProgram {
-        module,
-        kernel,
-        artifact_text,
-    })
+    Ok(StepProgram { module, kernel })
 }
 
 #[cfg(test)]

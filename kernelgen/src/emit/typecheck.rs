@@ -237,6 +237,9 @@ pub fn check_op(op: &OpView) -> Check {
         "gather" => gather(op),
         "reduce" => reduce(op),
         "while" => while_loop(op),
+        "optimization_barrier" => ensure(op.operands == op.results, || {
+            "results must have the operands' types".into()
+        }),
         "return" => Ok(()), // checked by the op that owns the region
         _ => Err(format!(
             "no shape rule for '{}': add one in emit/typecheck.rs before emitting it",

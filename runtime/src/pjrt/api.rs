@@ -21,9 +21,7 @@ pub fn default_plugin_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PJRT_PLUGIN") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("KERNELGEN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
+    let cache = crate::cache::cache_dir();
     cache.join(CPU_PLUGIN_REL_PATH)
 }
 

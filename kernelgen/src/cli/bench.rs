@@ -1,0 +1,321 @@
+//! `kernelgen bench`: throughput benchmarks that print ratios against bounds measured in the
+//! same run (this machine is noisy: separate runs differ, ratios within one run do not).
+
+use super::exit;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use kernelgen::serve::{start, ServeOptions};
+use runtime::engine::{EngineConfig, SamplingParams};
+use runtime::pjrt::{Api, Client, CompileOptions};
+use runtime::step::layout::KvDtype;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Benchmarks (ratios against bounds measured in the same run)
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    Decode(DecodeArgs),
+}
+
+/// Decode and prefill throughput of the serving engine on the default (or given) model
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Measures, in one run: memory bandwidth (a large copy through the PJRT device) and the f32 matmul rate \
+(XLA dot of the model's MLP shape at batch 32), then decode tokens/s at each --batches size and \
+prefill tokens/s. Each figure is printed beside the bound it implies: batch-1 decode is bounded by \
+bandwidth / bytes of weights read per step; batch-B decode by min(bandwidth bound x B, matmul rate / \
+(2 x params)); prefill by matmul rate / (2 x params). Step time vs max_pages checks that the KV pool is \
+never copied (it must not grow with the pool).")]
+pub struct DecodeArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    #[arg(long = "q", default_value_t = 8)]
+    pub q_block: u32,
+    #[arg(long = "kv", default_value_t = 8)]
+    pub kv_pages_block: u32,
+    /// Batch sizes to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batches: Vec<usize>,
+    /// Prompt tokens per sequence
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Decode steps measured per batch size
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Prompt length for the prefill measurement
+    #[arg(long, default_value_t = 256)]
+    pub prefill_len: usize,
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// Also measure batch-1 step time at these pool sizes
+    #[arg(long, value_delimiter = ',', default_value = "256,2048")]
+    pub pool_pages: Vec<usize>,
+    #[arg(long, env = "PJRT_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    plugin: String,
+    bandwidth_gbs: f64,
+    matmul_gflops: f64,
+    weight_bytes: u64,
+    params: u64,
+    decode: Vec<Figure>,
+    prefill: Option<Figure>,
+    pool_scaling: Vec<(usize, f64)>,
+}
+
+#[derive(Serialize)]
+struct Figure {
+    batch: usize,
+    tokens_per_s: f64,
+    bound_tokens_per_s: f64,
+    ratio: f64,
+    step_ms: f64,
+}
+
+/// Bandwidth: GB/s of a device-side copy of 256 MiB (read + write), best of 5.
+fn measure_bandwidth(client: &Client) -> anyhow::Result<f64> {
+    let n = 64 << 20; // f32 elements
+    let text = format!(
+        "func.func @main(%x: tensor<{n}xf32>) -> tensor<{n}xf32> {{\n  %c = \"stablehlo.constant\"() {{value = dense<1.0> : tensor<f32>}} : () -> tensor<f32>\n  \
+         %b = \"stablehlo.broadcast_in_dim\"(%c) {{broadcast_dimensions = array<i64>}} : (tensor<f32>) -> tensor<{n}xf32>\n  \
+         %y = \"stablehlo.add\"(%x, %b) : (tensor<{n}xf32>, tensor<{n}xf32>) -> tensor<{n}xf32>\n  return %y : tensor<{n}xf32>\n}}\n"
+    );
+    let exe = client.compile(&text, &CompileOptions::new())?;
+    let x = client.buffer_from_host(&vec![0f32; n], &[n as i64])?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        exe.execute_borrowed(&[&x])?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((2 * n * 4) as f64 / best / 1e9)
+}
+
+/// f32 matmul rate: [m, k] x [k, n] on the device, best of 5.
+fn measure_matmul(client: &Client, m: usize, k: usize, n: usize) -> anyhow::Result<f64> {
+    let text = format!(
+        "func.func @main(%a: tensor<{m}x{k}xf32>, %b: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{\n  \
+         %c = \"stablehlo.dot_general\"(%a, %b) {{dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>}} : (tensor<{m}x{k}xf32>, tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32>\n  \
+         return %c : tensor<{m}x{n}xf32>\n}}\n"
+    );
+    let exe = client.compile(&text, &CompileOptions::new())?;
+    let a = client.buffer_from_host(&vec![0.5f32; m * k], &[m as i64, k as i64])?;
+    let b = client.buffer_from_host(&vec![0.25f32; k * n], &[k as i64, n as i64])?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        exe.execute_borrowed(&[&a, &b])?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((2 * m * k * n) as f64 / best / 1e9)
+}
+
+fn options(
+    a: &DecodeArgs,
+    max_seqs: usize,
+    max_pages: usize,
+    max_seq_len: usize,
+    budget: usize,
+) -> ServeOptions {
+    ServeOptions {
+        model: a
+            .model
+            .clone()
+            .unwrap_or_else(runtime::cache::default_model_path),
+        kernel: a.kernel.clone(),
+        blocks: (a.q_block, a.kv_pages_block),
+        engine: EngineConfig {
+            max_seqs,
+            max_pages,
+            page_size: a.page_size,
+            max_seq_len,
+            max_tokens_per_round: budget,
+        },
+        kv_dtype: KvDtype::F32,
+        plugin: a
+            .plugin
+            .clone()
+            .unwrap_or_else(runtime::cache::serving_plugin_path),
+        buckets: None,
+    }
+}
+
+/// Runs `batch` sequences: prefill, then `new_tokens` decode steps; returns (decode tok/s,
+/// mean decode step s, prefill tok/s of the prefill steps).
+fn run_batch(
+    a: &DecodeArgs,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    max_pages: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(a.page_size) * a.page_size;
+    let per_seq = max_seq_len / a.page_size;
+    let pages = max_pages.max(per_seq * batch);
+    let budget = (batch * prompt_len).clamp(batch, 512);
+    let mut served = start(&options(a, batch, pages, max_seq_len, budget))?;
+    let vocab = served.model.vocab_size as u32;
+    // Warm-up run compiles every bucket this workload uses, so timings exclude compiles.
+    for round in 0..2 {
+        for i in 0..batch {
+            let prompt: Vec<u32> = (0..prompt_len)
+                .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
+                .collect();
+            let params = SamplingParams {
+                max_new_tokens: new_tokens,
+                stop_token_ids: vec![],
+                ..SamplingParams::default()
+            };
+            served.engine.submit(prompt, params)?;
+        }
+        served.engine.set_stop_token_ids(vec![]);
+        let (mut decode_s, mut decode_tokens, mut decode_steps) = (0.0, 0usize, 0usize);
+        let (mut prefill_s, mut prefill_tokens) = (0.0, 0usize);
+        let waiting_before = batch;
+        let _ = waiting_before;
+        while served.engine.has_work() {
+            let before = served.engine.stats();
+            let t = Instant::now();
+            let events = served.engine.step()?;
+            let dt = t.elapsed().as_secs_f64();
+            let all_decode = before.waiting == 0
+                && events.len() == before.active_seqs
+                && before.active_seqs == batch;
+            if all_decode {
+                decode_s += dt;
+                decode_tokens += events.len();
+                decode_steps += 1;
+            } else {
+                prefill_s += dt;
+                prefill_tokens += events.len().max(1) * prompt_len;
+            }
+        }
+        served.engine.take_finished();
+        if round == 1 {
+            return Ok((
+                decode_tokens as f64 / decode_s,
+                decode_s / decode_steps.max(1) as f64,
+                prefill_tokens as f64 / prefill_s,
+            ));
+        }
+    }
+    unreachable!()
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let BenchWhat::Decode(a) = args.what;
+    let model_path = a
+        .model
+        .clone()
+        .unwrap_or_else(runtime::cache::default_model_path);
+    let (model, _) = kernelgen::serve::load_model(&model_path)
+        .with_context(|| format!("loading {}", model_path.display()))?;
+    let plugin = a
+        .plugin
+        .clone()
+        .unwrap_or_else(runtime::cache::serving_plugin_path);
+    let client = Client::new(Api::load(&plugin)?)?;
+    let c = &model.config;
+    let params: u64 = runtime::step::layout::pack_weights(c, &model.weights)
+        .iter()
+        .map(|w| w.data.len() as u64)
+        .sum();
+    // Bytes a decode step reads: every weight except the embedding table, plus the embedding
+    // once more as the (tied) LM head.
+    let embed = (c.vocab_size * c.hidden_size) as u64;
+    let weight_bytes = 4 * (params - embed + if c.tie_word_embeddings { embed } else { 0 });
+    let mut r = Report {
+        plugin: plugin.display().to_string(),
+        weight_bytes,
+        params,
+        ..Report::default()
+    };
+    eprintln!("measuring bandwidth and matmul rate ...");
+    r.bandwidth_gbs = measure_bandwidth(&client)?;
+    r.matmul_gflops = measure_matmul(&client, 32, c.hidden_size, 2 * c.intermediate_size)?.max(
+        measure_matmul(&client, 256, c.hidden_size, 2 * c.intermediate_size)?,
+    );
+    drop(client);
+    let bw_bound = r.bandwidth_gbs * 1e9 / weight_bytes as f64;
+    let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
+    for &b in &a.batches {
+        eprintln!("decode batch {b} ...");
+        let (tps, step, _) = run_batch(&a, b, a.prompt_len, a.new_tokens, 0)?;
+        let bound = (bw_bound * b as f64).min(flop_bound);
+        r.decode.push(Figure {
+            batch: b,
+            tokens_per_s: tps,
+            bound_tokens_per_s: bound,
+            ratio: tps / bound,
+            step_ms: step * 1e3,
+        });
+    }
+    eprintln!("prefill ...");
+    let (_, _, pps) = run_batch(&a, 1, a.prefill_len, 2, 0)?;
+    r.prefill = Some(Figure {
+        batch: 1,
+        tokens_per_s: pps,
+        bound_tokens_per_s: flop_bound,
+        ratio: pps / flop_bound,
+        step_ms: a.prefill_len as f64 / pps * 1e3,
+    });
+    for &pages in &a.pool_pages {
+        eprintln!("pool of {pages} pages ...");
+        let (_, step, _) = run_batch(&a, 1, a.prompt_len, 16, pages)?;
+        r.pool_scaling.push((pages, step * 1e3));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(exit::OK);
+    }
+    println!("plugin {}", r.plugin);
+    println!(
+        "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of weights read per decode step",
+        r.bandwidth_gbs,
+        r.matmul_gflops,
+        r.params,
+        r.weight_bytes as f64 / 1e6
+    );
+    println!(
+        "{:<18} {:>10} {:>12} {:>8} {:>10}",
+        "figure", "tok/s", "bound tok/s", "ratio", "step ms"
+    );
+    for f in &r.decode {
+        println!(
+            "{:<18} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
+            format!("decode batch {}", f.batch),
+            f.tokens_per_s,
+            f.bound_tokens_per_s,
+            f.ratio,
+            f.step_ms
+        );
+    }
+    if let Some(f) = &r.prefill {
+        println!(
+            "{:<18} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
+            format!("prefill {} tok", a.prefill_len),
+            f.tokens_per_s,
+            f.bound_tokens_per_s,
+            f.ratio,
+            f.step_ms
+        );
+    }
+    for (pages, ms) in &r.pool_scaling {
+        println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,341 @@
+//! `kernelgen generate`: serve a Llama model with a paged KV cache and a generated kernel.
+
+use super::exit;
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use kernelgen::serve::{start, ServeOptions};
+use runtime::engine::{EngineConfig, FinishReason, FinishedRequest, SamplingParams};
+use runtime::step::layout::KvDtype;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+/// Generate text with a paged-KV engine running the model's step program through PJRT
+#[derive(Args, Debug)]
+#[command(after_help = "\
+One --prompt streams text to stdout. --prompts FILE.jsonl (one {\"prompt\": ...} per line, optional \
+per-line max_new_tokens/temperature/top_p/top_k/seed/stop/n) runs them all with continuous batching, \
+shows a progress bar, and writes one JSON line per request (text, token ids, finish reason, timings) \
+to --out or stdout.
+
+The default model is SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32; fetched by \
+scripts/setup.sh --model). Prompts are wrapped in the model's chat template unless --raw.
+Without --kernel, a ragged paged attention kernel with --q/--kv blocks is emitted for the model.
+
+Examples:
+  kernelgen generate --prompt \"Write a haiku about TPUs.\"
+  kernelgen generate --kernel out/rpa-q16-kv8 --model m.gguf --prompt \"...\" --max-new-tokens 256 \\
+                     --temperature 0.7 --top-p 0.9 --seed 1
+  kernelgen generate --prompts prompts.jsonl --out results.jsonl --max-seqs 32 --max-pages 2048 --page-size 16")]
+pub struct GenerateArgs {
+    /// One prompt (text streams to stdout)
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// JSON lines of prompts for batch mode
+    #[arg(long, value_name = "JSONL")]
+    pub prompts: Option<PathBuf>,
+    /// Where batch mode writes its JSON lines [default: stdout]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model: a .gguf file or a Hugging Face directory [default: cached SmolLM2-135M-Instruct]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// q_block of the emitted kernel when --kernel is not given
+    #[arg(long = "q", default_value_t = 8)]
+    pub q_block: u32,
+    /// kv_pages_block of the emitted kernel when --kernel is not given
+    #[arg(long = "kv", default_value_t = 8)]
+    pub kv_pages_block: u32,
+    #[arg(long, default_value_t = 128, help_heading = "Sampling")]
+    pub max_new_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0, help_heading = "Sampling")]
+    pub temperature: f32,
+    #[arg(long, help_heading = "Sampling")]
+    pub top_p: Option<f32>,
+    #[arg(long, help_heading = "Sampling")]
+    pub top_k: Option<usize>,
+    /// Same seed, same output
+    #[arg(long, help_heading = "Sampling")]
+    pub seed: Option<u64>,
+    /// Stop string (repeatable)
+    #[arg(long, help_heading = "Sampling")]
+    pub stop: Vec<String>,
+    /// Samples per prompt (share the prompt's KV pages)
+    #[arg(long, default_value_t = 1, help_heading = "Sampling")]
+    pub n: usize,
+    /// Do not apply the chat template
+    #[arg(long)]
+    pub raw: bool,
+    /// Sequences per step
+    #[arg(long, default_value_t = 32, help_heading = "Engine")]
+    pub max_seqs: usize,
+    /// KV pages in each layer's pool
+    #[arg(long, default_value_t = 1024, help_heading = "Engine")]
+    pub max_pages: usize,
+    #[arg(long, default_value_t = 16, help_heading = "Engine")]
+    pub page_size: usize,
+    /// Longest sequence (prompt + generation)
+    #[arg(long, default_value_t = 2048, help_heading = "Engine")]
+    pub max_seq_len: usize,
+    /// Token budget of one step (prefill chunk size)
+    #[arg(long, default_value_t = 256, help_heading = "Engine")]
+    pub max_tokens_per_round: usize,
+    /// KV pool dtype: f32 or bf16
+    #[arg(long, default_value = "f32", help_heading = "Engine")]
+    pub kv_dtype: String,
+    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
+    #[arg(long, env = "PJRT_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+    /// Print the run's metrics as JSON (to stderr in batch mode when --out is stdout)
+    #[arg(long)]
+    pub json_metrics: bool,
+}
+
+/// One line of --prompts.
+#[derive(Deserialize, Debug)]
+struct PromptLine {
+    prompt: String,
+    id: Option<serde_json::Value>,
+    max_new_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+    n: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ResultLine {
+    id: serde_json::Value,
+    text: Vec<String>,
+    token_ids: Vec<Vec<u32>>,
+    finish_reason: Vec<FinishReason>,
+    prompt_tokens: usize,
+    ttft_s: f64,
+    latency_s: f64,
+}
+
+pub fn engine_config(a: &GenerateArgs) -> EngineConfig {
+    EngineConfig {
+        max_seqs: a.max_seqs,
+        max_pages: a.max_pages,
+        page_size: a.page_size,
+        max_seq_len: a.max_seq_len,
+        max_tokens_per_round: a.max_tokens_per_round,
+    }
+}
+
+pub fn kv_dtype(s: &str) -> anyhow::Result<KvDtype> {
+    match s {
+        "f32" => Ok(KvDtype::F32),
+        "bf16" => Ok(KvDtype::Bf16),
+        other => bail!("kv_dtype = {other} is invalid: one of f32, bf16"),
+    }
+}
+
+fn params(a: &GenerateArgs, line: Option<&PromptLine>) -> SamplingParams {
+    let l = line;
+    SamplingParams {
+        temperature: l.and_then(|l| l.temperature).unwrap_or(a.temperature),
+        top_k: l.and_then(|l| l.top_k).or(a.top_k),
+        top_p: l.and_then(|l| l.top_p).or(a.top_p),
+        seed: l.and_then(|l| l.seed).or(a.seed),
+        max_new_tokens: l.and_then(|l| l.max_new_tokens).unwrap_or(a.max_new_tokens),
+        stop_token_ids: vec![],
+        stop_strings: l
+            .filter(|l| !l.stop.is_empty())
+            .map(|l| l.stop.clone())
+            .unwrap_or_else(|| a.stop.clone()),
+        n: l.and_then(|l| l.n).unwrap_or(a.n),
+    }
+}
+
+pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
+    if a.prompt.is_none() && a.prompts.is_none() {
+        bail!("give --prompt TEXT or --prompts FILE.jsonl; see kernelgen generate --help");
+    }
+    // Read every input before loading anything: bad input fails fast.
+    let lines: Vec<PromptLine> = match &a.prompts {
+        Some(path) => {
+            let f =
+                std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut v = Vec::new();
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                v.push(serde_json::from_str(&line).with_context(|| {
+                    format!("{}:{}: expected {{\"prompt\": ...}}", path.display(), i + 1)
+                })?);
+            }
+            v
+        }
+        None => vec![],
+    };
+    let opts = ServeOptions {
+        model: a
+            .model
+            .clone()
+            .unwrap_or_else(runtime::cache::default_model_path),
+        kernel: a.kernel.clone(),
+        blocks: (a.q_block, a.kv_pages_block),
+        engine: engine_config(&a),
+        kv_dtype: kv_dtype(&a.kv_dtype)?,
+        plugin: a
+            .plugin
+            .clone()
+            .unwrap_or_else(runtime::cache::serving_plugin_path),
+        buckets: None,
+    };
+    if !opts.model.exists() {
+        bail!(
+            "model {} not found: run scripts/setup.sh --model, or pass --model",
+            opts.model.display()
+        );
+    }
+    let mut served = start(&opts)?;
+    let chat = |text: &str| -> anyhow::Result<String> {
+        match (&served.model.chat_template, a.raw) {
+            (Some(t), false) => {
+                Ok(served
+                    .tokenizer
+                    .apply_chat_template(t, &[("user", text)], true)?)
+            }
+            _ => Ok(text.to_string()),
+        }
+    };
+    if let Some(prompt) = &a.prompt {
+        let text = chat(prompt)?;
+        let ids = served.tokenizer.encode(&text, false)?;
+        let id = served.engine.submit(ids, params(&a, None))?;
+        eprintln!(
+            "[kernelgen] {} ; kernel: {} ; loaded in {:.1} s",
+            opts.model.display(),
+            served.kernel,
+            served.load_time.as_secs_f64()
+        );
+        stream(&mut served, id)?;
+    } else {
+        let prepared: Vec<(Vec<u32>, SamplingParams)> = lines
+            .iter()
+            .map(|l| {
+                Ok((
+                    served.tokenizer.encode(&chat(&l.prompt)?, false)?,
+                    params(&a, Some(l)),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut ids = BTreeMap::new();
+        for (i, (prompt, p)) in prepared.into_iter().enumerate() {
+            let id = served
+                .engine
+                .submit(prompt, p)
+                .with_context(|| format!("prompt line {}", i + 1))?;
+            ids.insert(id, i);
+        }
+        let bar = ProgressBar::new(ids.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} requests {elapsed} {msg}")
+                .expect("valid template"),
+        );
+        let mut results: BTreeMap<usize, FinishedRequest> = BTreeMap::new();
+        while served.engine.has_work() {
+            served.engine.step()?;
+            for f in served.engine.take_finished() {
+                results.insert(ids[&f.id], f);
+                bar.inc(1);
+            }
+            let s = served.engine.stats();
+            bar.set_message(format!(
+                "{} active, {} pages in use",
+                s.active_seqs, s.pages_in_use
+            ));
+        }
+        bar.finish_and_clear();
+        let mut out: Box<dyn Write> = match &a.out {
+            Some(p) => Box::new(
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            ),
+            None => Box::new(std::io::stdout()),
+        };
+        for (i, f) in results {
+            let line = ResultLine {
+                id: lines[i].id.clone().unwrap_or(serde_json::json!(i)),
+                text: f
+                    .samples
+                    .iter()
+                    .map(|s| s.text.clone().unwrap_or_default())
+                    .collect(),
+                token_ids: f.samples.iter().map(|s| s.tokens.clone()).collect(),
+                finish_reason: f.samples.iter().map(|s| s.finish_reason.clone()).collect(),
+                prompt_tokens: f.prompt_len,
+                ttft_s: f.time_to_first_token().as_secs_f64(),
+                latency_s: f.latency().as_secs_f64(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        }
+    }
+    if a.json_metrics {
+        let report = serde_json::json!({
+            "engine": served.engine.metrics().report(),
+            "executor": served.engine.executor().times,
+            "kernel": served.kernel,
+            "load_time_s": served.load_time.as_secs_f64(),
+        });
+        let text = serde_json::to_string_pretty(&report)?;
+        if a.prompts.is_some() && a.out.is_none() {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Streams one request's text to stdout as tokens arrive.
+fn stream(
+    served: &mut kernelgen::serve::Served,
+    id: runtime::engine::RequestId,
+) -> anyhow::Result<()> {
+    let mut tokens = Vec::new();
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    while served.engine.has_work() {
+        for ev in served.engine.step()? {
+            if ev.request != id || ev.sample != 0 {
+                continue;
+            }
+            tokens.push(ev.token);
+            let text = served.tokenizer.decode(&tokens, true)?;
+            // Print only complete characters: a partial UTF-8 sequence decodes to U+FFFD.
+            if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                write!(stdout, "{}", &text[printed..])?;
+                stdout.flush()?;
+                printed = text.len();
+            }
+        }
+    }
+    for f in served.engine.take_finished() {
+        if let Some(s) = f.samples.first() {
+            if let Some(t) = &s.text {
+                if t.len() < printed {
+                    // A stop string matched: the streamed text ran past where it is cut.
+                    writeln!(stdout)?;
+                    eprintln!("[kernelgen] stopped at a stop string");
+                    continue;
+                }
+            }
+        }
+    }
+    writeln!(stdout)?;
+    Ok(())
+}
