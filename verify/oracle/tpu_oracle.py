@@ -13,7 +13,7 @@ Request fields:
   vmem_limit_bytes  null for the chip default
   min_limit         true: also bisect the smallest vmem_limit_bytes that compiles
   export_path       optional: write the lowered StableHLO (tpu_custom_call) text there
-Response: {"verdict": "fits" | "vmem_oom" | "error", "size_bytes", "limit_bytes",
+Response: {"verdict": "fits" | "vmem_oom" | "smem_oom" | "hbm_oom" | "error", "size_bytes", "limit_bytes",
            "message", "compile_s", "min_limit_bytes"?}
 """
 
@@ -132,6 +132,8 @@ def compile_once(req):
         m = _ALLOCATION.search(msg)
         if m and "space=vmem" in msg:
             return "vmem_oom", int(m.group(1)), int(m.group(2)), m.group(0)
+        if "CompileTimeHbmOom" in msg:
+            return "hbm_oom", None, None, msg.splitlines()[0][:300]
         for pattern in (_SCOPED, _CAPACITY):
             m = pattern.search(msg)
             if m:

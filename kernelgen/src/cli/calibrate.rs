@@ -4,7 +4,7 @@ use super::exit;
 use anyhow::Context;
 use clap::Args;
 use kernelgen::target::fmt_bytes;
-use kernelgen::vmem::calibrate::{agreement, data_file, fit_all, render_fitted};
+use kernelgen::vmem::calibrate::{agreement, data_file, fit_all, leave_one_out, render_fitted};
 use kernelgen::vmem::KernelModel;
 use std::path::PathBuf;
 
@@ -23,6 +23,9 @@ pub struct CalibrateArgs {
     /// Oracle data files [default: the committed file for --kernel]
     #[arg(long)]
     pub data: Vec<PathBuf>,
+    /// Also judge each point by a model fitted without it (leave-one-out)
+    #[arg(long)]
+    pub cross_validate: bool,
     /// Write the fitted constants into kernelgen/src/vmem/spill_fitted.rs
     #[arg(long)]
     pub write: bool,
@@ -69,19 +72,21 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
             .join(", ")
     );
     println!(
-        "{:<5} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "target", "points", "c0", "scores", "kv", "h*scores", "h*kv", "rel err"
+        "{:<5} {:>6}  {:<62} {:>7} {:>7}",
+        "target",
+        "points",
+        "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k",
+        "under",
+        "over"
     );
     for (_, t, m) in &models {
+        let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:.3}")).collect();
         println!(
-            "{t:<5} {:>6} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.1}%",
+            "{t:<5} {:>6}  {:<62} {:>6.1}% {:>6.1}%",
             m.points,
-            fmt_bytes(m.coef[0].max(0.0) as u64),
-            m.coef[1],
-            m.coef[2],
-            m.coef[3],
-            m.coef[4],
-            m.rel_err * 100.0
+            coef.join(" "),
+            m.under * 100.0,
+            m.over * 100.0
         );
     }
     println!(
@@ -93,6 +98,10 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
         agree.disagree.len(),
         agree.compiler_errors
     );
+    if args.cross_validate {
+        let (a, u, d) = leave_one_out(&points);
+        println!("leave-one-out (each point judged by a fit without it): {a} agree, {u} uncertain, {d} disagree");
+    }
     for d in &agree.disagree {
         println!(
             "  DISAGREE {} {}: model {} ({}), compiler {} (min limit {:?})",

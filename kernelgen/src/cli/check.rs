@@ -327,6 +327,13 @@ pub fn print_report(r: &VmemReport, t: &Target) {
         fmt_bytes(r.smem.capacity_bytes),
         r.smem.verdict
     );
+    println!(
+        "{:<17} {} of {} HBM ({})",
+        "operands",
+        fmt_bytes(r.hbm.operand_bytes),
+        fmt_bytes(r.hbm.capacity_bytes),
+        r.hbm.verdict
+    );
     let hint = if r.verdict == Verdict::Uncertain {
         "  (within the spill model's error: run with --oracle)"
     } else {

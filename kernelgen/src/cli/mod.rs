@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod calibrate;
 mod check;
+mod emit_step;
 mod generate;
 mod kernel_args;
 mod matrix;
@@ -53,6 +54,8 @@ enum Command {
     Plan(plan::PlanArgs),
     Generate(generate::GenerateArgs),
     Bench(bench::BenchArgs),
+    #[command(hide = true)]
+    EmitStep(emit_step::EmitStepArgs),
     Calibrate(calibrate::CalibrateArgs),
 }
 
@@ -77,6 +80,7 @@ pub fn run() -> i32 {
         Command::Plan(args) => plan::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::EmitStep(args) => emit_step::run(args),
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {

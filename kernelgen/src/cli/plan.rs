@@ -167,14 +167,8 @@ pub fn run(a: PlanArgs) -> anyhow::Result<i32> {
         });
     }
     let rules_ok = rules.iter().all(|r| r.ok);
-    let worst = kernel
-        .iter()
-        .map(|k| k.report.verdict)
-        .fold(Verdict::Fits, |w, v| match (w, v) {
-            (Verdict::DoesNotFit, _) | (_, Verdict::DoesNotFit) => Verdict::DoesNotFit,
-            (Verdict::Uncertain, _) | (_, Verdict::Uncertain) => Verdict::Uncertain,
-            _ => Verdict::Fits,
-        });
+    let verdicts: Vec<Verdict> = kernel.iter().map(|k| k.report.verdict).collect();
+    let worst = kernelgen::vmem::worst(&verdicts);
     let code = if !rules_ok {
         EXIT_NO_FIT
     } else {

@@ -96,9 +96,10 @@ pub fn render_fitted(models: &[(spill::Kernel, &'static str, SpillModel)]) -> St
     for (k, t, m) in models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:e}")).collect();
         s.push_str(&format!(
-            "    (\n        Kernel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            rel_err: {:e},\n            abs_err: {:e},\n            points: {},\n        }},\n    ),\n",
+            "    (\n        Kernel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n        }},\n    ),\n",
             coef.join(", "),
-            m.rel_err,
+            m.under,
+            m.over,
             m.abs_err,
             m.points
         ));
@@ -111,7 +112,7 @@ pub fn render_fitted(models: &[(spill::Kernel, &'static str, SpillModel)]) -> St
 pub fn oracle_verdict(p: &OraclePoint) -> Option<Verdict> {
     match p.response.verdict.as_str() {
         "fits" => Some(Verdict::Fits),
-        "vmem_oom" | "smem_oom" => Some(Verdict::DoesNotFit),
+        "vmem_oom" | "smem_oom" | "hbm_oom" => Some(Verdict::DoesNotFit),
         _ => None,
     }
 }
@@ -176,4 +177,48 @@ pub fn agreement(points: &[OraclePoint]) -> Agreement {
         }
     }
     a
+}
+
+/// Leave-one-out: each point judged by a model fitted without it (an estimate of how the
+/// checker does on configs it was not calibrated on). Returns (agree, uncertain, disagree).
+pub fn leave_one_out(points: &[OraclePoint]) -> (usize, usize, usize) {
+    let (mut agree, mut uncertain, mut disagree) = (0, 0, 0);
+    for (i, p) in points.iter().enumerate() {
+        let (Some(kernel), Some(oracle)) = (kernel_of(p), oracle_verdict(p)) else {
+            continue;
+        };
+        let (Ok(t), Ok(cfg)) = (Target::find(&p.request.target), config_of(&p.request)) else {
+            continue;
+        };
+        let Ok(a) = kernel.account(&cfg, &t) else {
+            continue;
+        };
+        let others: Vec<OraclePoint> = points
+            .iter()
+            .enumerate()
+            .filter(|(j, q)| *j != i && q.request.target == p.request.target)
+            .map(|(_, q)| q.clone())
+            .collect();
+        let Some((_, _, m)) = fit_all(&others).into_iter().next() else {
+            continue;
+        };
+        let explicit: u64 = a.buffers.iter().map(|b| b.bytes).sum();
+        let total = explicit as f64 + m.predict(&a.features);
+        let (lower, upper) = m.band(total, explicit as f64);
+        let limit = t.default_scoped_vmem_bytes;
+        let smem = super::smem::account(&cfg, &t).verdict;
+        let vmem = if upper <= limit {
+            Verdict::Fits
+        } else if lower > limit {
+            Verdict::DoesNotFit
+        } else {
+            Verdict::Uncertain
+        };
+        match super::worst(&[vmem, smem]) {
+            Verdict::Uncertain => uncertain += 1,
+            v if v == oracle => agree += 1,
+            _ => disagree += 1,
+        }
+    }
+    (agree, uncertain, disagree)
 }

@@ -162,6 +162,7 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
         head_dim: d,
         kv_heads_per_block: hkv_blk,
         kv_dtype_bytes: dtype.bytes(),
+        group,
     };
     Ok(ModelAccount {
         buffers,

@@ -160,10 +160,44 @@ pub struct VmemReport {
     pub margin_bytes: i64,
     pub vmem_verdict: Verdict,
     pub smem: smem::SmemReport,
+    /// The kernel's operands (q, kv_pages, output, index arrays) against the device's HBM.
+    pub hbm: HbmReport,
     /// Overall: the worse of VMEM and SMEM.
     pub verdict: Verdict,
     /// Adjustments made to match what the kernel actually runs (clamps, head blocks, padding).
     pub notes: Vec<String>,
+}
+
+/// HBM the kernel's operands occupy: a call whose arrays do not fit the device cannot run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HbmReport {
+    pub operand_bytes: u64,
+    pub capacity_bytes: u64,
+    pub verdict: Verdict,
+}
+
+fn hbm(cfg: &KernelConfig, t: &Target) -> HbmReport {
+    let g = cfg.geometry();
+    let x = cfg.dtype().bytes();
+    let q = cfg.max_num_tokens() as u64 * g.num_q_heads as u64 * g.head_dim as u64 * x;
+    let kv = cfg.total_pages() as u64
+        * cfg.page_size() as u64
+        * 2
+        * g.num_kv_heads as u64
+        * g.head_dim as u64
+        * x;
+    let s = cfg.max_num_seqs() as u64;
+    let index = 4 * (s + s * cfg.pages_per_seq() as u64 + s + 2);
+    let operand_bytes = 2 * q + kv + index;
+    HbmReport {
+        operand_bytes,
+        capacity_bytes: t.hbm_bytes,
+        verdict: if operand_bytes <= t.hbm_bytes {
+            Verdict::Fits
+        } else {
+            Verdict::DoesNotFit
+        },
+    }
 }
 
 /// Input to a check: the validated config (heads per device), target, model and limit.
@@ -255,18 +289,13 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
         exact: false,
     });
     let total_bytes = explicit_bytes + spill.bytes;
-    let uncertainty_bytes = spill.uncertainty_bytes;
-    let lower_bytes = total_bytes
-        .saturating_sub(uncertainty_bytes)
-        .max(explicit_bytes);
-    let upper_bytes = spill.model.map(|_| total_bytes + uncertainty_bytes);
+    let lower_bytes = spill.lower.max(explicit_bytes);
+    let upper_bytes = spill.upper;
+    let uncertainty_bytes = upper_bytes.map_or(0, |u| u.saturating_sub(total_bytes));
     let vmem_verdict = verdict(lower_bytes, upper_bytes, limit);
     let smem = smem::account(req.cfg, t);
-    let overall = match (vmem_verdict, smem.verdict) {
-        (Verdict::DoesNotFit, _) | (_, Verdict::DoesNotFit) => Verdict::DoesNotFit,
-        (Verdict::Uncertain, _) | (_, Verdict::Uncertain) => Verdict::Uncertain,
-        _ => Verdict::Fits,
-    };
+    let hbm = hbm(req.cfg, t);
+    let overall = worst(&[vmem_verdict, smem.verdict, hbm.verdict]);
     Ok(VmemReport {
         kernel: req.kernel,
         target: t.name,
@@ -282,9 +311,21 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
         margin_bytes: limit as i64 - total_bytes as i64,
         vmem_verdict,
         smem,
+        hbm,
         verdict: overall,
         notes,
     })
+}
+
+/// The worst of several verdicts: does not fit > uncertain > fits.
+pub fn worst(vs: &[Verdict]) -> Verdict {
+    if vs.contains(&Verdict::DoesNotFit) {
+        Verdict::DoesNotFit
+    } else if vs.contains(&Verdict::Uncertain) {
+        Verdict::Uncertain
+    } else {
+        Verdict::Fits
+    }
 }
 
 /// Smallest `vmem_limit_bytes` (rounded up to 1 MiB) the model says fits, if within physical VMEM.

@@ -3,19 +3,23 @@
 //!
 //! It has no closed form, so it is fitted to the real compiler: for every committed oracle point
 //! (`verify/data/vmem_oracle_<kernel>.jsonl`) the smallest `vmem_limit_bytes` that compiles was
-//! found by bisection; the spill is that minus the explicit buffers. The features count what the
-//! kernel's inner loop materializes per KV head, in whole vector registers (8 sublanes x 128
-//! lanes x 32 bit = 4 KiB):
+//! found by bisection (64 KiB steps); the spill is that minus the explicit buffers. What the
+//! inner loop materializes per KV head is a `[rows, keys]` f32 score tile and `[keys, head_dim]`
+//! K/V tiles, for each of the block's KV heads (the loop over them is unrolled); the compiler
+//! then trades spill space against rescheduling under the limit, which is not additive. The fit
+//! is multiplicative:
 //!
-//! - `scores`: one `[rows, keys]` f32 tile (logits, then probabilities), rows = q_block * group;
-//! - `kv`: one `[keys, head_dim]` 32-bit tile (the strided K/V load);
-//! - both again times the KV heads per block, whose loop is unrolled.
+//! `ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k`
 //!
-//! `spill = c0 + c1*scores + c2*kv + c3*heads*scores + c4*heads*kv` (clamped at 0), least squares
-//! weighted by 1/measured, one coefficient set per target. The verdict is `uncertain` while the
-//! limit is within `rel_err * total + abs_err` of the estimate: the largest error the fit makes on
-//! its own calibration data, so no committed point is ever on the wrong side of a non-uncertain
-//! verdict.
+//! with h = KV heads per block, r = rows (q_block x group) padded to 8 sublanes, k = keys
+//! (kv_pages_block x page_size) padded to 128 lanes, odd = 1 for a group size that is not a
+//! power of two (its q slices take another layout path: measured spills several times smaller),
+//! f32 = 1 for f32 K/V. One coefficient set per target, least squares in log space.
+//!
+//! The verdict band is asymmetric: the need lies in
+//! `[max(explicit, total (1 - over) - abs), total (1 + under) + abs]` where `under`/`over` are the
+//! largest relative under-/over-estimates of the fit on its calibration points and `abs` the
+//! bisection step. So no committed point is ever on the wrong side of a non-uncertain verdict.
 
 use crate::target::Target;
 use serde::Serialize;
@@ -30,29 +34,27 @@ pub enum Kernel {
 /// Sizes of the inner loop's per-head temporaries.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct SpillFeatures {
-    /// Query rows per KV head: q_block * (num_q_heads / num_kv_heads).
+    /// Query rows per KV head: q_block * group.
     pub rows: u64,
     /// Keys per KV block: kv_pages_block * page_size.
     pub keys: u64,
     pub head_dim: u64,
     pub kv_heads_per_block: u64,
     pub kv_dtype_bytes: u64,
+    /// Query heads per KV head.
+    pub group: u64,
 }
 
-pub const N_FEATURES: usize = 5;
-const VREG: f64 = 4096.0;
+pub const N_FEATURES: usize = 7;
 
 impl SpillFeatures {
-    /// Bytes of an `[a, b]` 32-bit array held in whole vector registers.
-    fn vregs(a: u64, b: u64) -> f64 {
-        (a.div_ceil(8) * b.div_ceil(128)) as f64 * VREG
-    }
-
     pub fn vector(&self) -> [f64; N_FEATURES] {
-        let scores = Self::vregs(self.rows, self.keys);
-        let kv = Self::vregs(self.keys, self.head_dim);
-        let h = self.kv_heads_per_block as f64;
-        [1.0, scores, kv, h * scores, h * kv]
+        let h = (self.kv_heads_per_block.max(1) as f64).ln();
+        let r = (self.rows.div_ceil(8).max(1) * 8) as f64;
+        let k = (self.keys.div_ceil(128).max(1) * 128) as f64;
+        let odd = f64::from(!self.group.is_power_of_two());
+        let f32 = f64::from(self.kv_dtype_bytes == 4);
+        [1.0, h, r.ln(), k.ln(), odd, f32, r.ln() * k.ln()]
     }
 }
 
@@ -60,20 +62,23 @@ impl SpillFeatures {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct SpillModel {
     pub coef: [f64; N_FEATURES],
-    /// Largest relative error of the fitted total on the calibration points.
-    pub rel_err: f64,
-    /// Absolute slack: the bisection step (64 KiB) the measurements are known to.
+    /// Largest relative underestimate of the total on the calibration points.
+    pub under: f64,
+    /// Largest relative overestimate.
+    pub over: f64,
+    /// Absolute slack: the bisection step the measurements are known to.
     pub abs_err: f64,
     /// Calibration points the fit used.
     pub points: usize,
 }
 
-/// The allowance for one config, with its error bound.
+/// The allowance for one config and the range the true need lies in.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct SpillEstimate {
     pub bytes: u64,
-    /// Uncertainty of (explicit + spill), filled in by [`SpillModel::uncertainty`].
-    pub uncertainty_bytes: u64,
+    pub lower: u64,
+    /// `None` without a calibration: no upper bound.
+    pub upper: Option<u64>,
     pub model: Option<SpillModel>,
 }
 
@@ -85,15 +90,18 @@ impl SpillModel {
             .zip(x)
             .map(|(c, x)| c * x)
             .sum::<f64>()
-            .max(0.0)
+            .exp()
     }
 
-    pub fn uncertainty(&self, total: f64) -> u64 {
-        (self.rel_err * total + self.abs_err).ceil() as u64
+    /// `[lower, upper]` for a total estimate of `total` with exact buffers `explicit`.
+    pub fn band(&self, total: f64, explicit: f64) -> (u64, u64) {
+        let lower = (total * (1.0 - self.over) - self.abs_err).max(explicit);
+        let upper = total * (1.0 + self.under) + self.abs_err;
+        (lower.floor() as u64, upper.ceil() as u64)
     }
 }
 
-/// The committed model for `kernel` on `t`, if calibrated (see `FITTED`).
+/// The committed model for `kernel` on `t`, if calibrated (see `spill_fitted.rs`).
 pub fn model(kernel: Kernel, t: &Target) -> Option<SpillModel> {
     super::spill_fitted::FITTED
         .iter()
@@ -101,7 +109,7 @@ pub fn model(kernel: Kernel, t: &Target) -> Option<SpillModel> {
         .map(|(_, _, m)| *m)
 }
 
-/// The spill allowance for `f`; `explicit` is the exact buffers' sum, needed for the error band.
+/// The spill allowance for `f` given the exact buffers' sum `explicit`.
 pub fn estimate_with(
     kernel: Kernel,
     t: &Target,
@@ -111,9 +119,11 @@ pub fn estimate_with(
     match model(kernel, t) {
         Some(m) => {
             let bytes = m.predict(f).round() as u64;
+            let (lower, upper) = m.band((explicit + bytes) as f64, explicit as f64);
             SpillEstimate {
                 bytes,
-                uncertainty_bytes: m.uncertainty((explicit + bytes) as f64),
+                lower,
+                upper: Some(upper),
                 model: Some(m),
             }
         }
@@ -121,7 +131,8 @@ pub fn estimate_with(
         // alone exceed the limit) is certain, everything else is `uncertain`.
         None => SpillEstimate {
             bytes: 0,
-            uncertainty_bytes: 0,
+            lower: explicit,
+            upper: None,
             model: None,
         },
     }
@@ -135,34 +146,20 @@ pub struct Observation {
     pub min_limit: f64,
 }
 
-/// Weighted least squares fit (weights 1/min_limit, i.e. relative error) of the spill
-/// (min_limit - explicit) on the features; the error bound is the worst relative miss.
+/// Smallest spill the log fit takes (a measured minimum at or below the explicit buffers is the
+/// bisection step's rounding, not a negative spill).
+const MIN_SPILL: f64 = 16384.0;
+
+/// Least squares fit of `ln(spill)` on the features; the band is the worst relative miss each way.
 pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
     if obs.len() < 2 * N_FEATURES {
         return None;
     }
-    // Normal equations A^T W^2 A c = A^T W^2 y, solved by Gaussian elimination with pivoting.
     let mut ata = [[0.0f64; N_FEATURES]; N_FEATURES];
     let mut aty = [0.0f64; N_FEATURES];
-    // Features span 1..1e8: scale columns to unit size for a well-conditioned solve.
-    let mut scale = [0.0f64; N_FEATURES];
     for o in obs {
-        for (s, x) in scale.iter_mut().zip(o.features.vector()) {
-            *s = f64::max(*s, x.abs());
-        }
-    }
-    // Relative weights (1/min_limit), normalized to mean 1.
-    let mean = obs.iter().map(|o| o.min_limit).sum::<f64>() / obs.len() as f64;
-    for o in obs {
-        let w = mean / o.min_limit;
-        let x: Vec<f64> = o
-            .features
-            .vector()
-            .iter()
-            .zip(&scale)
-            .map(|(x, s)| x / s * w)
-            .collect();
-        let y = (o.min_limit - o.explicit) * w;
+        let x = o.features.vector();
+        let y = (o.min_limit - o.explicit).max(MIN_SPILL).ln();
         for i in 0..N_FEATURES {
             aty[i] += x[i] * y;
             for j in 0..N_FEATURES {
@@ -170,23 +167,24 @@ pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
             }
         }
     }
-    let mut coef = solve(ata, aty)?;
-    for (c, s) in coef.iter_mut().zip(scale) {
-        *c /= s;
-    }
+    let coef = solve(ata, aty)?;
     let mut m = SpillModel {
         coef,
-        rel_err: 0.0,
+        under: 0.0,
+        over: 0.0,
         abs_err,
         points: obs.len(),
     };
-    m.rel_err = obs
-        .iter()
-        .map(|o| {
-            (((o.explicit + m.predict(&o.features)) - o.min_limit).abs() - abs_err).max(0.0)
-                / o.min_limit
-        })
-        .fold(0.0, f64::max);
+    for o in obs {
+        let total = o.explicit + m.predict(&o.features);
+        // Misses within the bisection step are not model error.
+        let miss = o.min_limit - total;
+        if miss > abs_err {
+            m.under = m.under.max((miss - abs_err) / total);
+        } else if -miss > abs_err {
+            m.over = m.over.max((-miss - abs_err) / total);
+        }
+    }
     Some(m)
 }
 
@@ -199,7 +197,10 @@ fn solve(
         let pivot =
             (col..N_FEATURES).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
         if a[pivot][col].abs() <= 1e-12 * largest {
-            // Degenerate column (a feature constant over the data): drop it.
+            // Degenerate column (a feature constant over the data, e.g. no f32 points): drop it.
+            for row in a.iter_mut() {
+                row[col] = 0.0;
+            }
             a[col] = [0.0; N_FEATURES];
             a[col][col] = 1.0;
             b[col] = 0.0;
@@ -229,20 +230,36 @@ fn solve(
 mod tests {
     use super::*;
 
+    fn features(rows: u64, keys: u64, h: u64, group: u64, bytes: u64) -> SpillFeatures {
+        SpillFeatures {
+            rows,
+            keys,
+            head_dim: 128,
+            kv_heads_per_block: h,
+            kv_dtype_bytes: bytes,
+            group,
+        }
+    }
+
     #[test]
-    fn fit_recovers_a_known_linear_spill() {
-        let truth = [40_000.0, 1.5, 2.0, 0.25, 0.5];
+    fn fit_recovers_a_known_multiplicative_spill() {
+        let truth = [9.0, 0.6, 0.4, 0.5, -1.2, 0.3, 0.02];
         let mut obs = Vec::new();
         for (i, rows) in [8u64, 16, 64, 128, 256, 512].iter().enumerate() {
-            for keys in [64u64, 256, 1024, 4096] {
-                let f = SpillFeatures {
-                    rows: *rows,
+            for keys in [128u64, 256, 1024, 4096] {
+                let f = features(
+                    *rows,
                     keys,
-                    head_dim: 128,
-                    kv_heads_per_block: 1 + (i as u64 % 4),
-                    kv_dtype_bytes: 2,
-                };
-                let spill: f64 = truth.iter().zip(f.vector()).map(|(c, x)| c * x).sum();
+                    1 + (i as u64 % 4),
+                    [1, 3, 4][i % 3],
+                    if i % 2 == 0 { 2 } else { 4 },
+                );
+                let spill: f64 = truth
+                    .iter()
+                    .zip(f.vector())
+                    .map(|(c, x)| c * x)
+                    .sum::<f64>()
+                    .exp();
                 obs.push(Observation {
                     features: f,
                     explicit: 1e6,
@@ -252,8 +269,21 @@ mod tests {
         }
         let m = fit(&obs, 0.0).unwrap();
         for (c, t) in m.coef.iter().zip(truth) {
-            assert!((c - t).abs() <= 1e-6 * t.abs().max(1.0), "{:?}", m.coef);
+            assert!((c - t).abs() <= 1e-6, "{:?}", m.coef);
         }
-        assert!(m.rel_err < 1e-9);
+        assert!(m.under < 1e-9 && m.over < 1e-9);
+    }
+
+    #[test]
+    fn band_never_drops_below_the_exact_buffers() {
+        let m = SpillModel {
+            coef: [0.0; N_FEATURES],
+            under: 0.2,
+            over: 0.5,
+            abs_err: 0.0,
+            points: 20,
+        };
+        let (lo, hi) = m.band(100.0, 80.0);
+        assert_eq!((lo, hi), (80, 120));
     }
 }

@@ -1,0 +1,88 @@
+//! The VMEM checker against the real TPU compiler, on every committed oracle point
+//! (`verify/data/vmem_oracle_jax_rpa.jsonl`: configs compiled deviceless with jax 0.12.0.1 +
+//! libtpu 0.0.50.1 at the default scoped limit, plus the bisected smallest limit that compiles).
+
+use kernelgen::vmem::calibrate::{agreement, data_file, fit_all, oracle_verdict};
+use kernelgen::vmem::KernelModel;
+use std::collections::BTreeSet;
+
+fn points() -> Vec<verify::oracle::OraclePoint> {
+    verify::oracle::read_points(&data_file(KernelModel::JaxRpa)).expect("committed oracle data")
+}
+
+/// Zero disagreements where the model commits to a verdict; `uncertain` on at most 10%.
+#[test]
+fn model_verdict_equals_compiler_verdict_on_every_committed_point() {
+    let pts = points();
+    let a = agreement(&pts);
+    let targets: BTreeSet<_> = a.targets.keys().collect();
+    eprintln!(
+        "{} points on {:?}: {} agree, {} uncertain, {} disagree, {} not compared (compiler errors)",
+        a.points,
+        targets,
+        a.agree,
+        a.uncertain,
+        a.disagree.len(),
+        a.compiler_errors
+    );
+    assert!(a.points >= 200, "only {} comparable points", a.points);
+    assert!(targets.len() >= 4, "only {targets:?}");
+    assert!(a.disagree.is_empty(), "disagreements: {:#?}", a.disagree);
+    assert!(
+        a.uncertain * 10 <= a.points,
+        "{} of {} uncertain (> 10%)",
+        a.uncertain,
+        a.points
+    );
+}
+
+/// The committed spill constants are what the committed data fits to: they cannot drift from
+/// the measurements (regenerate with `kernelgen calibrate --write`).
+#[test]
+fn spill_constants_match_a_refit_of_the_data() {
+    use kernelgen::target::Target;
+    use kernelgen::vmem::spill;
+    let refit = fit_all(&points());
+    assert_eq!(refit.len(), 5, "one model per target");
+    for (kernel, target, m) in refit {
+        let committed = spill::model(kernel, &Target::find(target).unwrap()).unwrap_or_else(|| {
+            panic!("no committed model for {target}: run `kernelgen calibrate --write`")
+        });
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+        assert!(
+            committed.coef.iter().zip(m.coef).all(|(a, b)| close(*a, b))
+                && close(committed.under, m.under)
+                && close(committed.over, m.over)
+                && committed.points == m.points,
+            "{target}: committed {committed:?} != refit {m:?}; run `kernelgen calibrate --write`"
+        );
+    }
+}
+
+/// Every point the compiler rejected for a reason other than memory is one the model refuses
+/// too (unsupported heads/block shapes), so users hear about it before compiling.
+#[test]
+fn compiler_errors_are_configs_the_model_refuses() {
+    use kernelgen::target::Target;
+    use kernelgen::vmem::calibrate::config_of;
+    use kernelgen::vmem::{check, CheckRequest};
+    for p in points() {
+        if oracle_verdict(&p).is_some() || p.response.verdict == "timeout" {
+            continue;
+        }
+        let cfg = config_of(&p.request).unwrap();
+        let t = Target::find(&p.request.target).unwrap();
+        let r = check(&CheckRequest {
+            cfg: &cfg,
+            target: t,
+            kernel: KernelModel::JaxRpa,
+            vmem_limit: None,
+        });
+        assert!(
+            r.is_err(),
+            "compiler error '{}' on {cfg} ({}), but the model accepts it",
+            p.response.message.lines().next().unwrap_or(""),
+            t.name
+        );
+    }
+}
