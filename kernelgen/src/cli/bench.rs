@@ -22,6 +22,23 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
     Decode(DecodeArgs),
+    Check(CheckBenchArgs),
+}
+
+/// Throughput of the analytic VMEM checker (configs per second)
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Checks a grid of configs (5 targets x 12 head layouts x 5 page sizes x 5 q_blocks x \
+7 kv_pages_blocks x 2 dtypes = 21,000) several times and prints configs/s against the 10,000/s target. \
+With --oracle, also compiles one config with the real TPU compiler in the same run and prints the speedup."
+)]
+pub struct CheckBenchArgs {
+    /// Passes over the grid
+    #[arg(long, default_value_t = 5)]
+    pub passes: usize,
+    /// Also time one real TPU compile (creates the oracle venv on first use)
+    #[arg(long)]
+    pub oracle: bool,
 }
 
 /// Decode and prefill throughput of the serving engine on the default (or given) model
@@ -217,7 +234,10 @@ fn run_batch(
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    let BenchWhat::Decode(a) = args.what;
+    let a = match args.what {
+        BenchWhat::Decode(a) => a,
+        BenchWhat::Check(c) => return run_check(c),
+    };
     let model_path = a
         .model
         .clone()
@@ -316,6 +336,115 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
+    }
+    Ok(exit::OK)
+}
+
+fn check_grid() -> Vec<(kernelgen::config::KernelConfig, kernelgen::target::Target)> {
+    use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams};
+    let heads = [
+        (8, 8),
+        (16, 16),
+        (32, 32),
+        (16, 8),
+        (24, 8),
+        (32, 8),
+        (64, 8),
+        (32, 4),
+        (8, 1),
+        (4, 1),
+        (8, 2),
+        (16, 2),
+    ];
+    let mut out = Vec::new();
+    for t in kernelgen::target::TARGETS {
+        for &(q, kv) in &heads {
+            for page in [16, 32, 64, 128, 256] {
+                for bq in [8, 16, 32, 64, 128] {
+                    for bkv in [1, 2, 4, 8, 16, 32, 64] {
+                        for dtype in [Dtype::Bf16, Dtype::F32] {
+                            let p = KernelParams {
+                                geometry: Geometry {
+                                    num_q_heads: q,
+                                    num_kv_heads: kv,
+                                    head_dim: 128,
+                                },
+                                dtype,
+                                page_size: page,
+                                q_block: bq,
+                                kv_pages_block: bkv,
+                                max_num_tokens: 2048,
+                                max_num_seqs: 64,
+                                pages_per_seq: 64,
+                                total_pages: 4096,
+                                sm_scale: None,
+                                sliding_window: None,
+                                soft_cap: None,
+                            };
+                            out.push((KernelConfig::new(p).expect("grid configs are valid"), *t));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn run_check(a: CheckBenchArgs) -> anyhow::Result<i32> {
+    use kernelgen::vmem::{check, CheckRequest, KernelModel, Verdict};
+    let grid = check_grid();
+    let mut counts = [0usize; 3];
+    let start = Instant::now();
+    for _ in 0..a.passes {
+        for (cfg, t) in &grid {
+            let r = check(&CheckRequest {
+                cfg,
+                target: *t,
+                kernel: KernelModel::JaxRpa,
+                vmem_limit: None,
+            });
+            if let Ok(r) = r {
+                counts[match r.verdict {
+                    Verdict::Fits => 0,
+                    Verdict::DoesNotFit => 1,
+                    Verdict::Uncertain => 2,
+                }] += 1;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = grid.len() * a.passes;
+    let rate = n as f64 / secs;
+    println!("checked {n} configs in {:.3} s: {:.0} configs/s ({:.1}x the 10,000/s target), {:.2} us per config", secs, rate, rate / 1e4, secs / n as f64 * 1e6);
+    println!(
+        "verdicts per pass: {} fit, {} do not fit, {} uncertain",
+        counts[0] / a.passes,
+        counts[1] / a.passes,
+        counts[2] / a.passes
+    );
+    if a.oracle {
+        let (cfg, t) = grid
+            .iter()
+            .find(|(c, t)| {
+                t.name == "v5p"
+                    && c.page_size() == 64
+                    && c.q_block() == 16
+                    && c.kv_pages_block() == 16
+            })
+            .expect("in grid");
+        let mut oracle = verify::oracle::Oracle::start(&mut |m| eprintln!("{m}"))?;
+        let req = super::check::oracle_request(cfg, t, KernelModel::JaxRpa, None);
+        oracle.compile(&req)?; // first compile pays jax's warm-up
+        let t0 = Instant::now();
+        let resp = oracle.compile(&req)?;
+        let oracle_s = t0.elapsed().as_secs_f64();
+        println!(
+            "real TPU compile of one config: {:.2} s ({}); the model is {:.0}x faster",
+            oracle_s,
+            resp.verdict,
+            oracle_s / (secs / n as f64)
+        );
     }
     Ok(exit::OK)
 }

@@ -2,7 +2,7 @@
 
 use super::exit;
 use super::kernel_args::{KernelArgs, TPU_DEFAULTS};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser};
 use kernelgen::config::{ConfigError, Geometry, KernelConfig, KernelParams};
 use kernelgen::target::{fmt_bytes, parse_bytes, Target};
@@ -34,7 +34,7 @@ Examples:
   kernelgen check --matrix ci/vmem.toml")]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub kernel: Option<KernelArgs>,
+    pub kernel: KernelArgs,
     #[command(flatten)]
     pub opts: CheckOpts,
     /// Check every config x target in a TOML matrix (CI gate); see ci/vmem.toml
@@ -138,12 +138,13 @@ pub fn request(args: &KernelArgs, opts: &CheckOpts) -> anyhow::Result<Resolved> 
     let mut args = args.clone();
     // jax-rpa call sites clamp kv_pages_block to pages_per_seq (Levanter's min(kv, pages_per_seq)).
     let pages_per_seq = args.pages_per_seq(&TPU_DEFAULTS);
-    if model == KernelModel::JaxRpa && args.kv_pages_block > pages_per_seq && pages_per_seq > 0 {
+    let (_, kv) = args.blocks()?;
+    if model == KernelModel::JaxRpa && kv > pages_per_seq && pages_per_seq > 0 {
         notes.push(format!(
             "kv_pages_block {} clamped to pages_per_seq {pages_per_seq}, as jax-rpa call sites must",
-            args.kv_pages_block
+            kv
         ));
-        args.kv_pages_block = pages_per_seq;
+        args.kv_pages_block = Some(pages_per_seq);
     }
     let full = args.to_config(&TPU_DEFAULTS)?;
     let (geometry, tp_note) = per_device(full.geometry(), opts.tp)?;
@@ -213,9 +214,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     if let Some(matrix) = &args.matrix {
         return super::matrix::run(matrix, args.json);
     }
-    let Some(kargs) = &args.kernel else {
-        bail!("give a config (--q and --kv, plus --target) or --matrix FILE; see kernelgen check --help");
-    };
+    let kargs = &args.kernel;
     let resolved = request(kargs, &args.opts)?;
     let req = resolved.request();
     let mut report = check(&req)?;

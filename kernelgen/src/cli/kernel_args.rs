@@ -13,16 +13,16 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 
 #[derive(Args, Clone, Debug)]
 pub struct KernelArgs {
-    /// q_block: query tokens per block
+    /// q_block: query tokens per block (required)
     #[arg(long = "q", value_name = "Q_BLOCK", allow_negative_numbers = true)]
-    pub q_block: u32,
-    /// kv_pages_block: KV pages per block
+    pub q_block: Option<u32>,
+    /// kv_pages_block: KV pages per block (required)
     #[arg(
         long = "kv",
         value_name = "KV_PAGES_BLOCK",
         allow_negative_numbers = true
     )]
-    pub kv_pages_block: u32,
+    pub kv_pages_block: Option<u32>,
     /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b]
     #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]
     pub preset: Option<String>,
@@ -111,8 +111,28 @@ impl KernelArgs {
         }
     }
 
+    /// `--q` and `--kv`, which every config needs.
+    pub fn blocks(&self) -> Result<(u32, u32), ConfigError> {
+        let q = self.q_block.ok_or_else(|| {
+            ConfigError::field(
+                "q_block",
+                "missing",
+                "give --q Q_BLOCK (query tokens per block)",
+            )
+        })?;
+        let kv = self.kv_pages_block.ok_or_else(|| {
+            ConfigError::field(
+                "kv_pages_block",
+                "missing",
+                "give --kv KV_PAGES_BLOCK (KV pages per block)",
+            )
+        })?;
+        Ok((q, kv))
+    }
+
     /// Resolves geometry (preset or config.json, then overrides) and validates everything.
     pub fn to_config(&self, d: &CallDefaults) -> Result<KernelConfig, ConfigError> {
+        let (q_block, kv_pages_block) = self.blocks()?;
         let max_num_seqs = self.max_num_seqs.unwrap_or(d.max_num_seqs);
         let max_model_len = self.max_model_len.unwrap_or(d.max_model_len);
         let (mut geometry, window, cap) = match &self.hf_config {
@@ -147,8 +167,8 @@ impl KernelArgs {
             geometry,
             dtype: self.dtype,
             page_size: self.page_size,
-            q_block: self.q_block,
-            kv_pages_block: self.kv_pages_block,
+            q_block,
+            kv_pages_block,
             max_num_tokens: self.max_num_tokens.unwrap_or(d.max_num_tokens),
             max_num_seqs,
             pages_per_seq,

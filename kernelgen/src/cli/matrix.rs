@@ -138,13 +138,14 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
             )?
         );
     } else {
+        let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
         println!(
-            "{:<40} {:<5} {:>12} {:>12}  {:<13} {:<13}",
+            "{:<w$} {:<5} {:>12} {:>12}  {:<13} {:<13}",
             "check", "tgt", "total", "limit", "verdict", "expected"
         );
         for r in &rows {
             println!(
-                "{:<40} {:<5} {:>12} {:>12}  {:<13} {:<13} {}",
+                "{:<w$} {:<5} {:>12} {:>12}  {:<13} {:<13} {}",
                 r.name,
                 r.target,
                 fmt_bytes(r.total_bytes),

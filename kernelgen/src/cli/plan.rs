@@ -101,8 +101,8 @@ struct PlanOutput {
 fn kernel_args(a: &PlanArgs, tokens: u64, max_seq_len: u64) -> anyhow::Result<KernelArgs> {
     let dtype = kernelgen::config::Dtype::parse(&a.dtype)?;
     Ok(KernelArgs {
-        q_block: a.q_block,
-        kv_pages_block: a.kv_pages_block,
+        q_block: Some(a.q_block),
+        kv_pages_block: Some(a.kv_pages_block),
         preset: a.preset.clone(),
         hf_config: a.hf_config.clone(),
         num_q_heads: None,

@@ -1,0 +1,308 @@
+//! `kernelgen check` and `kernelgen plan` as users run them: exit codes (0 fits, 3 does not fit,
+//! 4 uncertain, 1 input error), the itemized JSON report, suggestions, and the CI matrix gate.
+
+use std::process::{Command, Output};
+
+fn kernelgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
+        .args(args)
+        .output()
+        .expect("run kernelgen")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[test]
+fn reported_oom_does_not_fit_and_suggests_what_fits() {
+    // Llama-3-8B, page 128, q16 kv16 on v5p: the compiler's "16.79M > 16.00M".
+    let o = kernelgen(&[
+        "check",
+        "--target",
+        "v5p",
+        "--preset",
+        "llama3-8b",
+        "--page-size",
+        "128",
+        "--q",
+        "16",
+        "--kv",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = json(&o);
+    assert_eq!(r["verdict"], "does_not_fit");
+    let kv = r["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "kv_bufs")
+        .unwrap();
+    assert_eq!(kv["shape"], serde_json::json!([2, 16, 128, 16, 128]));
+    assert_eq!(kv["bytes"], 16 << 20);
+    // kernel scratch + internal scratch = the compiler's stage-1 size, 17,600,512 bytes
+    let stage1: u64 = r["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["exact"] == true && !b["name"].as_str().unwrap().ends_with("window"))
+        .map(|b| b["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stage1, 17_600_512);
+    let suggestions = r["suggestions"].as_array().unwrap();
+    assert!(
+        suggestions
+            .iter()
+            .any(|s| s["change"].as_str().unwrap().starts_with("--kv ")),
+        "{suggestions:?}"
+    );
+    assert!(suggestions
+        .iter()
+        .any(|s| s["change"].as_str().unwrap().starts_with("--vmem-limit ")));
+    // every suggestion really fits when checked
+    for s in suggestions {
+        let change = s["change"]
+            .as_str()
+            .unwrap()
+            .split(" (")
+            .next()
+            .unwrap()
+            .to_string();
+        let mut args: Vec<String> = [
+            "check",
+            "--target",
+            "v5p",
+            "--preset",
+            "llama3-8b",
+            "--page-size",
+            "128",
+            "--q",
+            "16",
+            "--kv",
+            "16",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (flag, value) = change.split_once(' ').unwrap();
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            kernelgen(&args).status.code(),
+            Some(0),
+            "suggestion {change} does not fit"
+        );
+    }
+}
+
+#[test]
+fn fitting_config_exits_0_and_table_names_every_buffer() {
+    let o = kernelgen(&[
+        "check",
+        "--target",
+        "v5p",
+        "--page-size",
+        "64",
+        "--q",
+        "16",
+        "--kv",
+        "16",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for item in [
+        "kv_bufs",
+        "l_ref",
+        "m_ref",
+        "acc_ref",
+        "q window",
+        "o window",
+        "internal scratch",
+        "spills",
+        "limit",
+        "margin",
+        "smem",
+        "verdict",
+    ] {
+        assert!(text.contains(item), "missing {item}:\n{text}");
+    }
+}
+
+#[test]
+fn uncertain_exits_4_and_points_at_the_oracle() {
+    // Scan for a config the model cannot decide (within its measured error of the limit).
+    for q in [8, 16, 24, 32] {
+        for kv in [12, 16, 20, 24] {
+            let (q, kv) = (q.to_string(), kv.to_string());
+            let o = kernelgen(&[
+                "check",
+                "--target",
+                "v5p",
+                "--page-size",
+                "64",
+                "--q",
+                &q,
+                "--kv",
+                &kv,
+            ]);
+            if o.status.code() == Some(4) {
+                assert!(String::from_utf8_lossy(&o.stdout).contains("--oracle"));
+                return;
+            }
+        }
+    }
+    panic!("no uncertain config found near the v5p limit");
+}
+
+#[test]
+fn input_errors_exit_1_with_one_line() {
+    for args in [
+        vec!["check", "--target", "v9", "--q", "16", "--kv", "16"],
+        vec![
+            "check",
+            "--target",
+            "v5p",
+            "--q",
+            "16",
+            "--kv",
+            "16",
+            "--vmem-limit",
+            "100MiB",
+        ],
+        vec![
+            "check", "--target", "v5p", "--q", "16", "--kv", "16", "--tp", "3",
+        ],
+        vec!["check", "--target", "v5p", "--kv", "16"],
+        vec![
+            "check",
+            "--target",
+            "v5p",
+            "--q",
+            "16",
+            "--kv",
+            "16",
+            "--vmem-limit",
+            "lots",
+        ],
+    ] {
+        let o = kernelgen(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    let o = kernelgen(&[
+        "check", "--target", "v5p", "--q", "16", "--kv", "16", "--tp", "3",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tp = 3"));
+}
+
+#[test]
+fn tensor_parallel_divides_heads() {
+    let o = kernelgen(&[
+        "check",
+        "--target",
+        "v5p",
+        "--page-size",
+        "64",
+        "--q",
+        "32",
+        "--kv",
+        "32",
+        "--tp",
+        "4",
+        "--json",
+    ]);
+    let r = json(&o);
+    assert!(
+        r["config"].as_str().unwrap().contains("heads=8q/2kv"),
+        "{}",
+        r["config"]
+    );
+}
+
+#[test]
+fn matrix_gate_fails_on_a_wrong_expectation() {
+    let ok = kernelgen(&[
+        "check",
+        "--matrix",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/vmem.toml"),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let dir = std::env::temp_dir().join(format!("kg-matrix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.toml");
+    std::fs::write(
+        &path,
+        "[[check]]\nname = \"oom\"\ntargets = [\"v5p\"]\npage-size = 128\nq = 16\nkv = 16\n",
+    )
+    .unwrap();
+    let bad = kernelgen(&["check", "--matrix", path.to_str().unwrap(), "--json"]);
+    assert_eq!(bad.status.code(), Some(3));
+    assert_eq!(json(&bad)["passed"], false);
+    std::fs::write(
+        &path,
+        "[[check]]\nname = \"typo\"\ntargets = [\"v5p\"]\nq = 16\nkvv = 16\n",
+    )
+    .unwrap();
+    let typo = kernelgen(&["check", "--matrix", path.to_str().unwrap()]);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("kvv"));
+}
+
+#[test]
+fn plan_rejects_the_documented_examples() {
+    let base = [
+        "plan",
+        "--target",
+        "v5p",
+        "--preset",
+        "llama3-8b",
+        "--page-size",
+        "64",
+        "--max-prompt-len",
+        "64",
+        "--max-new-tokens",
+        "2048",
+        "--q",
+        "32",
+        "--kv",
+        "16",
+    ];
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        kernelgen(&a)
+    };
+    let o = run(&["--max-seqs", "16", "--max-pages", "480"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("needs 528 pages"));
+    let fit = run(&["--max-seqs", "124", "--max-pages", "4096", "--json"]);
+    let r = json(&fit);
+    assert!(
+        r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["ok"] == true),
+        "{r}"
+    );
+    let over = run(&["--max-seqs", "125", "--max-pages", "4096"]);
+    assert_eq!(over.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&over.stdout).contains("--max-seqs 124"));
+}
