@@ -6,7 +6,7 @@
 //! be finite and repeated runs bit-identical. `PROPTEST_CASES` overrides the 64 cases.
 
 use e2e::client;
-use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams};
+use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams, Schedule};
 use kernelgen::emit::stablehlo;
 use kernelgen::numerics::{tolerance, KernelRunner};
 use proptest::prelude::*;
@@ -40,6 +40,7 @@ fn case() -> impl Strategy<Value = Case> {
         0.0f64..=1.0,
         0.0f64..=1.0,
         any::<u64>(),
+        prop_oneof![Just(Schedule::Sequential), Just(Schedule::Batched)],
     );
     (shapes, attention)
         .prop_flat_map(|(s, a)| {
@@ -47,7 +48,12 @@ fn case() -> impl Strategy<Value = Case> {
             (Just(s), Just(a), 1u32..=tokens, 1u32..=pps)
         })
         .prop_map(
-            |((heads, d, p, dtype, t, seqs, pps, extra), (w, cap, dec, full, seed), q, kv)| {
+            |(
+                (heads, d, p, dtype, t, seqs, pps, extra),
+                (w, cap, dec, full, seed, schedule),
+                q,
+                kv,
+            )| {
                 let (decode_fraction, rest) = (dec * 0.8, 1.0 - dec * 0.8);
                 let cfg = KernelConfig::new(KernelParams {
                     geometry: Geometry {
@@ -66,6 +72,7 @@ fn case() -> impl Strategy<Value = Case> {
                     sm_scale: None,
                     sliding_window: w,
                     soft_cap: cap,
+                    schedule,
                 })
                 .expect("strategy draws valid configs");
                 let spec = BatchSpec {
@@ -99,7 +106,7 @@ proptest! {
             prop_assert!(o.deterministic, "{}: two runs differ", c.cfg);
             prop_assert!(o.stats.max_rel <= tol,
                 "{}: seqs {:?}: {} > tol {tol}", c.cfg, o.seqs, o.stats);
-            eprintln!("case {} {:?}: {}", c.cfg.dtype(), o.seqs.len(), o.stats);
+            eprintln!("case {} {:?} {:?}: {}", c.cfg.dtype(), c.cfg.schedule(), o.seqs.len(), o.stats);
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn small_config(
         sm_scale: None,
         sliding_window: None,
         soft_cap: None,
+        schedule: Default::default(),
     })
     .expect("valid test config")
 }

@@ -9,6 +9,6 @@ pub enum Error {
     Emit(#[from] crate::emit::EmitError),
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
-    #[error("PJRT: {0}")]
+    #[error(transparent)]
     Pjrt(#[from] runtime::pjrt::PjrtError),
 }

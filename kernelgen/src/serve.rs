@@ -115,15 +115,15 @@ pub struct ServeOptions {
 /// Why serving could not start. Each is refused before any compile or device work.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("model: {0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Kernel(#[from] Box<KernelMismatch>),
-    #[error("kernel artifact: {0}")]
+    #[error(transparent)]
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("PJRT plugin {path}: {source}")]
+    #[error("PJRT plugin {path}")]
     Plugin { path: PathBuf, source: PjrtError },
 }
 

@@ -46,10 +46,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// q_block of the emitted kernel when --kernel is not given
-    #[arg(long = "q", default_value_t = 8)]
+    #[arg(long = "q", default_value_t = 32)]
     pub q_block: u32,
     /// kv_pages_block of the emitted kernel when --kernel is not given
-    #[arg(long = "kv", default_value_t = 8)]
+    #[arg(long = "kv", default_value_t = 4)]
     pub kv_pages_block: u32,
     #[arg(long, default_value_t = 128, help_heading = "Sampling")]
     pub max_new_tokens: usize,

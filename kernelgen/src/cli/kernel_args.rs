@@ -3,9 +3,13 @@
 use clap::Args;
 use kernelgen::config::{
     defaults, geometry_from_hf_config, ConfigError, Dtype, Geometry, KernelConfig, KernelParams,
-    Preset,
+    Preset, Schedule,
 };
 use std::path::PathBuf;
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    Schedule::parse(s).map_err(|e| e.to_string())
+}
 
 fn parse_dtype(s: &str) -> Result<Dtype, String> {
     Dtype::parse(s).map_err(|e| e.to_string())
@@ -65,6 +69,9 @@ pub struct KernelArgs {
     /// Keys further back than this many positions are masked
     #[arg(long, help_heading = "Attention")]
     pub sliding_window: Option<u32>,
+    /// Loop nest of the StableHLO kernel: sequential (per sequence) or batched (all sequences in lockstep; best for decode batches)
+    #[arg(long, default_value = "sequential", value_parser = parse_schedule, help_heading = "Attention")]
+    pub schedule: Schedule,
     /// Logit soft cap: cap * tanh(logit / cap), applied before the mask
     #[arg(long, help_heading = "Attention")]
     pub soft_cap: Option<f32>,
@@ -178,6 +185,7 @@ impl KernelArgs {
             sm_scale: self.sm_scale,
             sliding_window: self.sliding_window.or(window),
             soft_cap: self.soft_cap.or(cap),
+            schedule: self.schedule,
         };
         KernelConfig::new(params)
     }

@@ -118,6 +118,7 @@ fn kernel_args(a: &PlanArgs, tokens: u64, max_seq_len: u64) -> anyhow::Result<Ke
         sm_scale: None,
         sliding_window: None,
         soft_cap: None,
+        schedule: kernelgen::config::Schedule::Sequential,
     })
 }
 

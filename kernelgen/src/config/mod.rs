@@ -57,6 +57,33 @@ impl fmt::Display for Dtype {
     }
 }
 
+/// Loop nest of the StableHLO kernel (same results, different speed profile).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Per sequence: its query blocks, then their KV blocks. Work follows each sequence's length;
+    /// many small ops when there are many sequences.
+    #[default]
+    Sequential,
+    /// All sequences in lockstep: few large ops, but every sequence pays for the longest.
+    /// Best for decode batches.
+    Batched,
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Schedule, ConfigError> {
+        match s {
+            "sequential" => Ok(Schedule::Sequential),
+            "batched" => Ok(Schedule::Batched),
+            _ => Err(ConfigError::field(
+                "schedule",
+                s,
+                "one of sequential, batched",
+            )),
+        }
+    }
+}
+
 /// Attention geometry of the model (heads as the kernel sees them, i.e. per device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geometry {
@@ -93,6 +120,9 @@ pub struct KernelParams {
     pub sm_scale: Option<f32>,
     pub sliding_window: Option<u32>,
     pub soft_cap: Option<f32>,
+    /// Loop nest of the StableHLO kernel.
+    #[serde(default)]
+    pub schedule: Schedule,
 }
 
 /// Call-shape defaults, shared by every command so a kernel built with defaults runs under
@@ -121,6 +151,7 @@ impl KernelParams {
             sm_scale: None,
             sliding_window: None,
             soft_cap: None,
+            schedule: Schedule::Sequential,
         }
     }
 }
@@ -278,6 +309,9 @@ impl KernelConfig {
     pub fn total_pages(&self) -> u32 {
         self.p.total_pages
     }
+    pub fn schedule(&self) -> Schedule {
+        self.p.schedule
+    }
     pub fn sliding_window(&self) -> Option<u32> {
         self.p.sliding_window
     }
@@ -294,9 +328,16 @@ impl KernelConfig {
     pub fn max_model_len(&self) -> u32 {
         self.p.pages_per_seq * self.p.page_size
     }
-    /// Short name used for artifact directories: `rpa-q32-kv16`.
+    /// Short name used for artifact directories: `rpa-q32-kv16` (`-batched` for that schedule).
     pub fn short_name(&self) -> String {
-        format!("rpa-q{}-kv{}", self.p.q_block, self.p.kv_pages_block)
+        let suffix = match self.p.schedule {
+            Schedule::Sequential => "",
+            Schedule::Batched => "-batched",
+        };
+        format!(
+            "rpa-q{}-kv{}{suffix}",
+            self.p.q_block, self.p.kv_pages_block
+        )
     }
 
     /// Returns a copy with other block sizes, validated again.
@@ -372,6 +413,9 @@ impl fmt::Display for KernelConfig {
         }
         if let Some(c) = p.soft_cap {
             write!(f, " soft_cap={c}")?;
+        }
+        if p.schedule == Schedule::Batched {
+            write!(f, " schedule=batched")?;
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ pub struct KernelDims {
     pub bq: u64,
     pub bkv: u64,
     pub bk: u64,
+    /// `max_num_seqs * kv_pages_block`: pages one batched-schedule KV block gathers.
+    pub sbkv: u64,
     pub s: u64,
     pub s1: u64,
     pub pps: u64,
@@ -81,6 +83,7 @@ impl KernelDims {
             bq: cfg.q_block() as u64,
             bkv,
             bk: bkv * cfg.page_size() as u64,
+            sbkv: cfg.max_num_seqs() as u64 * bkv,
             s: cfg.max_num_seqs() as u64,
             s1: cfg.max_num_seqs() as u64 + 1,
             pps,
@@ -123,7 +126,11 @@ fn render_with(cfg: &KernelConfig, return_pool: bool) -> Result<String, EmitErro
         },
     );
     ctx.insert("header", &header(cfg, "ragged paged attention, StableHLO"));
-    templates::render("rpa.stablehlo.mlir.tera", &ctx)
+    let template = match cfg.schedule() {
+        crate::config::Schedule::Sequential => "rpa.stablehlo.mlir.tera",
+        crate::config::Schedule::Batched => "rpa_batched.stablehlo.mlir.tera",
+    };
+    templates::render(template, &ctx)
 }
 
 /// An emitted, checked StableHLO kernel.

@@ -11,7 +11,7 @@ use super::link::link;
 use super::mlir::CheckedModule;
 use super::{stablehlo, templates, EmitError};
 use crate::artifact::Artifact;
-use crate::config::{Dtype, Geometry, KernelConfig, KernelParams};
+use crate::config::{Dtype, Geometry, KernelConfig, KernelParams, Schedule};
 use crate::Error;
 use runtime::model::LlamaConfig;
 use runtime::step::layout::{KvDtype, StepShapes};
@@ -122,10 +122,10 @@ pub fn bucket_kernel(
     s: &StepShapes,
     source: &KernelSource,
 ) -> Result<KernelConfig, Error> {
-    let (q, kv, dtype) = match source {
+    let (q, kv, dtype, schedule) = match source {
         KernelSource::Artifact(a) => {
             let c = &a.manifest.config;
-            (c.q_block(), c.kv_pages_block(), c.dtype())
+            (c.q_block(), c.kv_pages_block(), c.dtype(), c.schedule())
         }
         KernelSource::Blocks {
             q_block,
@@ -137,6 +137,7 @@ pub fn bucket_kernel(
                 KvDtype::F32 => Dtype::F32,
                 KvDtype::Bf16 => Dtype::Bf16,
             },
+            Schedule::Sequential,
         ),
     };
     Ok(KernelConfig::new(KernelParams {
@@ -147,7 +148,8 @@ pub fn bucket_kernel(
         },
         dtype,
         page_size: s.page_size as u32,
-        q_block: q.min(s.tokens as u32),
+        // Decode programs hold one row per sequence: the batched schedule with q_block 1.
+        q_block: if s.decode { 1 } else { q.min(s.tokens as u32) },
         kv_pages_block: kv.min(s.pages_per_seq as u32),
         max_num_tokens: s.tokens as u32,
         max_num_seqs: s.seqs as u32,
@@ -156,6 +158,11 @@ pub fn bucket_kernel(
         sm_scale: None,
         sliding_window: None,
         soft_cap: None,
+        schedule: if s.decode {
+            Schedule::Batched
+        } else {
+            schedule
+        },
     })?)
 }
 

@@ -17,6 +17,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "step.stablehlo.mlir.tera",
         include_str!("../../../templates/step.stablehlo.mlir.tera"),
     ),
+    (
+        "rpa_batched.stablehlo.mlir.tera",
+        include_str!("../../../templates/rpa_batched.stablehlo.mlir.tera"),
+    ),
 ];
 
 /// Renders template `name` with `context`.

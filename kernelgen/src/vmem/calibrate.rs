@@ -46,6 +46,7 @@ pub fn config_of(r: &OracleRequest) -> Result<KernelConfig, String> {
         sm_scale: None,
         sliding_window: None,
         soft_cap: None,
+        schedule: Default::default(),
     })
     .map_err(|e| e.to_string())
 }

@@ -435,9 +435,11 @@ impl<E: StepExecutor> Engine<E> {
         }
 
         let end = Instant::now();
+        let setup = self.executor.take_setup_time();
+        self.metrics.record_setup(setup);
         self.metrics.record_step(
             StepRecord {
-                duration: end - t0,
+                duration: (end - t0).saturating_sub(setup),
                 tokens: batch.token_ids.len(),
                 prefill_tokens,
                 seqs: batch.seqs.len(),

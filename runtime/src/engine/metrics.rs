@@ -94,11 +94,18 @@ pub struct Metrics {
     pages_after_first_prefill: Option<PageSnapshot>,
     pages_after_decode: Option<PageSnapshot>,
     peak_pages_in_use: usize,
+    /// One-time setup (program compiles) left out of step times.
+    setup: Duration,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         Metrics::default()
+    }
+
+    /// One-time setup the executor did inside a step (excluded from step times).
+    pub fn record_setup(&mut self, d: Duration) {
+        self.setup += d;
     }
 
     /// One finished step; `wall` is the time since the first step started.
@@ -220,6 +227,7 @@ impl Metrics {
         buckets.sort_by_key(|b| b.le);
         MetricsReport {
             total_time_s: self.total.as_secs_f64(),
+            setup_time_s: self.setup.as_secs_f64(),
             busy_time_s: self.busy.as_secs_f64(),
             prefill_time_s: self.prefill_time.as_secs_f64(),
             decode_only_time_s: self.decode_only_time.as_secs_f64(),
@@ -257,6 +265,8 @@ impl Metrics {
 pub struct MetricsReport {
     /// Wall time from the first step's start to the latest step's end.
     pub total_time_s: f64,
+    /// One-time setup (compiling step programs on first use), excluded from the step times below.
+    pub setup_time_s: f64,
     /// Time inside steps.
     pub busy_time_s: f64,
     /// Time in steps that contained prefill tokens.

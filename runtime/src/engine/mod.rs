@@ -132,6 +132,11 @@ pub trait StepExecutor {
     /// `batch.logits_rows`: `[logits_rows.len(), vocab_size]` row-major.
     fn step(&mut self, batch: &StepBatch) -> Result<Vec<f32>, EngineError>;
     fn vocab_size(&self) -> usize;
+    /// One-time setup (e.g. compiling a program on first use) inside the steps since the last
+    /// call: serving metrics leave it out of step times (wall-clock latencies keep it).
+    fn take_setup_time(&mut self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Engine failures. Capacity problems never surface here: they preempt or queue instead.

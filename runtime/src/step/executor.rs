@@ -34,8 +34,8 @@ fn exec_err(what: &str) -> impl Fn(crate::pjrt::PjrtError) -> EngineError + '_ {
 /// Timings the executor records.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ExecutorTimes {
-    /// Per bucket: program emission + compile time.
-    pub compile: BTreeMap<usize, f64>,
+    /// Per program ("t16", "t16-decode"): emission + compile time in seconds.
+    pub compile: BTreeMap<String, f64>,
     pub steps: usize,
     /// Host-side time building and uploading step inputs.
     pub host_s: f64,
@@ -51,12 +51,15 @@ pub struct DeviceExecutor {
     kv_dtype: KvDtype,
     vocab: usize,
     buckets: Vec<usize>,
-    programs: BTreeMap<usize, Executable>,
+    /// Compiled programs by (token bucket, decode-only).
+    programs: BTreeMap<(usize, bool), Executable>,
     source: Box<dyn ProgramSource>,
     weights: Vec<Buffer>,
     pools: Vec<Buffer>,
     pool_dims: [i64; 4],
     pub times: ExecutorTimes,
+    /// Compile time not yet handed to the engine (see `take_setup_time`).
+    unreported_setup: Duration,
 }
 
 /// StableHLO for `func @main() -> zeros of the pool's shape`.
@@ -127,6 +130,7 @@ impl DeviceExecutor {
             pools,
             pool_dims,
             times: ExecutorTimes::default(),
+            unreported_setup: Duration::ZERO,
         })
     }
 
@@ -140,27 +144,40 @@ impl DeviceExecutor {
         elems as u64 * if self.kv_dtype == KvDtype::F32 { 4 } else { 2 }
     }
 
-    /// Compiles (once) and returns the program for `bucket` tokens.
-    pub fn compile_bucket(&mut self, bucket: usize) -> Result<&Executable, EngineError> {
-        if !self.programs.contains_key(&bucket) {
+    /// The shapes of a program: decode-only ones hold one row per sequence.
+    pub fn shapes(&self, bucket: usize, decode: bool) -> StepShapes {
+        if decode {
+            StepShapes::decode(&self.engine, bucket, self.kv_dtype)
+        } else {
+            StepShapes::new(&self.engine, bucket, self.kv_dtype)
+        }
+    }
+
+    /// Compiles (once) the program for `bucket` tokens (decode-only or general).
+    pub fn compile_bucket(
+        &mut self,
+        bucket: usize,
+        decode: bool,
+    ) -> Result<&Executable, EngineError> {
+        if !self.programs.contains_key(&(bucket, decode)) {
             let start = Instant::now();
-            let shapes = StepShapes::new(&self.engine, bucket, self.kv_dtype);
+            let shapes = self.shapes(bucket, decode);
             let text = self
                 .source
                 .program(&shapes)
                 .map_err(EngineError::Executor)?;
+            let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
             let exe = self
                 .client
                 .compile(&text, &CompileOptions::new())
-                .map_err(exec_err(&format!(
-                    "compiling the step program for {bucket} tokens"
-                )))?;
+                .map_err(exec_err(&format!("compiling the step program {name}")))?;
             self.times
                 .compile
-                .insert(bucket, start.elapsed().as_secs_f64());
-            self.programs.insert(bucket, exe);
+                .insert(name, start.elapsed().as_secs_f64());
+            self.unreported_setup += start.elapsed();
+            self.programs.insert((bucket, decode), exe);
         }
-        Ok(&self.programs[&bucket])
+        Ok(&self.programs[&(bucket, decode)])
     }
 
     fn bucket_for(&self, tokens: usize) -> Result<usize, EngineError> {
@@ -234,8 +251,12 @@ impl StepExecutor for DeviceExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<Vec<f32>, EngineError> {
         let host_start = Instant::now();
         let bucket = self.bucket_for(batch.token_ids.len())?;
-        self.compile_bucket(bucket)?;
-        let shapes = StepShapes::new(&self.engine, bucket, self.kv_dtype);
+        // One new token per sequence (and no more sequences than a general step allows): the
+        // decode program, whose kernel advances all sequences in lockstep.
+        let decode =
+            batch.seqs.iter().all(|q| q.q_len == 1) && batch.seqs.len() <= self.engine.max_seqs;
+        self.compile_bucket(bucket, decode)?;
+        let shapes = self.shapes(bucket, decode);
         let inputs = self.inputs(batch, &shapes)?;
         debug_assert_eq!(inputs.len(), NUM_STEP_INPUTS);
         let pools = std::mem::take(&mut self.pools);
@@ -244,9 +265,11 @@ impl StepExecutor for DeviceExecutor {
         args.extend(self.weights.iter().map(Arg::Borrowed));
         let exec_start = Instant::now();
         self.times.host_s += (exec_start - host_start).as_secs_f64();
-        let mut out = self.programs[&bucket].execute(args).map_err(exec_err(
-            "executing the step (the KV pools were donated and are lost)",
-        ))?;
+        let mut out = self.programs[&(bucket, decode)]
+            .execute(args)
+            .map_err(exec_err(
+                "executing the step (the KV pools were donated and are lost)",
+            ))?;
         self.times.execute_s += exec_start.elapsed().as_secs_f64();
         let dl_start = Instant::now();
         let logits_buf = out.remove(0);
@@ -262,6 +285,10 @@ impl StepExecutor for DeviceExecutor {
 
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    fn take_setup_time(&mut self) -> Duration {
+        std::mem::take(&mut self.unreported_setup)
     }
 }
 

@@ -39,9 +39,12 @@ pub struct StepShapes {
     pub pool_pages: usize,
     pub page_size: usize,
     pub kv_dtype: KvDtype,
+    /// A decode-only program: every sequence has one new token, so `seqs == tokens`.
+    pub decode: bool,
 }
 
 impl StepShapes {
+    /// A general step (prefill chunks and decode rows) of `tokens` rows.
     pub fn new(engine: &EngineConfig, tokens: usize, kv_dtype: KvDtype) -> StepShapes {
         StepShapes {
             tokens,
@@ -51,6 +54,17 @@ impl StepShapes {
             pool_pages: engine.max_pages + 1,
             page_size: engine.page_size,
             kv_dtype,
+            decode: false,
+        }
+    }
+
+    /// A decode-only step of `tokens` sequences, one new token each.
+    pub fn decode(engine: &EngineConfig, tokens: usize, kv_dtype: KvDtype) -> StepShapes {
+        StepShapes {
+            seqs: tokens,
+            logits_rows: tokens,
+            decode: true,
+            ..StepShapes::new(engine, tokens, kv_dtype)
         }
     }
 
