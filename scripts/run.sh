@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a fresh machine: install what is missing, build kernelgen, emit the default
-# kernel (Llama-3-8B geometry, q_block 32, kv_pages_block 16, page_size 64, bf16) and verify it on
-# the PJRT CPU plugin against the f64 reference.
+# kernel (Llama-3-8B geometry, q_block 32, kv_pages_block 16, page_size 64, bf16), verify it on the
+# PJRT CPU plugin against the f64 reference, check it against TPU v5p's VMEM, and serve the
+# embedded SmolLM2-135M-Instruct with the paged-KV engine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh --model
@@ -9,3 +10,5 @@ cargo build --release -q -p kernelgen
 kg=target/release/kernelgen
 "$kg" build --q 32 --kv 16
 "$kg" verify out/rpa-q32-kv16
+"$kg" check --target v5p --page-size 64 --q 16 --kv 16
+"$kg" generate --prompt "Explain in two sentences why the sky is blue." --max-new-tokens 80

@@ -168,7 +168,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
 
 /// `17600512` -> `16.79 MiB`.
 pub fn fmt_bytes(b: u64) -> String {
-    if b >= MIB {
+    if b >= 1024 * MIB {
+        format!("{:.2} GiB", b as f64 / (1024 * MIB) as f64)
+    } else if b >= MIB {
         format!("{:.2} MiB", b as f64 / MIB as f64)
     } else {
         format!("{:.1} KiB", b as f64 / 1024.0)

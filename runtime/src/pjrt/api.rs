@@ -87,6 +87,7 @@ impl Api {
         if let Some(api) = loaded.get(&canonical) {
             return Ok(Arc::clone(api));
         }
+        prepare_libtpu_env(&canonical);
         let api = Arc::new(Self::load_uncached(&canonical)?);
         loaded.insert(canonical, Arc::clone(&api));
         Ok(api)
@@ -339,4 +340,33 @@ fn named_value_to_strings(v: &sys::PJRT_NamedValue) -> (String, String) {
         }
     };
     (name, value)
+}
+
+/// libtpu asks the cloud metadata server for its topology before anything else, retrying for
+/// minutes when there is none. On a machine with no TPU device nodes, skip that query (unless
+/// the user set `TPU_SKIP_MDS_QUERY` either way) so client creation fails at once with libtpu's
+/// own message ("No jellyfish device found") instead of appearing to hang. TPU VMs expose
+/// `/dev/accel*` (v4 and earlier) or `/dev/vfio/<n>` (v5e and later) and are left alone.
+fn prepare_libtpu_env(plugin: &Path) {
+    let is_libtpu = plugin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libtpu"));
+    if !is_libtpu || std::env::var_os("TPU_SKIP_MDS_QUERY").is_some() {
+        return;
+    }
+    let has_tpu = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(prefix) && n != "vfio")
+            })
+        })
+    };
+    if !has_tpu("/dev", "accel") && !has_tpu("/dev/vfio", "") {
+        // SAFETY (set_var): called while loading a plugin, before the plugin starts threads that
+        // could read the environment concurrently.
+        std::env::set_var("TPU_SKIP_MDS_QUERY", "1");
+    }
 }
