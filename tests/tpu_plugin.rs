@@ -22,7 +22,7 @@ fn libtpu_without_a_tpu_fails_cleanly_at_client_creation() {
     let api = runtime::pjrt::Api::load(&path).expect("libtpu loads as a PJRT plugin");
     let err = runtime::pjrt::Client::new(api)
         .err()
-        .expect("no TPU on this machine: client creation must fail");
+        .unwrap_or_else(|| panic!("no TPU on this machine: client creation must fail"));
     let msg = err.to_string();
     assert!(
         msg.contains("PJRT_Client_Create") && msg.contains("TPU"),
