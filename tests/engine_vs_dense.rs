@@ -18,6 +18,39 @@ use runtime::step::{default_buckets, DeviceExecutor};
 use std::collections::BTreeMap;
 use verify::dense::generate_greedy;
 
+/// A kernel artifact for the tiny model's geometry, built like `kernelgen build` does.
+fn build_artifact(model: &Model, q: u32, kv: u32, seed: u64) -> kernelgen::artifact::Artifact {
+    use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams};
+    let m = &model.config;
+    let cfg = KernelConfig::new(KernelParams {
+        geometry: Geometry {
+            num_q_heads: m.num_q_heads as u32,
+            num_kv_heads: m.num_kv_heads as u32,
+            head_dim: m.head_dim as u32,
+        },
+        dtype: Dtype::F32,
+        page_size: 16,
+        q_block: q,
+        kv_pages_block: kv,
+        max_num_tokens: 48,
+        max_num_seqs: 6,
+        pages_per_seq: 6,
+        total_pages: 15,
+        sm_scale: None,
+        sliding_window: None,
+        soft_cap: None,
+        schedule: Default::default(),
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "kg-evd-art-{}-{seed}-q{q}kv{kv}",
+        std::process::id()
+    ));
+    kernelgen::builder::build_stablehlo(&cfg, &dir)
+        .unwrap()
+        .artifact
+}
+
 fn tiny(seed: u64) -> Model {
     let dir = std::env::temp_dir().join(format!("kg-evd-{}-{seed}", std::process::id()));
     write_tiny_llama(&dir, seed, &TinyConfig::default()).unwrap();
@@ -117,14 +150,18 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
             prompt.len()
         );
     }
-    let (other, _) = serve(
-        &model,
-        KernelSource::Blocks {
-            q_block: 4,
-            kv_pages_block: 5,
-        },
-        &prompts,
+    // Two kernel artifacts built with different (q_block, kv_pages_block), checked against the
+    // model like any --kernel, give identical greedy tokens.
+    let mut outputs = Vec::new();
+    for (q, kv) in [(4, 5), (32, 2)] {
+        let artifact = build_artifact(&model, q, kv, seed);
+        kernelgen::serve::check_artifact(&artifact, &model.config, 16, KvDtype::F32).unwrap();
+        outputs.push(serve(&model, KernelSource::Artifact(Box::new(artifact)), &prompts).0);
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "two kernel artifacts gave different greedy tokens"
     );
-    assert_eq!(got, other, "different kernel blocks changed greedy tokens");
+    assert_eq!(got, outputs[0], "artifact kernel vs emitted kernel");
     eprintln!("16 prompts, {preemptions} preemptions, all tokens equal the dense reference");
 }

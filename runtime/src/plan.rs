@@ -100,11 +100,15 @@ impl EnginePlan {
                 self.max_prompt_len, self.max_new_tokens, self.page_size, self.max_pages
             ),
             || {
-                format!(
-                    "--max-pages {needed}, or --max-seqs {} (the most that fit {} pages)",
-                    self.max_pages / per_seq,
-                    self.max_pages
-                )
+                let fit = self.max_pages / per_seq;
+                if fit == 0 {
+                    format!(
+                        "--max-pages {needed}, or a shorter --max-seq-len / --max-new-tokens (one sequence needs {per_seq} pages, the pool has {})",
+                        self.max_pages
+                    )
+                } else {
+                    format!("--max-pages {needed}, or --max-seqs {fit} (the most that fit {} pages)", self.max_pages)
+                }
             },
         ));
         let longest = self.max_prompt_len + self.max_new_tokens;
