@@ -11,6 +11,7 @@ pub mod batch;
 pub mod compare;
 pub mod dense;
 pub mod host_executor;
+pub mod npy;
 pub mod oracle;
 pub mod rpa;
 

@@ -9,6 +9,7 @@
 
 pub mod link;
 pub mod mlir;
+pub mod pallas;
 pub mod stablehlo;
 pub mod step;
 pub mod templates;

@@ -18,6 +18,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/step.stablehlo.mlir.tera"),
     ),
     (
+        "rpa.pallas.py.tera",
+        include_str!("../../../templates/rpa.pallas.py.tera"),
+    ),
+    (
         "rpa_batched.stablehlo.mlir.tera",
         include_str!("../../../templates/rpa_batched.stablehlo.mlir.tera"),
     ),

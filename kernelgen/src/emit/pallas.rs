@@ -1,0 +1,323 @@
+//! The ragged paged attention kernel as a Pallas TPU module (Python), rendered from
+//! `templates/rpa.pallas.py.tera`.
+//!
+//! The module defines `ragged_paged_attention(q, kv_pages, kv_lens, page_indices, cu_q_lens,
+//! num_seqs, *, vmem_limit_bytes=None)`: a `pallas_call` with a grid over (KV-head blocks, query
+//! blocks of `q_block` tokens), the page table and lengths scalar-prefetched, kv_pages left in HBM
+//! and copied page by page into a double-buffered VMEM block of `kv_pages_block` pages. Every
+//! config-dependent number is a constant at the top of the module; the template's docstring
+//! explains the design. [`PallasDims`] holds those numbers and [`PallasDims::vmem_buffers`]
+//! mirrors the module's `VMEM_BUFFERS` list, so the VMEM checker can count the same buffers.
+
+use super::{stablehlo, templates, EmitError};
+use crate::config::{Dtype, KernelConfig};
+use serde::{Deserialize, Serialize};
+
+/// File name of the Pallas kernel inside an artifact directory.
+pub const FILE_NAME: &str = "rpa.pallas.py";
+
+/// What the template spells out: the config's numbers plus the kernel's own layout decisions.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PallasDims {
+    /// kernelgen's version, also written into the module as `KERNELGEN_VERSION`.
+    pub version: &'static str,
+    pub num_q_heads: u32,
+    pub num_kv_heads: u32,
+    /// q heads per KV head.
+    pub group: u32,
+    pub head_dim: u32,
+    /// head_dim as the kernel body sees it. Mosaic compiles 32-, 64- and 96-wide rows directly,
+    /// so nothing is padded and this equals `head_dim`.
+    pub head_dim_padded: u32,
+    /// `float32` or `bfloat16` (a `jax.numpy` name).
+    pub dtype: &'static str,
+    pub page_size: u32,
+    pub q_block: u32,
+    pub kv_pages_block: u32,
+    pub max_num_tokens: u32,
+    pub max_num_seqs: u32,
+    pub max_num_seqs_plus_1: u32,
+    pub pages_per_seq: u32,
+    pub total_pages: u32,
+    /// `2 * num_kv_heads`: K and V interleaved on kv_pages' head axis.
+    pub num_combined_heads: u32,
+    /// Python literals: the exact f32 values (written as f64, which Python parses exactly), or
+    /// `None`.
+    pub sm_scale: String,
+    pub sliding_window: String,
+    pub soft_cap: String,
+    /// KV heads per grid step (see [`kv_heads_per_block`]).
+    pub kv_heads_per_block: u32,
+    pub q_heads_per_block: u32,
+    pub num_head_blocks: u32,
+    /// `ceil(max_num_tokens / q_block)`.
+    pub num_q_blocks: u32,
+    /// `num_q_blocks * q_block`: q is padded to this many rows.
+    pub q_rows_padded: u32,
+    /// `q_block * group`: rows of one KV head's query tile (token-major, q head minor).
+    pub rows: u32,
+}
+
+/// One VMEM buffer of the kernel, per copy: the Rust mirror of an entry of the module's
+/// `VMEM_BUFFERS`. Mosaic lays the last two dims out in (8 * 32 / bits, 128) tiles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmemBuffer {
+    pub name: String,
+    pub shape: Vec<u64>,
+    /// `float32` or `bfloat16`.
+    pub dtype: String,
+    /// 2 for double-buffered buffers (the q/out pipeline windows and the KV page buffer).
+    pub copies: u32,
+}
+
+/// The `jax.numpy` name of `dtype`.
+pub fn jnp_dtype(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "float32",
+        Dtype::Bf16 => "bfloat16",
+    }
+}
+
+/// KV heads per grid step: the fewest whose K/V rows (`2 * heads`) fill whole sublane tiles
+/// (8 rows for f32, 16 for bf16) and divide the heads evenly, because the kernel DMAs that slice
+/// of each page's head axis and Mosaic slices tiled HBM axes only at tile boundaries; all heads
+/// when no such split exists (e.g. 3 KV heads).
+pub fn kv_heads_per_block(num_kv_heads: u32, dtype: Dtype) -> u32 {
+    let tile_rows = match dtype {
+        Dtype::F32 => 8,
+        Dtype::Bf16 => 16,
+    };
+    (1..=num_kv_heads)
+        .find(|&c| num_kv_heads.is_multiple_of(c) && (2 * c).is_multiple_of(tile_rows))
+        .unwrap_or(num_kv_heads)
+}
+
+/// A Python literal for an f32: its exact value printed as f64 (round-trips through Python's
+/// float and back to the same f32).
+fn py_f32(x: f32) -> String {
+    format!("{:?}", x as f64)
+}
+
+impl PallasDims {
+    pub fn new(cfg: &KernelConfig) -> PallasDims {
+        let g = cfg.geometry();
+        let kv_heads_per_block = kv_heads_per_block(g.num_kv_heads, cfg.dtype());
+        let num_q_blocks = cfg.max_num_tokens().div_ceil(cfg.q_block());
+        PallasDims {
+            version: crate::VERSION,
+            num_q_heads: g.num_q_heads,
+            num_kv_heads: g.num_kv_heads,
+            group: g.group(),
+            head_dim: g.head_dim,
+            head_dim_padded: g.head_dim,
+            dtype: jnp_dtype(cfg.dtype()),
+            page_size: cfg.page_size(),
+            q_block: cfg.q_block(),
+            kv_pages_block: cfg.kv_pages_block(),
+            max_num_tokens: cfg.max_num_tokens(),
+            max_num_seqs: cfg.max_num_seqs(),
+            max_num_seqs_plus_1: cfg.max_num_seqs() + 1,
+            pages_per_seq: cfg.pages_per_seq(),
+            total_pages: cfg.total_pages(),
+            num_combined_heads: 2 * g.num_kv_heads,
+            sm_scale: py_f32(cfg.sm_scale()),
+            sliding_window: cfg
+                .sliding_window()
+                .map_or("None".to_string(), |w| w.to_string()),
+            soft_cap: cfg.soft_cap().map_or("None".to_string(), py_f32),
+            kv_heads_per_block,
+            q_heads_per_block: kv_heads_per_block * g.group(),
+            num_head_blocks: g.num_kv_heads / kv_heads_per_block,
+            num_q_blocks,
+            q_rows_padded: num_q_blocks * cfg.q_block(),
+            rows: cfg.q_block() * g.group(),
+        }
+    }
+
+    /// The kernel's VMEM buffers, in the order and with the values of the module's `VMEM_BUFFERS`.
+    pub fn vmem_buffers(&self) -> Vec<VmemBuffer> {
+        let (h, rows, d) = (
+            self.kv_heads_per_block as u64,
+            self.rows as u64,
+            self.head_dim_padded as u64,
+        );
+        let buf = |name: &str, shape: Vec<u64>, dtype: &str, copies: u32| VmemBuffer {
+            name: name.to_string(),
+            shape,
+            dtype: dtype.to_string(),
+            copies,
+        };
+        vec![
+            buf("q_window", vec![h, rows, d], self.dtype, 2),
+            buf("out_window", vec![h, rows, d], self.dtype, 2),
+            buf(
+                "kv_buf",
+                vec![self.kv_pages_block as u64, self.page_size as u64, 2 * h, d],
+                self.dtype,
+                2,
+            ),
+            buf("m", vec![h, rows, 128], "float32", 1),
+            buf("l", vec![h, rows, 128], "float32", 1),
+            buf("acc", vec![h, rows, d], "float32", 1),
+        ]
+    }
+}
+
+/// Renders the Pallas module for `cfg`. `vmem_estimate_bytes`, when given, is written into the
+/// header comment and the module's `VMEM_ESTIMATE_BYTES`.
+pub fn render(cfg: &KernelConfig, vmem_estimate_bytes: Option<u64>) -> Result<String, EmitError> {
+    let dims = PallasDims::new(cfg);
+    let mut ctx = tera::Context::new();
+    ctx.insert("buffers", &dims.vmem_buffers());
+    ctx.insert("dims", &dims);
+    ctx.insert(
+        "header",
+        &stablehlo::header(cfg, "ragged paged attention, Pallas TPU"),
+    );
+    ctx.insert("vmem_estimate_bytes", &vmem_estimate_bytes);
+    templates::render("rpa.pallas.py.tera", &ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Geometry, KernelParams};
+
+    fn cfg(
+        heads: (u32, u32),
+        head_dim: u32,
+        dtype: Dtype,
+        blocks: (u32, u32),
+        window: Option<u32>,
+        cap: Option<f32>,
+    ) -> KernelConfig {
+        let mut p = KernelParams::with_defaults(
+            Geometry {
+                num_q_heads: heads.0,
+                num_kv_heads: heads.1,
+                head_dim,
+            },
+            blocks.0,
+            blocks.1,
+        );
+        p.dtype = dtype;
+        p.sliding_window = window;
+        p.soft_cap = cap;
+        KernelConfig::new(p).unwrap()
+    }
+
+    /// The Python constant `name = value` line of a rendered module.
+    fn constant<'a>(text: &'a str, name: &str) -> &'a str {
+        let prefix = format!("{name} = ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no constant {name}"))
+    }
+
+    #[test]
+    fn renders_header_constants_and_entry_point() {
+        let cases = [
+            cfg((32, 8), 128, Dtype::Bf16, (16, 16), None, None),
+            cfg((9, 3), 64, Dtype::Bf16, (32, 4), Some(4096), None),
+            cfg((8, 8), 64, Dtype::F32, (5, 3), Some(7), Some(30.0)),
+            cfg((4, 4), 128, Dtype::F32, (1, 1), None, Some(2.5)),
+        ];
+        for c in &cases {
+            let text = render(c, Some(12_345_678)).unwrap();
+            for line in stablehlo::header(c, "ragged paged attention, Pallas TPU") {
+                assert!(text.contains(&format!("# {line}\n")), "header line {line}");
+            }
+            assert!(text.starts_with("# Generated by kernelgen"));
+            assert!(text.contains("\ndef ragged_paged_attention(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, vmem_limit_bytes=None):"));
+            assert!(text.contains("# VMEM estimate from kernelgen's checker: 12345678 bytes"));
+            assert_eq!(constant(&text, "VMEM_ESTIMATE_BYTES"), "12345678");
+            assert!(
+                !text.contains("{{") && !text.contains("{%"),
+                "unrendered tera"
+            );
+            let g = c.geometry();
+            assert_eq!(constant(&text, "NUM_Q_HEADS"), g.num_q_heads.to_string());
+            assert_eq!(constant(&text, "Q_BLOCK"), c.q_block().to_string());
+            assert_eq!(
+                constant(&text, "KV_PAGES_BLOCK"),
+                c.kv_pages_block().to_string()
+            );
+            assert_eq!(constant(&text, "HEAD_DIM_PADDED"), g.head_dim.to_string());
+            // the f32 scale round-trips exactly through the Python literal
+            let scale: f64 = constant(&text, "SM_SCALE").parse().unwrap();
+            assert_eq!(scale as f32, c.sm_scale());
+            assert_eq!(
+                constant(&text, "SLIDING_WINDOW"),
+                c.sliding_window().map_or("None".into(), |w| w.to_string())
+            );
+            match c.soft_cap() {
+                Some(cap) => {
+                    assert_eq!(
+                        constant(&text, "SOFT_CAP").parse::<f64>().unwrap() as f32,
+                        cap
+                    )
+                }
+                None => assert_eq!(constant(&text, "SOFT_CAP"), "None"),
+            }
+            // the docstring lists every buffer with its shape
+            for b in PallasDims::new(c).vmem_buffers() {
+                let shape: Vec<String> = b.shape.iter().map(|x| x.to_string()).collect();
+                let line = format!(
+                    "    {}: {}[{}] x {}",
+                    b.name,
+                    b.dtype,
+                    shape.join(","),
+                    b.copies
+                );
+                assert!(text.contains(&line), "missing docstring line {line:?}");
+            }
+        }
+        let text = render(&cases[0], None).unwrap();
+        assert!(text.contains("# VMEM estimate from kernelgen's checker: not given"));
+        assert_eq!(constant(&text, "VMEM_ESTIMATE_BYTES"), "None");
+    }
+
+    #[test]
+    fn head_blocks_split_only_at_whole_tiles() {
+        // Llama-3-8B: 8 KV heads = 16 K/V rows, one bf16 tile; f32 tiles are 8 rows.
+        assert_eq!(kv_heads_per_block(8, Dtype::Bf16), 8);
+        assert_eq!(kv_heads_per_block(8, Dtype::F32), 4);
+        assert_eq!(kv_heads_per_block(16, Dtype::Bf16), 8);
+        // SmolLM2's 3 KV heads (6 rows) cannot be split at a tile boundary
+        assert_eq!(kv_heads_per_block(3, Dtype::Bf16), 3);
+        assert_eq!(kv_heads_per_block(3, Dtype::F32), 3);
+        assert_eq!(kv_heads_per_block(1, Dtype::F32), 1);
+        assert_eq!(kv_heads_per_block(12, Dtype::F32), 4);
+        for h in 1..=64 {
+            for dt in [Dtype::F32, Dtype::Bf16] {
+                let c = kv_heads_per_block(h, dt);
+                assert!(h.is_multiple_of(c), "{h} {dt:?} -> {c}");
+            }
+        }
+        let d = PallasDims::new(&cfg((32, 8), 128, Dtype::F32, (16, 16), None, None));
+        assert_eq!(
+            (d.num_head_blocks, d.q_heads_per_block, d.rows),
+            (2, 16, 64)
+        );
+    }
+
+    #[test]
+    fn vmem_buffers_follow_the_blocks() {
+        let d = PallasDims::new(&cfg((32, 8), 128, Dtype::Bf16, (16, 16), None, None));
+        let bufs = d.vmem_buffers();
+        let kv = bufs.iter().find(|b| b.name == "kv_buf").unwrap();
+        assert_eq!((kv.shape.clone(), kv.copies), (vec![16, 64, 16, 128], 2));
+        let acc = bufs.iter().find(|b| b.name == "acc").unwrap();
+        assert_eq!(
+            (acc.shape.clone(), acc.dtype.as_str()),
+            (vec![8, 64, 128], "float32")
+        );
+        let d2 = PallasDims::new(&cfg((32, 8), 128, Dtype::Bf16, (32, 8), None, None));
+        let kv2 = d2
+            .vmem_buffers()
+            .into_iter()
+            .find(|b| b.name == "kv_buf")
+            .unwrap();
+        assert_eq!(kv2.shape, vec![8, 64, 16, 128]);
+    }
+}
