@@ -251,12 +251,17 @@ mod tests {
     #[test]
     fn writes_the_numpy_header_and_reads_files() {
         let bytes = NpyArray::i32(&[2, 3], vec![1, 2, 3, 4, 5, 6]).to_bytes();
-        let header = std::str::from_utf8(&bytes[10..64]).unwrap();
-        assert!(header.starts_with("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }"));
         assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 54);
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        // data starts at a multiple of 64 bytes, the header ends in '\n'
+        assert_eq!((10 + header_len) % 64, 0);
+        assert_eq!(bytes.len(), 10 + header_len + 6 * 4);
+        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+        assert!(header.starts_with("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }"));
+        assert!(header.ends_with('\n'));
         let one = NpyArray::f32(&[3], vec![1.0, 2.0, 3.0]).to_bytes();
-        assert!(std::str::from_utf8(&one[10..64])
+        let one_len = u16::from_le_bytes([one[8], one[9]]) as usize;
+        assert!(std::str::from_utf8(&one[10..10 + one_len])
             .unwrap()
             .contains("'shape': (3,), }"));
 
