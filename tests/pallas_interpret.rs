@@ -215,7 +215,11 @@ fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
         let kdir = root.join(k.name);
         std::fs::create_dir_all(&kdir).unwrap();
         let module = kdir.join(pallas::FILE_NAME);
-        std::fs::write(&module, pallas::render(&k.cfg, None).unwrap()).unwrap();
+        std::fs::write(
+            &module,
+            pallas::render(&k.cfg, &Default::default()).unwrap(),
+        )
+        .unwrap();
         for (bi, (what, spec)) in k.batches.iter().enumerate() {
             let seed = seed0.wrapping_add(1000 * ki as u64 + bi as u64);
             let batch =

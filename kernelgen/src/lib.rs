@@ -6,7 +6,8 @@
 //! - [`builder`]: config -> artifact (`kernelgen build`);
 //! - [`numerics`]: runs a kernel through PJRT against the f64 reference (`kernelgen verify`);
 //! - [`target`]: TPU generations (VMEM, SMEM, default scoped limit, tiling);
-//! - [`vmem`]: the VMEM/SMEM budget checker (`kernelgen check`, `kernelgen plan`).
+//! - [`vmem`]: the VMEM/SMEM budget checker (`kernelgen check`, `kernelgen plan`);
+//! - [`tpu`]: the Pallas TPU module's build for a target and the real TPU compiler's verdict.
 
 pub mod artifact;
 pub mod builder;
@@ -16,6 +17,7 @@ mod error;
 pub mod numerics;
 pub mod serve;
 pub mod target;
+pub mod tpu;
 pub mod vmem;
 
 pub use error::Error;

@@ -5,6 +5,12 @@ is what the VMEM model is fitted to and tested against.
 
     .cache/venv/tpu-oracle/bin/python verify/oracle/sweep.py --kernel jax-rpa \
         --out verify/data/vmem_oracle_jax_rpa.jsonl [--points 260] [--shard 0/2]
+    .cache/venv/tpu-oracle/bin/python verify/oracle/sweep.py --kernel kernelgen \
+        --kernelgen target/release/kernelgen --targets v5e,v5p,v6e,v7x \
+        --out verify/data/vmem_oracle_kernelgen.jsonl --points 120 [--shard 0/2]
+
+For --kernel kernelgen each point's module is rendered by `kernelgen emit-pallas` (the module bakes
+the config in) into .cache/sweep-modules/.
 
 Resumable: points already in --out are skipped. Points are drawn deterministically (seeded) from
 the grid below, mostly near the limit (where the verdict is in doubt), some far from it.
@@ -15,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import random
+import subprocess
 import sys
 import threading
 
@@ -33,6 +40,12 @@ PAGE_SIZES = [16, 32, 64, 128, 256]
 Q_BLOCKS = [8, 16, 32, 64, 128]
 KV_BLOCKS = [1, 2, 4, 8, 16, 32, 64]
 
+# kernelgen's kernel computes a [rows, keys] f32 score tile per KV head at once: past these sizes
+# one compile takes minutes and >10 GB (measured: page 256 x 64 pages), so its calibration stops
+# here and the checker says `uncertain` outside (see SpillModel's domain).
+MAX_KEYS = 4096
+MAX_ROWS = 512
+
 
 def kv_heads_per_block(hq, hkv, packing):
     tile = 8 * packing
@@ -44,27 +57,30 @@ def key(p):
                                 "dtype", "q_block", "kv_pages_block"))
 
 
-def draw(kernel, n, seed, targets, module):
+def draw(kernel, n, seed, targets):
     rng = random.Random(seed)
     points, seen = [], set()
     while len(points) < n:
         target = targets[len(points) % len(targets)]
         hq, hkv = rng.choice(HEADS)
+        head_dim = 128
+        if kernel == "kernelgen" and rng.random() < 0.15:
+            hq, hkv, head_dim = 9, 3, 64  # SmolLM2-135M's attention
         dtype = "float32" if rng.random() < 0.1 else "bfloat16"
         packing = 1 if dtype == "float32" else 2
         p, bq, bkv = rng.choice(PAGE_SIZES), rng.choice(Q_BLOCKS), rng.choice(KV_BLOCKS)
+        if kernel == "kernelgen" and (bkv * p > MAX_KEYS or bq * (hq // hkv) > MAX_ROWS):
+            continue
         kv_buf = 2 * bkv * p * kv_heads_per_block(hq, hkv, packing) * 128 * (4 // packing)
         ratio = kv_buf / DEFAULT_LIMIT[target]
         # Keep mostly configs whose KV double buffer alone is 5%..150% of the limit.
         if not (0.05 <= ratio <= 1.5) and rng.random() > 0.12:
             continue
         pt = {
-            "kernel": kernel, "target": target, "num_q_heads": hq, "num_kv_heads": hkv, "head_dim": 128,
+            "kernel": kernel, "target": target, "num_q_heads": hq, "num_kv_heads": hkv, "head_dim": head_dim,
             "page_size": p, "dtype": dtype, "q_block": bq, "kv_pages_block": bkv,
             "max_num_tokens": 2048, "max_num_seqs": 64, "pages_per_seq": 64, "total_pages": 4096,
         }
-        if module:
-            pt["module"] = module
         if key(pt) in seen:
             continue
         seen.add(key(pt))
@@ -72,10 +88,27 @@ def draw(kernel, n, seed, targets, module):
     return points
 
 
+def render_module(binary, p):
+    """Renders the kernelgen module for point p; returns its path."""
+    if not binary:
+        sys.exit("--kernel kernelgen needs --kernelgen PATH (the kernelgen binary)")
+    out_dir = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "sweep-modules")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(out_dir, "_".join(str(x) for x in key(p)) + ".py"))
+    dtype = "f32" if p["dtype"] == "float32" else "bf16"
+    subprocess.run([binary, "emit-pallas", "--q", str(p["q_block"]), "--kv", str(p["kv_pages_block"]),
+                    "--num-q-heads", str(p["num_q_heads"]), "--num-kv-heads", str(p["num_kv_heads"]),
+                    "--head-dim", str(p["head_dim"]), "--page-size", str(p["page_size"]), "--dtype", dtype,
+                    "--max-tokens", str(p["max_num_tokens"]), "--max-seqs", str(p["max_num_seqs"]),
+                    "--pages-per-seq", str(p["pages_per_seq"]), "--total-pages", str(p["total_pages"]),
+                    "--out", path], check=True)
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="jax-rpa")
-    ap.add_argument("--module", help="rpa.pallas.py for --kernel kernelgen")
+    ap.add_argument("--kernelgen", help="kernelgen binary that renders modules for --kernel kernelgen")
     ap.add_argument("--out", required=True)
     ap.add_argument("--points", type=int, default=260)
     ap.add_argument("--seed", type=int, default=2026)
@@ -89,11 +122,12 @@ def main():
         with open(args.out) as fh:
             done = {key(json.loads(line)["request"]) for line in fh if line.strip()}
     versions = {k: importlib.metadata.version(k) for k in ("jax", "jaxlib", "libtpu")}
-    points = draw(args.kernel, args.points, args.seed, args.targets.split(","), args.module)
+    points = draw(args.kernel, args.points, args.seed, args.targets.split(","))
     todo = [p for j, p in enumerate(points) if j % n == i and key(p) not in done]
     print(f"{len(todo)} points to compile ({len(done)} already in {args.out})", file=sys.stderr)
     for j, p in enumerate(todo):
-        req = dict(p, min_limit=True, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
+        extra = {"module": render_module(args.kernelgen, p)} if p["kernel"] == "kernelgen" else {}
+        req = dict(p, **extra, min_limit=True, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
                    min_limit_cap=CAPACITY[p["target"]])
         # A compile stuck inside libtpu cannot be interrupted from Python: record the point as a
         # timeout and exit; rerunning the sweep resumes after it.

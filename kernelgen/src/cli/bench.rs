@@ -436,7 +436,7 @@ fn run_check(a: CheckBenchArgs) -> anyhow::Result<i32> {
             })
             .expect("in grid");
         let mut oracle = verify::oracle::Oracle::start(&mut |m| eprintln!("{m}"))?;
-        let req = super::check::oracle_request(cfg, t, KernelModel::JaxRpa, None);
+        let req = super::check::oracle_request(cfg, t, KernelModel::JaxRpa, None)?;
         oracle.compile(&req)?; // first compile pays jax's warm-up
         let t0 = Instant::now();
         let resp = oracle.compile(&req)?;

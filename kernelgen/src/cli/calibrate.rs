@@ -14,7 +14,7 @@ use std::path::PathBuf;
     after_help = "Data: JSON lines from verify/oracle/sweep.py (default: verify/data/vmem_oracle_<kernel>.jsonl). \
 Prints the fitted coefficients per target, their worst relative error, and how often the model's verdict at \
 the default limit agrees with the compiler's. --write regenerates kernelgen/src/vmem/spill_fitted.rs (run \
-from the source tree, then rebuild)."
+from the source tree, then rebuild) from every kernel's committed data."
 )]
 pub struct CalibrateArgs {
     /// Kernel model: jax-rpa or kernelgen
@@ -46,6 +46,15 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
     }
     let models = fit_all(&points);
     if args.write {
+        // spill_fitted.rs holds every kernel's models: refit from all committed data.
+        let mut all = Vec::new();
+        for k in [KernelModel::JaxRpa, KernelModel::Kernelgen] {
+            let f = data_file(k);
+            if f.exists() {
+                all.extend(verify::oracle::read_points(&f).map_err(anyhow::Error::msg)?);
+            }
+        }
+        let models = fit_all(&all);
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vmem/spill_fitted.rs");
         std::fs::write(&path, render_fitted(&models))

@@ -52,7 +52,7 @@ pub struct CheckOpts {
     #[arg(long)]
     pub target: Option<String>,
     /// Kernel model: jax-rpa (JAX's Pallas TPU ragged_paged_attention) or kernelgen
-    #[arg(long, default_value = "jax-rpa")]
+    #[arg(long = "kernel", value_name = "KERNEL", default_value = "jax-rpa")]
     pub kernel_model: String,
     /// vmem_limit_bytes the kernel is compiled with (e.g. 32MiB) [default: the target's scoped default]
     #[arg(long)]
@@ -179,35 +179,25 @@ pub fn exit_code(v: Verdict) -> i32 {
     }
 }
 
-/// The oracle request for a checked config.
+/// The oracle request for a checked config (the kernelgen module rendered into the cache).
 pub fn oracle_request(
     cfg: &KernelConfig,
     target: &Target,
     model: KernelModel,
     limit: Option<u64>,
-) -> OracleRequest {
-    let g = cfg.geometry();
-    OracleRequest {
-        kernel: model.name().into(),
-        target: target.name.into(),
-        num_q_heads: g.num_q_heads,
-        num_kv_heads: g.num_kv_heads,
-        head_dim: g.head_dim,
-        page_size: cfg.page_size(),
-        dtype: match cfg.dtype() {
-            kernelgen::config::Dtype::F32 => "float32".into(),
-            kernelgen::config::Dtype::Bf16 => "bfloat16".into(),
-        },
-        q_block: cfg.q_block(),
-        kv_pages_block: cfg.kv_pages_block(),
-        max_num_tokens: cfg.max_num_tokens(),
-        max_num_seqs: cfg.max_num_seqs(),
-        pages_per_seq: cfg.pages_per_seq(),
-        total_pages: cfg.total_pages(),
-        vmem_limit_bytes: limit,
-        module: None,
-        export_path: None,
-    }
+) -> anyhow::Result<OracleRequest> {
+    let module = match model {
+        KernelModel::Kernelgen => Some(kernelgen::tpu::cached_module(cfg)?),
+        KernelModel::JaxRpa => None,
+    };
+    Ok(kernelgen::tpu::oracle_request(
+        cfg,
+        target,
+        model,
+        limit,
+        module.as_deref(),
+        None,
+    ))
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
@@ -232,7 +222,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     };
     let oracle = if args.opts.oracle {
         let mut oracle = Oracle::start(&mut |msg| eprintln!("{msg}"))?;
-        Some(oracle.compile(&oracle_request(cfg, &target, model, limit))?)
+        Some(oracle.compile(&oracle_request(cfg, &target, model, limit)?)?)
     } else {
         None
     };
@@ -345,7 +335,7 @@ pub fn print_report(r: &VmemReport, t: &Target) {
     );
 }
 
-fn print_suggestions(s: &[Suggestion]) {
+pub fn print_suggestions(s: &[Suggestion]) {
     if s.is_empty() {
         return;
     }

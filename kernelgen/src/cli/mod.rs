@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod calibrate;
 mod check;
+mod emit_pallas;
 mod emit_step;
 mod generate;
 mod kernel_args;
@@ -56,6 +57,8 @@ enum Command {
     Bench(bench::BenchArgs),
     #[command(hide = true)]
     EmitStep(emit_step::EmitStepArgs),
+    #[command(hide = true)]
+    EmitPallas(emit_pallas::EmitPallasArgs),
     Calibrate(calibrate::CalibrateArgs),
 }
 
@@ -81,6 +84,7 @@ pub fn run() -> i32 {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::EmitStep(args) => emit_step::run(args),
+        Command::EmitPallas(args) => emit_pallas::run(args),
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {

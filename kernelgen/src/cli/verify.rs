@@ -48,15 +48,42 @@ struct Report<'a> {
     passed: bool,
 }
 
+/// The artifact file to run on `platform`: on TPU the Pallas kernel lowered for a TPU target
+/// (`rpa.<target>.stablehlo.mlir`, from `build --target T --emit tpu`), elsewhere the portable
+/// StableHLO kernel.
+fn kernel_file_for(artifact: &Artifact, platform: &str) -> anyhow::Result<String> {
+    if !platform.eq_ignore_ascii_case("tpu") {
+        return Ok(stablehlo::FILE_NAME.to_string());
+    }
+    artifact
+        .manifest
+        .files
+        .keys()
+        .find(|f| f.starts_with("rpa.") && f.ends_with(".stablehlo.mlir") && *f != stablehlo::FILE_NAME)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} has no TPU kernel: rebuild it with `kernelgen build ... --target <v5e|v5p|v6e|...> --emit tpu`",
+                artifact.dir.display()
+            )
+        })
+}
+
 pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
     let artifact = Artifact::open(&args.artifact)?;
     let cfg = artifact.manifest.config.clone();
-    let mlir = artifact.read_text(stablehlo::FILE_NAME)?;
     let plugin = args.plugin.clone().unwrap_or_else(default_plugin_path);
     let api = Api::load(&plugin)
         .with_context(|| "loading the PJRT plugin (run scripts/setup.sh, or pass --plugin)")?;
-    let client = Client::new(api)?;
+    let client = Client::new(api).with_context(|| {
+        format!(
+            "creating a PJRT client with {} (a TPU plugin needs TPU hardware on this machine)",
+            plugin.display()
+        )
+    })?;
     let platform = client.platform_name()?;
+    let kernel_file = kernel_file_for(&artifact, &platform)?;
+    let mlir = artifact.read_text(&kernel_file)?;
     let runner = KernelRunner::compile(client, &cfg, &mlir).context("compiling the kernel")?;
     let tol = tolerance(cfg.dtype());
     if !args.json {

@@ -163,9 +163,19 @@ impl PallasDims {
     }
 }
 
-/// Renders the Pallas module for `cfg`. `vmem_estimate_bytes`, when given, is written into the
-/// header comment and the module's `VMEM_ESTIMATE_BYTES`.
-pub fn render(cfg: &KernelConfig, vmem_estimate_bytes: Option<u64>) -> Result<String, EmitError> {
+/// What the build knows about VMEM when it renders the module: the checker's estimate (for the
+/// header and `VMEM_ESTIMATE_BYTES`) and the `vmem_limit_bytes` baked in as the default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VmemInfo {
+    /// Target the estimate is for.
+    pub target: Option<String>,
+    pub estimate_bytes: Option<u64>,
+    /// `None`: the target's default scoped limit.
+    pub limit_bytes: Option<u64>,
+}
+
+/// Renders the Pallas module for `cfg`.
+pub fn render(cfg: &KernelConfig, vmem: &VmemInfo) -> Result<String, EmitError> {
     let dims = PallasDims::new(cfg);
     let mut ctx = tera::Context::new();
     ctx.insert("buffers", &dims.vmem_buffers());
@@ -174,7 +184,9 @@ pub fn render(cfg: &KernelConfig, vmem_estimate_bytes: Option<u64>) -> Result<St
         "header",
         &stablehlo::header(cfg, "ragged paged attention, Pallas TPU"),
     );
-    ctx.insert("vmem_estimate_bytes", &vmem_estimate_bytes);
+    ctx.insert("vmem_estimate_bytes", &vmem.estimate_bytes);
+    ctx.insert("vmem_limit_bytes", &vmem.limit_bytes);
+    ctx.insert("vmem_target", &vmem.target);
     // the template opens with a comment block; the module starts at its header
     let text = templates::render("rpa.pallas.py.tera", &ctx)?;
     Ok(text.trim_start().to_string())
@@ -227,7 +239,12 @@ mod tests {
             cfg((4, 4), 128, Dtype::F32, (1, 1), None, Some(2.5)),
         ];
         for c in &cases {
-            let text = render(c, Some(12_345_678)).unwrap();
+            let info = VmemInfo {
+                target: Some("v5p".into()),
+                estimate_bytes: Some(12_345_678),
+                limit_bytes: Some(33_554_432),
+            };
+            let text = render(c, &info).unwrap();
             for line in stablehlo::header(c, "ragged paged attention, Pallas TPU") {
                 assert!(text.contains(&format!("# {line}\n")), "header line {line}");
             }
@@ -236,8 +253,12 @@ mod tests {
                 "{:?}",
                 &text[..80]
             );
-            assert!(text.contains("\ndef ragged_paged_attention(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, vmem_limit_bytes=None):"));
-            assert!(text.contains("# VMEM estimate from kernelgen's checker: 12345678 bytes"));
+            assert!(text.contains("\ndef ragged_paged_attention(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, vmem_limit_bytes=VMEM_LIMIT_BYTES):"));
+            assert!(
+                text.contains("# VMEM estimate from kernelgen's checker: 12345678 bytes on v5p\n")
+            );
+            assert!(text.contains("# vmem_limit_bytes: 33554432\n"));
+            assert_eq!(constant(&text, "VMEM_LIMIT_BYTES"), "33554432");
             assert_eq!(constant(&text, "VMEM_ESTIMATE_BYTES"), "12345678");
             assert!(
                 !text.contains("{{") && !text.contains("{%"),
@@ -280,9 +301,10 @@ mod tests {
                 assert!(text.contains(&line), "missing docstring line {line:?}");
             }
         }
-        let text = render(&cases[0], None).unwrap();
+        let text = render(&cases[0], &VmemInfo::default()).unwrap();
         assert!(text.contains("# VMEM estimate from kernelgen's checker: not given"));
         assert_eq!(constant(&text, "VMEM_ESTIMATE_BYTES"), "None");
+        assert_eq!(constant(&text, "VMEM_LIMIT_BYTES"), "None");
     }
 
     #[test]

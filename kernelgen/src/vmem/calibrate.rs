@@ -97,12 +97,14 @@ pub fn render_fitted(models: &[(spill::Kernel, &'static str, SpillModel)]) -> St
     for (k, t, m) in models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:e}")).collect();
         s.push_str(&format!(
-            "    (\n        Kernel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n        }},\n    ),\n",
+            "    (\n        Kernel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
             coef.join(", "),
             m.under,
             m.over,
             m.abs_err,
-            m.points
+            m.points,
+            m.max_rows,
+            m.max_keys
         ));
     }
     s.push_str("];\n");
@@ -207,7 +209,7 @@ pub fn leave_one_out(points: &[OraclePoint]) -> (usize, usize, usize) {
         let total = explicit as f64 + m.predict(&a.features);
         let (lower, upper) = m.band(total, explicit as f64);
         let limit = t.default_scoped_vmem_bytes;
-        let smem = super::smem::account(&cfg, &t).verdict;
+        let smem = super::smem::account(&cfg, &t, kernel).verdict;
         let vmem = if upper <= limit {
             Verdict::Fits
         } else if lower > limit {

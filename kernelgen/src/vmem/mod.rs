@@ -271,7 +271,14 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
     let mut buffers = account.buffers;
     let explicit_bytes: u64 = buffers.iter().map(|b| b.bytes).sum();
     let spill = spill::estimate_with(account.spill_kernel, t, &account.features, explicit_bytes);
-    if spill.model.is_none() {
+    if spill.outside_domain {
+        let m = spill.model.expect("a domain comes with a model");
+        notes.push(format!(
+            "{} rows x {} keys per KV head is outside the spill calibration for {} on {} (up to {} rows, {} keys): \
+             the verdict is uncertain unless the exact buffers alone exceed the limit; use --oracle",
+            account.features.rows, account.features.keys, req.kernel.name(), t.name, m.max_rows, m.max_keys
+        ));
+    } else if spill.model.is_none() {
         notes.push(format!(
             "no spill calibration for {} on {}: the verdict is uncertain unless far from the limit; use --oracle",
             req.kernel.name(),
@@ -293,7 +300,7 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
     let upper_bytes = spill.upper;
     let uncertainty_bytes = upper_bytes.map_or(0, |u| u.saturating_sub(total_bytes));
     let vmem_verdict = verdict(lower_bytes, upper_bytes, limit);
-    let smem = smem::account(req.cfg, t);
+    let smem = smem::account(req.cfg, t, req.kernel);
     let hbm = hbm(req.cfg, t);
     let overall = worst(&[vmem_verdict, smem.verdict, hbm.verdict]);
     Ok(VmemReport {

@@ -7,7 +7,7 @@
 //! own constants: an overflow with 1 MiB + 2 KiB of operands reported "exceeded by 3.1K", so
 //! about 1.1 KiB.
 
-use super::Verdict;
+use super::{KernelModel, Verdict};
 use crate::config::KernelConfig;
 use crate::target::Target;
 use serde::Serialize;
@@ -41,15 +41,22 @@ fn padded_i32(shape: &[u64]) -> u64 {
     rows * minor.div_ceil(128) * 128 * 4
 }
 
-pub fn account(cfg: &KernelConfig, t: &Target) -> SmemReport {
+/// SMEM of `kernel`'s scalar-prefetched operands. JAX's kernel prefetches page_indices as a 2-D
+/// array (each row padded to 128 words) and keeps a 2-word state array; kernelgen's flattens
+/// page_indices to 1-D and keeps its state in registers.
+pub fn account(cfg: &KernelConfig, t: &Target, kernel: KernelModel) -> SmemReport {
     let s = cfg.max_num_seqs() as u64;
-    let arrays: [(&'static str, Vec<u64>); 5] = [
-        ("kv_lens", vec![s]),
-        ("page_indices", vec![s, cfg.pages_per_seq() as u64]),
-        ("cu_q_lens", vec![s + 1]),
-        ("kernel state (seq_idx, buf_idx)", vec![2]),
-        ("num_seqs", vec![1]),
-    ];
+    let pps = cfg.pages_per_seq() as u64;
+    let mut arrays: Vec<(&'static str, Vec<u64>)> = vec![("kv_lens", vec![s])];
+    match kernel {
+        KernelModel::JaxRpa => arrays.push(("page_indices", vec![s, pps])),
+        KernelModel::Kernelgen => arrays.push(("page_indices (flattened)", vec![s * pps])),
+    }
+    arrays.push(("cu_q_lens", vec![s + 1]));
+    if kernel == KernelModel::JaxRpa {
+        arrays.push(("kernel state (seq_idx, buf_idx)", vec![2]));
+    }
+    arrays.push(("num_seqs", vec![1]));
     let mut items: Vec<SmemItem> = arrays
         .into_iter()
         .map(|(name, shape)| SmemItem {
@@ -90,5 +97,7 @@ mod tests {
         assert_eq!(padded_i32(&[65]), 512);
         assert_eq!(padded_i32(&[129]), 1024);
         assert_eq!(padded_i32(&[64, 4096]), 1 << 20);
+        // kernelgen's flattened page_indices i32[16 * 16]: 'u8[1024] prefetched SMEM operand 1'
+        assert_eq!(padded_i32(&[256]), 1024);
     }
 }

@@ -70,6 +70,10 @@ pub struct SpillModel {
     pub abs_err: f64,
     /// Calibration points the fit used.
     pub points: usize,
+    /// The calibrated domain: the largest rows (q_block x group) and keys (kv_pages_block x
+    /// page_size) among the points. Outside it the fit is an extrapolation and gives no bound.
+    pub max_rows: u64,
+    pub max_keys: u64,
 }
 
 /// The allowance for one config and the range the true need lies in.
@@ -80,6 +84,8 @@ pub struct SpillEstimate {
     /// `None` without a calibration: no upper bound.
     pub upper: Option<u64>,
     pub model: Option<SpillModel>,
+    /// A model exists but `f` lies outside its calibrated domain (no upper bound either).
+    pub outside_domain: bool,
 }
 
 impl SpillModel {
@@ -117,6 +123,13 @@ pub fn estimate_with(
     explicit: u64,
 ) -> SpillEstimate {
     match model(kernel, t) {
+        Some(m) if f.rows > m.max_rows || f.keys > m.max_keys => SpillEstimate {
+            bytes: m.predict(f).round() as u64,
+            lower: explicit,
+            upper: None,
+            model: Some(m),
+            outside_domain: true,
+        },
         Some(m) => {
             let bytes = m.predict(f).round() as u64;
             let (lower, upper) = m.band((explicit + bytes) as f64, explicit as f64);
@@ -125,6 +138,7 @@ pub fn estimate_with(
                 lower,
                 upper: Some(upper),
                 model: Some(m),
+                outside_domain: false,
             }
         }
         // Uncalibrated: no allowance and no upper bound; only "does not fit" (the exact buffers
@@ -134,6 +148,7 @@ pub fn estimate_with(
             lower: explicit,
             upper: None,
             model: None,
+            outside_domain: false,
         },
     }
 }
@@ -174,6 +189,8 @@ pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
         over: 0.0,
         abs_err,
         points: obs.len(),
+        max_rows: obs.iter().map(|o| o.features.rows).max().unwrap_or(0),
+        max_keys: obs.iter().map(|o| o.features.keys).max().unwrap_or(0),
     };
     for o in obs {
         let total = o.explicit + m.predict(&o.features);
@@ -282,8 +299,40 @@ mod tests {
             over: 0.5,
             abs_err: 0.0,
             points: 20,
+            max_rows: 64,
+            max_keys: 1024,
         };
         let (lo, hi) = m.band(100.0, 80.0);
         assert_eq!((lo, hi), (80, 120));
+    }
+
+    #[test]
+    fn outside_the_calibrated_domain_there_is_no_upper_bound() {
+        let t = Target::find("v5p").unwrap();
+        let m = model(Kernel::JaxRpa, &t).expect("committed model");
+        let inside = SpillFeatures {
+            rows: m.max_rows,
+            keys: m.max_keys,
+            head_dim: 128,
+            kv_heads_per_block: 8,
+            kv_dtype_bytes: 2,
+            group: 4,
+        };
+        let e = estimate_with(Kernel::JaxRpa, &t, &inside, 1 << 20);
+        assert!(!e.outside_domain && e.upper.is_some());
+        for f in [
+            SpillFeatures {
+                keys: 2 * m.max_keys,
+                ..inside
+            },
+            SpillFeatures {
+                rows: 2 * m.max_rows,
+                ..inside
+            },
+        ] {
+            let e = estimate_with(Kernel::JaxRpa, &t, &f, 1 << 20);
+            assert!(e.outside_domain && e.upper.is_none(), "{f:?}");
+            assert_eq!(e.lower, 1 << 20);
+        }
     }
 }

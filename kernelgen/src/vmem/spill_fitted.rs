@@ -21,6 +21,8 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
             over: 1.2178807255271747e-1,
             abs_err: 6.5536e4,
             points: 35,
+            max_rows: 512,
+            max_keys: 4096,
         },
     ),
     (
@@ -40,6 +42,8 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
             over: 1.4406855174107658e-1,
             abs_err: 6.5536e4,
             points: 48,
+            max_rows: 1024,
+            max_keys: 8192,
         },
     ),
     (
@@ -59,6 +63,8 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
             over: 1.9113878658593317e-1,
             abs_err: 6.5536e4,
             points: 50,
+            max_rows: 1024,
+            max_keys: 16384,
         },
     ),
     (
@@ -78,6 +84,8 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
             over: 7.024811070682128e-2,
             abs_err: 6.5536e4,
             points: 48,
+            max_rows: 1024,
+            max_keys: 16384,
         },
     ),
     (
@@ -97,6 +105,8 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
             over: 2.6888016129553777e-1,
             abs_err: 6.5536e4,
             points: 48,
+            max_rows: 1024,
+            max_keys: 8192,
         },
     ),
 ];
