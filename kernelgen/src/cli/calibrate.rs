@@ -26,6 +26,10 @@ pub struct CalibrateArgs {
     /// Also judge each point by a model fitted without it (leave-one-out)
     #[arg(long)]
     pub cross_validate: bool,
+    /// Also print every point: the compiler's verdict, its reported size and smallest fitting
+    /// limit, beside the checker's estimate and verdict
+    #[arg(long)]
+    pub per_point: bool,
     /// Write the fitted constants into kernelgen/src/vmem/spill_fitted.rs
     #[arg(long)]
     pub write: bool,
@@ -111,6 +115,9 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
         let (a, u, d) = leave_one_out(&points);
         println!("leave-one-out (each point judged by a fit without it): {a} agree, {u} uncertain, {d} disagree");
     }
+    if args.per_point {
+        print_points(&points);
+    }
     for d in &agree.disagree {
         println!(
             "  DISAGREE {} {}: model {} ({}), compiler {} (min limit {:?})",
@@ -123,4 +130,62 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+/// One line per oracle point: compiler vs checker at the target's default limit.
+fn print_points(points: &[verify::oracle::OraclePoint]) {
+    use kernelgen::target::Target;
+    use kernelgen::vmem::calibrate::config_of;
+    use kernelgen::vmem::{check, CheckRequest};
+    let mib =
+        |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / 1048576.0));
+    println!(
+        "{:<6} {:<34} {:<9} {:>9} {:>9} {:>9}  checker",
+        "target",
+        "config (q/kv heads, head_dim, page, q, kv)",
+        "compiler",
+        "oom MiB",
+        "min MiB",
+        "est MiB"
+    );
+    for p in points {
+        let r = &p.request;
+        let name = format!(
+            "{}/{} d{} P{} q{} kv{} {}",
+            r.num_q_heads,
+            r.num_kv_heads,
+            r.head_dim,
+            r.page_size,
+            r.q_block,
+            r.kv_pages_block,
+            if r.dtype == "float32" { "f32" } else { "bf16" }
+        );
+        let checked = match (
+            KernelModel::parse(&r.kernel),
+            Target::find(&r.target),
+            config_of(r),
+        ) {
+            (Ok(kernel), Ok(target), Ok(cfg)) => check(&CheckRequest {
+                cfg: &cfg,
+                target,
+                kernel,
+                vmem_limit: None,
+            })
+            .map_err(|e| e.to_string()),
+            _ => Err("invalid request".to_string()),
+        };
+        let (est, verdict) = match checked {
+            Ok(rep) => (Some(rep.total_bytes), rep.verdict.to_string()),
+            Err(e) => (None, format!("refused: {e}")),
+        };
+        println!(
+            "{:<6} {:<34} {:<9} {:>9} {:>9} {:>9}  {verdict}",
+            r.target,
+            name,
+            p.response.verdict,
+            mib(p.response.size_bytes),
+            mib(p.response.min_limit_bytes),
+            mib(est)
+        );
+    }
 }
