@@ -13,8 +13,12 @@ pub struct BuildOutput {
     pub emit_time: Duration,
 }
 
-/// Emits the StableHLO kernel for `cfg` and writes the artifact to `dir`.
-pub fn build_stablehlo(cfg: &KernelConfig, dir: &Path) -> Result<BuildOutput, Error> {
+/// Emits the StableHLO kernel for `cfg` into a new artifact in `dir`, leaving the writer open
+/// so the caller can add files (the Pallas module, a TPU lowering) before the manifest.
+pub fn begin_stablehlo(
+    cfg: &KernelConfig,
+    dir: &Path,
+) -> Result<(ArtifactWriter, Duration), Error> {
     let start = Instant::now();
     let kernel = stablehlo::emit(cfg)?;
     let emit_time = start.elapsed();
@@ -24,6 +28,12 @@ pub fn build_stablehlo(cfg: &KernelConfig, dir: &Path) -> Result<BuildOutput, Er
         "stablehlo_ops".into(),
         serde_json::to_value(&kernel.module.op_counts).expect("op counts serialize"),
     );
+    Ok((writer, emit_time))
+}
+
+/// Emits the StableHLO kernel for `cfg` and writes the artifact to `dir`.
+pub fn build_stablehlo(cfg: &KernelConfig, dir: &Path) -> Result<BuildOutput, Error> {
+    let (writer, emit_time) = begin_stablehlo(cfg, dir)?;
     Ok(BuildOutput {
         artifact: writer.finish()?,
         emit_time,

@@ -8,15 +8,14 @@ use super::kernel_args::{KernelArgs, CPU_DEFAULTS};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kernelgen::artifact::ArtifactWriter;
+use kernelgen::builder::begin_stablehlo;
 use kernelgen::config::KernelConfig;
 use kernelgen::emit::pallas::{self, VmemInfo};
-use kernelgen::emit::stablehlo;
 use kernelgen::target::{fmt_bytes, parse_bytes, Target};
 use kernelgen::tpu::{self, TpuCompileRecord};
 use kernelgen::vmem::suggest::nearest_fits;
 use kernelgen::vmem::{check, limit_that_fits, CheckRequest, KernelModel, Verdict, VmemReport};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use verify::oracle::Oracle;
 
 /// What to emit besides the portable StableHLO kernel.
@@ -92,15 +91,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<i32> {
     let dir = args
         .out
         .unwrap_or_else(|| PathBuf::from("out").join(cfg.short_name()));
-    let start = Instant::now();
-    let kernel = stablehlo::emit(&cfg).with_context(|| format!("emitting {cfg}"))?;
-    let emit_time = start.elapsed();
-    let mut writer = ArtifactWriter::create(&dir, &cfg)?;
-    writer.add_file(stablehlo::FILE_NAME, kernel.text.as_bytes())?;
-    writer.manifest.extra.insert(
-        "stablehlo_ops".into(),
-        serde_json::to_value(&kernel.module.op_counts)?,
-    );
+    let (mut writer, emit_time) =
+        begin_stablehlo(&cfg, &dir).with_context(|| format!("building {}", dir.display()))?;
     let mut status = exit::OK;
     let mut compiled = None;
     if let Some(plan) = &tpu {
