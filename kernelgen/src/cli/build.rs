@@ -2,7 +2,7 @@
 //! checked against the target's VMEM budget; with `--emit tpu`, lowered and compiled by the real
 //! TPU compiler.
 
-use super::check::{print_report, print_suggestions, EXIT_NO_FIT};
+use super::check::{describe_compiler, print_report, print_suggestions, EXIT_NO_FIT};
 use super::exit;
 use super::kernel_args::{KernelArgs, CPU_DEFAULTS};
 use anyhow::Context;
@@ -284,15 +284,12 @@ impl TpuPlan {
             fmt_bytes(r.limit_bytes)
         );
         let Some(c) = compiled else { return };
-        let verdict = match c.compiler_verdict.as_str() {
-            "fits" => "fits".to_string(),
-            "error" => format!("error: {}", c.compiler_message.lines().next().unwrap_or("")),
-            v => format!(
-                "{v}: scoped allocation {} > limit {}",
-                c.compiler_size_bytes.map(fmt_bytes).unwrap_or_default(),
-                c.compiler_limit_bytes.map(fmt_bytes).unwrap_or_default()
-            ),
-        };
+        let verdict = describe_compiler(
+            &c.compiler_verdict,
+            c.compiler_size_bytes,
+            c.compiler_limit_bytes,
+            &c.compiler_message,
+        );
         println!(
             "tpu      {}: real compiler {verdict} ({:.1} s); checker {}{}",
             self.target.name,

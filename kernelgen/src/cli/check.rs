@@ -350,21 +350,33 @@ pub fn print_suggestions(s: &[Suggestion]) {
     }
 }
 
-fn print_oracle(o: &OracleResponse, r: &VmemReport) {
-    let verdict = match o.verdict.as_str() {
+/// The real compiler's verdict in one phrase: `FITS`, `DOES NOT FIT (scoped VMEM X of limit Y)`
+/// or `ERROR: first line`.
+pub fn describe_compiler(
+    verdict: &str,
+    size: Option<u64>,
+    limit: Option<u64>,
+    message: &str,
+) -> String {
+    match verdict {
         "fits" => "FITS".to_string(),
         "vmem_oom" | "smem_oom" => format!(
             "DOES NOT FIT ({} {} of limit {})",
-            if o.verdict == "smem_oom" {
+            if verdict == "smem_oom" {
                 "SMEM"
             } else {
                 "scoped VMEM"
             },
-            o.size_bytes.map(fmt_bytes).unwrap_or_default(),
-            o.limit_bytes.map(fmt_bytes).unwrap_or_default()
+            size.map(fmt_bytes).unwrap_or_default(),
+            limit.map(fmt_bytes).unwrap_or_default()
         ),
-        _ => format!("ERROR: {}", o.message.lines().next().unwrap_or("")),
-    };
+        "hbm_oom" => "DOES NOT FIT (HBM)".to_string(),
+        _ => format!("ERROR: {}", message.lines().next().unwrap_or("")),
+    }
+}
+
+fn print_oracle(o: &OracleResponse, r: &VmemReport) {
+    let verdict = describe_compiler(&o.verdict, o.size_bytes, o.limit_bytes, &o.message);
     println!(
         "{:<17} {verdict} (real TPU compiler, {:.1} s); model said {}",
         "oracle", o.compile_s, r.verdict

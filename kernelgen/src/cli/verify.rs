@@ -49,18 +49,18 @@ struct Report<'a> {
 }
 
 /// The artifact file to run on `platform`: on TPU the Pallas kernel lowered for a TPU target
-/// (`rpa.<target>.stablehlo.mlir`, from `build --target T --emit tpu`), elsewhere the portable
-/// StableHLO kernel.
+/// (the `lowered_file` that `build --target T --emit tpu` records under `tpu_compile`),
+/// elsewhere the portable StableHLO kernel.
 fn kernel_file_for(artifact: &Artifact, platform: &str) -> anyhow::Result<String> {
     if !platform.eq_ignore_ascii_case("tpu") {
         return Ok(stablehlo::FILE_NAME.to_string());
     }
     artifact
         .manifest
-        .files
-        .keys()
-        .find(|f| f.starts_with("rpa.") && f.ends_with(".stablehlo.mlir") && *f != stablehlo::FILE_NAME)
-        .cloned()
+        .extra
+        .get("tpu_compile")
+        .and_then(|c| c["lowered_file"].as_str())
+        .map(str::to_string)
         .with_context(|| {
             format!(
                 "{} has no TPU kernel: rebuild it with `kernelgen build ... --target <v5e|v5p|v6e|...> --emit tpu`",

@@ -24,11 +24,7 @@ pub fn data_file(kernel: KernelModel) -> std::path::PathBuf {
 
 /// The config an oracle request describes.
 pub fn config_of(r: &OracleRequest) -> Result<KernelConfig, String> {
-    let dtype = match r.dtype.as_str() {
-        "float32" => Dtype::F32,
-        "bfloat16" => Dtype::Bf16,
-        other => return Err(format!("dtype {other}")),
-    };
+    let dtype = Dtype::parse(&r.dtype).map_err(|e| e.to_string())?;
     KernelConfig::new(KernelParams {
         geometry: Geometry {
             num_q_heads: r.num_q_heads,
@@ -113,11 +109,7 @@ pub fn render_fitted(models: &[(spill::Kernel, &'static str, SpillModel)]) -> St
 
 /// The compiler's verdict at the default limit, in the model's terms.
 pub fn oracle_verdict(p: &OraclePoint) -> Option<Verdict> {
-    match p.response.verdict.as_str() {
-        "fits" => Some(Verdict::Fits),
-        "vmem_oom" | "smem_oom" | "hbm_oom" => Some(Verdict::DoesNotFit),
-        _ => None,
-    }
+    crate::tpu::compiler_verdict(&p.response)
 }
 
 /// One point where model and compiler disagree.
@@ -199,7 +191,11 @@ pub fn leave_one_out(points: &[OraclePoint]) -> (usize, usize, usize) {
         let others: Vec<OraclePoint> = points
             .iter()
             .enumerate()
-            .filter(|(j, q)| *j != i && q.request.target == p.request.target)
+            .filter(|(j, q)| {
+                *j != i
+                    && q.request.target == p.request.target
+                    && q.request.kernel == p.request.kernel
+            })
             .map(|(_, q)| q.clone())
             .collect();
         let Some((_, _, m)) = fit_all(&others).into_iter().next() else {
@@ -208,15 +204,8 @@ pub fn leave_one_out(points: &[OraclePoint]) -> (usize, usize, usize) {
         let explicit: u64 = a.buffers.iter().map(|b| b.bytes).sum();
         let total = explicit as f64 + m.predict(&a.features);
         let (lower, upper) = m.band(total, explicit as f64);
-        let limit = t.default_scoped_vmem_bytes;
+        let vmem = super::verdict(lower, Some(upper), t.default_scoped_vmem_bytes);
         let smem = super::smem::account(&cfg, &t, kernel).verdict;
-        let vmem = if upper <= limit {
-            Verdict::Fits
-        } else if lower > limit {
-            Verdict::DoesNotFit
-        } else {
-            Verdict::Uncertain
-        };
         match super::worst(&[vmem, smem]) {
             Verdict::Uncertain => uncertain += 1,
             v if v == oracle => agree += 1,

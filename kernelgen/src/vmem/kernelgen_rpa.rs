@@ -43,11 +43,7 @@ fn describe(name: &str) -> (&'static str, &'static str) {
 
 fn to_buffer(t: &Target, b: &VmemBuffer) -> Buffer {
     let (name, what) = describe(&b.name);
-    let dtype = if b.dtype == "float32" {
-        Dtype::F32
-    } else {
-        Dtype::Bf16
-    };
+    let dtype = Dtype::parse(&b.dtype).expect("PallasDims names its dtypes");
     // kv_buf's two copies are one scratch array with a leading axis of 2; the pipelined
     // windows are two separate allocations.
     if b.name == "kv_buf" {

@@ -242,7 +242,7 @@ impl KernelModel {
     }
 }
 
-fn verdict(lower: u64, upper: Option<u64>, limit: u64) -> Verdict {
+pub(crate) fn verdict(lower: u64, upper: Option<u64>, limit: u64) -> Verdict {
     if upper.is_some_and(|u| u <= limit) {
         Verdict::Fits
     } else if lower > limit {
