@@ -4,14 +4,7 @@
 use std::time::{Duration, Instant};
 
 fn libtpu() -> std::path::PathBuf {
-    let python = verify::oracle::ensure_venv(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
-    let site = python
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lib/python3.12/site-packages");
-    site.join("libtpu/libtpu.so")
+    verify::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv")
 }
 
 #[test]

@@ -142,13 +142,7 @@ fn bad_tpu_flags_are_one_line_input_errors() {
 /// at client creation, promptly, no crash.
 #[test]
 fn verify_with_libtpu_and_no_tpu_fails_at_client_creation() {
-    let python = verify::oracle::ensure_venv(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
-    let libtpu = python
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lib/python3.12/site-packages/libtpu/libtpu.so");
+    let libtpu = verify::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
     let dir = out_dir("libtpu");
     let d = dir.to_str().unwrap();
     let o = kernelgen(&[

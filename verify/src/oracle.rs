@@ -153,6 +153,17 @@ pub fn ensure_venv(on_setup: &mut dyn FnMut(&str)) -> Result<PathBuf, OracleErro
     Ok(python)
 }
 
+/// libtpu's PJRT plugin inside the oracle venv (creating the venv if needed): a TPU plugin to hand
+/// the runtime, which on a machine without a TPU must fail at client creation.
+pub fn libtpu_path(on_setup: &mut dyn FnMut(&str)) -> Result<PathBuf, OracleError> {
+    let python = ensure_venv(on_setup)?;
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .expect("the venv's python is <venv>/bin/python");
+    Ok(venv.join("lib/python3.12/site-packages/libtpu/libtpu.so"))
+}
+
 /// A running oracle process; requests are answered in order.
 pub struct Oracle {
     child: Child,
