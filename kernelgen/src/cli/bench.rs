@@ -51,14 +51,8 @@ bandwidth / bytes of weights read per step; batch-B decode by min(bandwidth boun
 (2 x params)); prefill by matmul rate / (2 x params). Step time vs max_pages checks that the KV pool is \
 never copied (it must not grow with the pool).")]
 pub struct DecodeArgs {
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    #[arg(long = "q", default_value_t = 32)]
-    pub q_block: u32,
-    #[arg(long = "kv", default_value_t = 4)]
-    pub kv_pages_block: u32,
+    #[command(flatten)]
+    pub served: super::generate::ServedArgs,
     /// Batch sizes to measure
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub batches: Vec<usize>,
@@ -150,12 +144,9 @@ fn options(
     budget: usize,
 ) -> ServeOptions {
     ServeOptions {
-        model: a
-            .model
-            .clone()
-            .unwrap_or_else(runtime::cache::default_model_path),
-        kernel: a.kernel.clone(),
-        blocks: (a.q_block, a.kv_pages_block),
+        model: a.served.model_path(),
+        kernel: a.served.kernel.clone(),
+        blocks: a.served.blocks(),
         engine: EngineConfig {
             max_seqs,
             max_pages,
@@ -239,10 +230,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         BenchWhat::Decode(a) => a,
         BenchWhat::Check(c) => return run_check(c),
     };
-    let model_path = a
-        .model
-        .clone()
-        .unwrap_or_else(runtime::cache::default_model_path);
+    let model_path = a.served.model_path();
     let (model, _) = kernelgen::serve::load_model(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let plugin = a

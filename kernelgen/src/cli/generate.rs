@@ -13,6 +13,36 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 /// Generate text with a paged-KV engine running the model's step program through PJRT
+/// The model and kernel a serving command runs (`generate`, `bench decode`).
+#[derive(Args, Debug)]
+pub struct ServedArgs {
+    /// Model: a .gguf file or a Hugging Face directory [default: cached SmolLM2-135M-Instruct]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// q_block of the emitted kernel when --kernel is not given
+    #[arg(long = "q", default_value_t = 32)]
+    pub q_block: u32,
+    /// kv_pages_block of the emitted kernel when --kernel is not given
+    #[arg(long = "kv", default_value_t = 4)]
+    pub kv_pages_block: u32,
+}
+
+impl ServedArgs {
+    /// --model, or the cached default model.
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(runtime::cache::default_model_path)
+    }
+
+    pub fn blocks(&self) -> (u32, u32) {
+        (self.q_block, self.kv_pages_block)
+    }
+}
+
 #[derive(Args, Debug)]
 #[command(after_help = "\
 One --prompt streams text to stdout. --prompts FILE.jsonl (one {\"prompt\": ...} per line, optional \
@@ -39,18 +69,8 @@ pub struct GenerateArgs {
     /// Where batch mode writes its JSON lines [default: stdout]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Model: a .gguf file or a Hugging Face directory [default: cached SmolLM2-135M-Instruct]
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// q_block of the emitted kernel when --kernel is not given
-    #[arg(long = "q", default_value_t = 32)]
-    pub q_block: u32,
-    /// kv_pages_block of the emitted kernel when --kernel is not given
-    #[arg(long = "kv", default_value_t = 4)]
-    pub kv_pages_block: u32,
+    #[command(flatten)]
+    pub served: ServedArgs,
     #[arg(long, default_value_t = 128, help_heading = "Sampling")]
     pub max_new_tokens: usize,
     /// 0 = greedy
@@ -182,12 +202,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
         None => vec![],
     };
     let opts = ServeOptions {
-        model: a
-            .model
-            .clone()
-            .unwrap_or_else(runtime::cache::default_model_path),
-        kernel: a.kernel.clone(),
-        blocks: (a.q_block, a.kv_pages_block),
+        model: a.served.model_path(),
+        kernel: a.served.kernel.clone(),
+        blocks: a.served.blocks(),
         engine: engine_config(&a),
         kv_dtype: kv_dtype(&a.kv_dtype)?,
         plugin: a
