@@ -13,14 +13,21 @@ fn points(kernel: KernelModel) -> Vec<verify::oracle::OraclePoint> {
     verify::oracle::read_points(&data_file(kernel)).expect("committed oracle data")
 }
 
-/// Zero disagreements where the model commits to a verdict; `uncertain` on at most 10%.
-#[test]
-fn jax_rpa_verdict_equals_compiler_verdict_on_every_committed_point() {
-    let pts = points(KernelModel::JaxRpa);
-    let a = agreement(&pts);
-    let targets: BTreeSet<_> = a.targets.keys().collect();
+/// Model vs compiler on `kernel`'s committed points: at least `min_points` comparable, on at
+/// least `min_targets` targets including `required`, zero disagreements where the model commits,
+/// and `uncertain` on at most `max_uncertain_pct` percent.
+fn assert_agreement(
+    kernel: KernelModel,
+    min_points: usize,
+    min_targets: usize,
+    required: &[&str],
+    max_uncertain_pct: usize,
+) {
+    let a = agreement(&points(kernel));
+    let targets: BTreeSet<_> = a.targets.keys().map(|t| t.as_str()).collect();
     eprintln!(
-        "{} points on {:?}: {} agree, {} uncertain, {} disagree, {} not compared (compiler errors)",
+        "{}: {} points on {:?}: {} agree, {} uncertain, {} disagree, {} not compared (compiler errors)",
+        kernel.name(),
         a.points,
         targets,
         a.agree,
@@ -28,44 +35,35 @@ fn jax_rpa_verdict_equals_compiler_verdict_on_every_committed_point() {
         a.disagree.len(),
         a.compiler_errors
     );
-    assert!(a.points >= 200, "only {} comparable points", a.points);
-    assert!(targets.len() >= 4, "only {targets:?}");
+    assert!(
+        a.points >= min_points,
+        "only {} comparable points",
+        a.points
+    );
+    assert!(targets.len() >= min_targets, "only {targets:?}");
+    for t in required {
+        assert!(targets.contains(t), "no points on {t}: {targets:?}");
+    }
     assert!(a.disagree.is_empty(), "disagreements: {:#?}", a.disagree);
     assert!(
-        a.uncertain * 10 <= a.points,
-        "{} of {} uncertain (> 10%)",
+        a.uncertain * 100 <= max_uncertain_pct * a.points,
+        "{} of {} uncertain (> {max_uncertain_pct}%)",
         a.uncertain,
         a.points
     );
+}
+
+/// Zero disagreements where the model commits to a verdict; `uncertain` on at most 10%.
+#[test]
+fn jax_rpa_verdict_equals_compiler_verdict_on_every_committed_point() {
+    assert_agreement(KernelModel::JaxRpa, 200, 4, &[], 10);
 }
 
 /// The emitted Pallas kernel on v5e, v5p, v6e and v7x: zero disagreements where the model
 /// commits; `uncertain` on at most 15% (fewer points per target than for jax-rpa, so a wider band).
 #[test]
 fn kernelgen_verdict_equals_compiler_verdict_on_every_committed_point() {
-    let pts = points(KernelModel::Kernelgen);
-    let a = agreement(&pts);
-    let targets: BTreeSet<_> = a.targets.keys().map(|t| t.as_str()).collect();
-    eprintln!(
-        "{} points on {:?}: {} agree, {} uncertain, {} disagree, {} not compared",
-        a.points,
-        targets,
-        a.agree,
-        a.uncertain,
-        a.disagree.len(),
-        a.compiler_errors
-    );
-    assert!(a.points >= 80, "only {} comparable points", a.points);
-    for t in ["v5e", "v5p", "v6e"] {
-        assert!(targets.contains(t), "no points on {t}: {targets:?}");
-    }
-    assert!(a.disagree.is_empty(), "disagreements: {:#?}", a.disagree);
-    assert!(
-        a.uncertain * 100 <= 15 * a.points,
-        "{} of {} uncertain (> 15%)",
-        a.uncertain,
-        a.points
-    );
+    assert_agreement(KernelModel::Kernelgen, 80, 3, &["v5e", "v5p", "v6e"], 15);
 }
 
 /// The committed spill constants are what the committed data fits to: they cannot drift from

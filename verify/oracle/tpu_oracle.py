@@ -128,20 +128,24 @@ def compile_once(req):
         lowered.compile()
         return "fits", None, req.get("vmem_limit_bytes"), ""
     except Exception as e:
-        msg = str(e)
-        m = _ALLOCATION.search(msg)
-        if m and "space=vmem" in msg:
-            return "vmem_oom", int(m.group(1)), int(m.group(2)), m.group(0)
-        if "CompileTimeHbmOom" in msg:
-            return "hbm_oom", None, None, msg.splitlines()[0][:300]
-        for pattern in (_SCOPED, _CAPACITY):
-            m = pattern.search(msg)
-            if m:
-                size = float(m.group(1)) * _UNIT[m.group(2)]
-                limit = float(m.group(3)) * _UNIT[m.group(4)]
-                space = m.group(5) if pattern is _CAPACITY else "vmem"
-                return f"{space}_oom", int(size), int(limit), msg.splitlines()[0][:300] + " ... " + m.group(0)
-        return "error", None, None, f"{type(e).__name__}: {msg[:2000]}"
+        return classify_error(f"{type(e).__name__}: {e}")
+
+
+def classify_error(msg):
+    """A compiler error message -> (verdict, size_bytes, limit_bytes, message)."""
+    m = _ALLOCATION.search(msg)
+    if m and "space=vmem" in msg:
+        return "vmem_oom", int(m.group(1)), int(m.group(2)), m.group(0)
+    if "CompileTimeHbmOom" in msg:
+        return "hbm_oom", None, None, msg.splitlines()[0][:300]
+    for pattern in (_SCOPED, _CAPACITY):
+        m = pattern.search(msg)
+        if m:
+            size = float(m.group(1)) * _UNIT[m.group(2)]
+            limit = float(m.group(3)) * _UNIT[m.group(4)]
+            space = m.group(5) if pattern is _CAPACITY else "vmem"
+            return f"{space}_oom", int(size), int(limit), msg.splitlines()[0][:300] + " ... " + m.group(0)
+    return "error", None, None, msg[:2000]
 
 
 def min_limit(req, lo, hi, step=64 << 10):

@@ -174,24 +174,6 @@ impl NpyArray {
             NpyData::I32(_) => Err(NpyError::Format("expected f32 data, found i32".into())),
         }
     }
-
-    /// The data as i32, or an error naming the actual dtype.
-    pub fn into_i32(self) -> Result<Vec<i32>, NpyError> {
-        match self.data {
-            NpyData::I32(v) => Ok(v),
-            NpyData::F32(_) => Err(NpyError::Format("expected i32 data, found f32".into())),
-        }
-    }
-}
-
-/// Writes an f32 array.
-pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    NpyArray::f32(shape, data.to_vec()).write(path)
-}
-
-/// Writes an i32 array.
-pub fn write_i32(path: &Path, shape: &[usize], data: &[i32]) -> Result<(), NpyError> {
-    NpyArray::i32(shape, data.to_vec()).write(path)
 }
 
 /// The raw text of `key`'s value in a NumPy header dict (`{'descr': '<f4', ...}`).
@@ -268,11 +250,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("npy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.npy");
-        write_f32(&path, &[2, 2], &[0.5, -1.5, 2.0, 3.25]).unwrap();
+        NpyArray::f32(&[2, 2], vec![0.5, -1.5, 2.0, 3.25])
+            .write(&path)
+            .unwrap();
         let a = NpyArray::read(&path).unwrap();
         assert_eq!(a.shape, vec![2, 2]);
         assert_eq!(a.into_f32().unwrap(), vec![0.5, -1.5, 2.0, 3.25]);
-        write_i32(&path, &[1], &[-7]).unwrap();
+        NpyArray::i32(&[1], vec![-7]).write(&path).unwrap();
         assert!(NpyArray::read(&path).unwrap().into_f32().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -157,11 +157,23 @@ pub fn ensure_venv(on_setup: &mut dyn FnMut(&str)) -> Result<PathBuf, OracleErro
 /// the runtime, which on a machine without a TPU must fail at client creation.
 pub fn libtpu_path(on_setup: &mut dyn FnMut(&str)) -> Result<PathBuf, OracleError> {
     let python = ensure_venv(on_setup)?;
-    let venv = python
+    let lib = python
         .parent()
         .and_then(Path::parent)
-        .expect("the venv's python is <venv>/bin/python");
-    Ok(venv.join("lib/python3.12/site-packages/libtpu/libtpu.so"))
+        .expect("the venv's python is <venv>/bin/python")
+        .join("lib");
+    // lib/python3.<minor>/site-packages: the minor version is whichever Python made the venv
+    let site = std::fs::read_dir(&lib)?
+        .flatten()
+        .map(|e| e.path().join("site-packages/libtpu/libtpu.so"))
+        .find(|p| p.is_file());
+    site.ok_or_else(|| OracleError::Setup {
+        step: "find libtpu".into(),
+        detail: format!(
+            "no python3.*/site-packages/libtpu/libtpu.so under {}",
+            lib.display()
+        ),
+    })
 }
 
 /// A running oracle process; requests are answered in order.
