@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-/// Generate text with a paged-KV engine running the model's step program through PJRT
 /// The model and kernel a serving command runs (`generate`, `bench decode`).
 #[derive(Args, Debug)]
 pub struct ServedArgs {
@@ -43,6 +42,7 @@ impl ServedArgs {
     }
 }
 
+/// Generate text with a paged-KV engine running the model's step program through PJRT
 #[derive(Args, Debug)]
 #[command(after_help = "\
 One --prompt streams text to stdout. --prompts FILE.jsonl (one {\"prompt\": ...} per line, optional \
@@ -154,11 +154,9 @@ pub fn engine_config(a: &GenerateArgs) -> EngineConfig {
 }
 
 pub fn kv_dtype(s: &str) -> anyhow::Result<KvDtype> {
-    match s {
-        "f32" => Ok(KvDtype::F32),
-        "bf16" => Ok(KvDtype::Bf16),
-        other => bail!("kv_dtype = {other} is invalid: one of f32, bf16"),
-    }
+    Ok(kernelgen::emit::step::kv_dtype(
+        kernelgen::config::Dtype::parse(s)?,
+    ))
 }
 
 fn params(a: &GenerateArgs, line: Option<&PromptLine>) -> SamplingParams {

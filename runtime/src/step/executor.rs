@@ -56,7 +56,6 @@ pub struct DeviceExecutor {
     source: Box<dyn ProgramSource>,
     weights: Vec<Buffer>,
     pools: Vec<Buffer>,
-    pool_dims: [i64; 4],
     pub times: ExecutorTimes,
     /// Compile time not yet handed to the engine (see `take_setup_time`).
     unreported_setup: Duration,
@@ -128,7 +127,6 @@ impl DeviceExecutor {
             source,
             weights,
             pools,
-            pool_dims,
             times: ExecutorTimes::default(),
             unreported_setup: Duration::ZERO,
         })
@@ -136,12 +134,6 @@ impl DeviceExecutor {
 
     pub fn buckets(&self) -> &[usize] {
         &self.buckets
-    }
-
-    /// Bytes of one layer's KV pool on the device.
-    pub fn pool_bytes(&self) -> u64 {
-        let elems: i64 = self.pool_dims.iter().product();
-        elems as u64 * if self.kv_dtype == KvDtype::F32 { 4 } else { 2 }
     }
 
     /// The shapes of a program: decode-only ones hold one row per sequence.
@@ -290,9 +282,4 @@ impl StepExecutor for DeviceExecutor {
     fn take_setup_time(&mut self) -> Duration {
         std::mem::take(&mut self.unreported_setup)
     }
-}
-
-/// Time spent so far compiling programs.
-pub fn total_compile(times: &ExecutorTimes) -> Duration {
-    Duration::from_secs_f64(times.compile.values().sum())
 }
