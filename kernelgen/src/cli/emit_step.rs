@@ -31,6 +31,10 @@ pub struct EmitStepArgs {
     pub max_seq_len: usize,
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
+    /// The decode-only program the engine runs when every sequence adds one token: one row
+    /// per sequence (`--tokens` sequences) and the batched decode kernel
+    #[arg(long)]
+    pub decode: bool,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -49,7 +53,12 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<i32> {
         max_seq_len: a.max_seq_len,
         max_tokens_per_round: a.tokens,
     };
-    let shapes = StepShapes::new(&engine, a.tokens, kv_dtype(&a.kv_dtype)?);
+    let kv = kv_dtype(&a.kv_dtype)?;
+    let shapes = if a.decode {
+        StepShapes::decode(&engine, a.tokens, kv)
+    } else {
+        StepShapes::new(&engine, a.tokens, kv)
+    };
     let source = KernelSource::Blocks {
         q_block: a.q_block,
         kv_pages_block: a.kv_pages_block,

@@ -70,6 +70,17 @@ impl Matrix {
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
+
+    /// The transpose, `[cols, rows]`, row-major.
+    pub fn transposed(&self) -> Matrix {
+        let mut data = vec![0.0; self.data.len()];
+        for (r, row) in self.data.chunks_exact(self.cols.max(1)).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                data[c * self.rows + r] = x;
+            }
+        }
+        Matrix::new(self.cols, self.rows, data)
+    }
 }
 
 /// One decoder layer. Projections are `[in, out]`: `wq` is `[hidden, num_q_heads * head_dim]`.

@@ -7,10 +7,11 @@
 //!    `logits_rows i32[R]`;
 //! 2. the KV pool of each layer, `[NP, page_size, 2*kv_heads, head_dim]` (K even, V odd heads),
 //!    donated and aliased to output `1 + layer`: updated in place, never copied;
-//! 3. weights, uploaded once and borrowed: `rope_inv_freq f32[D/2]`, `embed [V, H]`, per layer
-//!    `attn_norm [H]`, `wqkv [H, (Hq + 2 Hkv) D]` (q, k, v fused), `wo [Hq D, H]`, `ffn_norm [H]`,
-//!    `w_gate_up [H, 2F]` (gate, up fused), `w_down [F, H]`; then `final_norm [H]`, and
-//!    `lm_head [H, V]` unless tied (then logits use `embed` transposed in the dot).
+//! 3. weights, uploaded once and borrowed, every projection laid out `[out, in]` (see
+//!    `out_major`): `rope_inv_freq f32[D/2]`, `embed [V, H]`, per layer `attn_norm [H]`,
+//!    `wqkv [(Hq + 2 Hkv) D, H]` (q, k, v rows stacked), `wo [H, Hq D]`, `ffn_norm [H]`,
+//!    `w_gate_up [2F, H]` (gate, up stacked), `w_down [H, F]`; then `final_norm [H]`, and
+//!    `lm_head [V, H]` unless tied (then logits read `embed`, already `[V, H]`).
 //!
 //! Outputs: `logits f32[R, V]` (row i = token row `logits_rows[i]`), then the KV pools.
 
@@ -93,17 +94,17 @@ pub struct WeightParam {
     pub data: Vec<f32>,
 }
 
-/// Concatenates matrices with the same rows along columns: `[H, a] ++ [H, b] -> [H, a + b]`.
-fn concat_cols(parts: &[&Matrix]) -> Matrix {
-    let rows = parts[0].rows;
-    let cols: usize = parts.iter().map(|m| m.cols).sum();
-    let mut data = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        for m in parts {
-            data.extend_from_slice(m.row(r));
-        }
+/// The step program's layout of `x @ W` for an `[in, out]` projection `W`: `W` transposed to
+/// `[out, in]`, so each output is a dot product over one contiguous row. XLA CPU reads this layout
+/// faster than `[in, out]` (batch 1 and 32 chains of the model's matmuls: `kernelgen bench
+/// decode`, README). Fused projections stack their rows: `[a, H] ++ [b, H] -> [a + b, H]`.
+fn out_major(parts: &[&Matrix]) -> Matrix {
+    let rows: usize = parts.iter().map(|m| m.cols).sum();
+    let mut data = Vec::with_capacity(rows * parts[0].rows);
+    for m in parts {
+        data.extend_from_slice(&m.transposed().data);
     }
-    Matrix::new(rows, cols, data)
+    Matrix::new(rows, parts[0].rows, data)
 }
 
 fn matrix_param(name: String, m: Matrix) -> WeightParam {
@@ -140,19 +141,22 @@ pub fn pack_weights(m: &LlamaConfig, w: &LlamaWeights) -> Vec<WeightParam> {
         out.push(vector_param(format!("l{i}_attn_norm"), &l.attn_norm));
         out.push(matrix_param(
             format!("l{i}_wqkv"),
-            concat_cols(&[&l.wq, &l.wk, &l.wv]),
+            out_major(&[&l.wq, &l.wk, &l.wv]),
         ));
-        out.push(matrix_param(format!("l{i}_wo"), l.wo.clone()));
+        out.push(matrix_param(format!("l{i}_wo"), out_major(&[&l.wo])));
         out.push(vector_param(format!("l{i}_ffn_norm"), &l.ffn_norm));
         out.push(matrix_param(
             format!("l{i}_w_gate_up"),
-            concat_cols(&[&l.w_gate, &l.w_up]),
+            out_major(&[&l.w_gate, &l.w_up]),
         ));
-        out.push(matrix_param(format!("l{i}_w_down"), l.w_down.clone()));
+        out.push(matrix_param(
+            format!("l{i}_w_down"),
+            out_major(&[&l.w_down]),
+        ));
     }
     out.push(vector_param("final_norm".into(), &w.final_norm));
     if let Some(head) = &w.lm_head {
-        out.push(matrix_param("lm_head".into(), head.clone()));
+        out.push(matrix_param("lm_head".into(), out_major(&[head])));
     }
     out
 }
@@ -162,11 +166,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn concat_cols_interleaves_rows() {
+    fn out_major_stacks_transposed_projections() {
+        // [in=2, out=2] and [in=2, out=1]: outputs become rows, the first projection's first
         let a = Matrix::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
         let b = Matrix::new(2, 1, vec![5.0, 6.0]);
-        let c = concat_cols(&[&a, &b]);
-        assert_eq!((c.rows, c.cols), (2, 3));
-        assert_eq!(c.data, vec![1.0, 2.0, 5.0, 3.0, 4.0, 6.0]);
+        let c = out_major(&[&a, &b]);
+        assert_eq!((c.rows, c.cols), (3, 2));
+        assert_eq!(c.data, vec![1.0, 3.0, 2.0, 4.0, 5.0, 6.0]);
     }
 }
