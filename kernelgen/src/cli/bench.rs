@@ -163,23 +163,34 @@ fn options(
     }
 }
 
-/// Runs `batch` sequences: prefill, then `new_tokens` decode steps; returns (decode tok/s,
-/// mean decode step s, prefill tok/s of the prefill steps).
+/// What one workload measured, from the engine's own metrics.
+struct BatchFigures {
+    /// Tokens sampled in decode-only steps per second of those steps.
+    decode_tokens_per_s: f64,
+    /// Mean decode-only step, seconds (every sequence adds one token per step).
+    decode_step_s: f64,
+    /// Prompt tokens per second of the steps that held prompt work.
+    prefill_tokens_per_s: f64,
+}
+
+/// Runs `batch` sequences of `prompt_len` tokens for `new_tokens` each, twice: the first run
+/// compiles every bucket the workload uses and touches every buffer; the second is measured.
 fn run_batch(
     a: &DecodeArgs,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
     max_pages: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<BatchFigures> {
     let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(a.page_size) * a.page_size;
     let per_seq = max_seq_len / a.page_size;
     let pages = max_pages.max(per_seq * batch);
     let budget = (batch * prompt_len).clamp(batch, 512);
     let mut served = start(&options(a, batch, pages, max_seq_len, budget))?;
     let vocab = served.model.vocab_size as u32;
-    // Warm-up run compiles every bucket this workload uses, so timings exclude compiles.
-    for round in 0..2 {
+    served.engine.set_stop_token_ids(vec![]);
+    for _round in 0..2 {
+        served.engine.reset_metrics();
         for i in 0..batch {
             let prompt: Vec<u32> = (0..prompt_len)
                 .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
@@ -191,38 +202,17 @@ fn run_batch(
             };
             served.engine.submit(prompt, params)?;
         }
-        served.engine.set_stop_token_ids(vec![]);
-        let (mut decode_s, mut decode_tokens, mut decode_steps) = (0.0, 0usize, 0usize);
-        let (mut prefill_s, mut prefill_tokens) = (0.0, 0usize);
-        let waiting_before = batch;
-        let _ = waiting_before;
         while served.engine.has_work() {
-            let before = served.engine.stats();
-            let t = Instant::now();
-            let events = served.engine.step()?;
-            let dt = t.elapsed().as_secs_f64();
-            let all_decode = before.waiting == 0
-                && events.len() == before.active_seqs
-                && before.active_seqs == batch;
-            if all_decode {
-                decode_s += dt;
-                decode_tokens += events.len();
-                decode_steps += 1;
-            } else {
-                prefill_s += dt;
-                prefill_tokens += events.len().max(1) * prompt_len;
-            }
+            served.engine.step()?;
         }
         served.engine.take_finished();
-        if round == 1 {
-            return Ok((
-                decode_tokens as f64 / decode_s,
-                decode_s / decode_steps.max(1) as f64,
-                prefill_tokens as f64 / prefill_s,
-            ));
-        }
     }
-    unreachable!()
+    let m = served.engine.metrics().report();
+    Ok(BatchFigures {
+        decode_tokens_per_s: m.decode_tokens_per_s,
+        decode_step_s: batch as f64 / m.decode_tokens_per_s,
+        prefill_tokens_per_s: m.prefill_tokens as f64 / m.prefill_time_s,
+    })
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
@@ -263,18 +253,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
     for &b in &a.batches {
         eprintln!("decode batch {b} ...");
-        let (tps, step, _) = run_batch(&a, b, a.prompt_len, a.new_tokens, 0)?;
+        let f = run_batch(&a, b, a.prompt_len, a.new_tokens, 0)?;
         let bound = (bw_bound * b as f64).min(flop_bound);
         r.decode.push(Figure {
             batch: b,
-            tokens_per_s: tps,
+            tokens_per_s: f.decode_tokens_per_s,
             bound_tokens_per_s: bound,
-            ratio: tps / bound,
-            step_ms: step * 1e3,
+            ratio: f.decode_tokens_per_s / bound,
+            step_ms: f.decode_step_s * 1e3,
         });
     }
     eprintln!("prefill ...");
-    let (_, _, pps) = run_batch(&a, 1, a.prefill_len, 2, 0)?;
+    let pps = run_batch(&a, 1, a.prefill_len, 2, 0)?.prefill_tokens_per_s;
     r.prefill = Some(Figure {
         batch: 1,
         tokens_per_s: pps,
@@ -284,7 +274,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     });
     for &pages in &a.pool_pages {
         eprintln!("pool of {pages} pages ...");
-        let (_, step, _) = run_batch(&a, 1, a.prompt_len, 16, pages)?;
+        let step = run_batch(&a, 1, a.prompt_len, 16, pages)?.decode_step_s;
         r.pool_scaling.push((pages, step * 1e3));
     }
     if a.json {

@@ -298,6 +298,12 @@ impl<E: StepExecutor> Engine<E> {
         &self.metrics
     }
 
+    /// Starts the metrics afresh (e.g. after a warm-up workload); queues and pages are untouched.
+    pub fn reset_metrics(&mut self) {
+        self.metrics = Metrics::new();
+        self.started = None;
+    }
+
     /// The page pool (refcounts), for inspection.
     pub fn page_allocator(&self) -> &PageAllocator {
         self.sched.allocator()
