@@ -44,6 +44,16 @@ fn answers_a_factual_question_in_english() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("Paris"), "greedy answer: {text}");
+
+    // The same greedy run, stopped at " Paris": the stream ends where the result is cut, and
+    // the stop string itself is never printed, not even for a moment.
+    args.extend_from_slice(&["--stop", " Paris"]);
+    let o = kernelgen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stopped = String::from_utf8_lossy(&o.stdout);
+    let cut = &text[..text.find(" Paris").unwrap()];
+    assert_eq!(stopped.trim_end(), cut.trim_end(), "stopped stream vs full");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stopped at a stop string"));
 }
 
 #[test]

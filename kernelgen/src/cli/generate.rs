@@ -231,14 +231,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
     if let Some(prompt) = &a.prompt {
         let text = chat(prompt)?;
         let ids = served.tokenizer.encode(&text, false)?;
-        let id = served.engine.submit(ids, params(&a, None))?;
+        let p = params(&a, None);
+        let stops = p.stop_strings.clone();
+        let id = served.engine.submit(ids, p)?;
         eprintln!(
             "[kernelgen] {} ; kernel: {} ; loaded in {:.1} s",
             opts.model.display(),
             served.kernel,
             served.load_time.as_secs_f64()
         );
-        stream(&mut served, id)?;
+        stream(&mut served, id, &stops)?;
     } else {
         let prepared: Vec<(Vec<u32>, SamplingParams)> = lines
             .iter()
@@ -316,10 +318,35 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-/// Streams one request's text to stdout as tokens arrive.
+/// How much of `text` can be shown while generation goes on: all of it except an incomplete
+/// final character and any tail that could still grow into a stop string.
+fn streamable(text: &str, stops: &[String]) -> usize {
+    let mut end = text.len();
+    if text.ends_with('\u{FFFD}') {
+        // A partial UTF-8 sequence decodes to U+FFFD until its last byte arrives.
+        end -= '\u{FFFD}'.len_utf8();
+    }
+    for stop in stops {
+        if let Some(at) = text[..end].find(stop.as_str()) {
+            end = at;
+        }
+        // The longest tail of text[..end] that is a proper prefix of the stop string.
+        let held = (1..stop.len())
+            .rev()
+            .filter(|&k| stop.is_char_boundary(k) && k <= end)
+            .find(|&k| text[..end].ends_with(&stop[..k]))
+            .unwrap_or(0);
+        end -= held;
+    }
+    end
+}
+
+/// Streams one request's text to stdout as tokens arrive, holding back text that may turn out
+/// to be a stop string so nothing past the final cut is ever printed.
 fn stream(
     served: &mut kernelgen::serve::Served,
     id: runtime::engine::RequestId,
+    stops: &[String],
 ) -> anyhow::Result<()> {
     let mut tokens = Vec::new();
     let mut printed = 0;
@@ -331,26 +358,83 @@ fn stream(
             }
             tokens.push(ev.token);
             let text = served.tokenizer.decode(&tokens, true)?;
-            // Print only complete characters: a partial UTF-8 sequence decodes to U+FFFD.
-            if !text.ends_with('\u{FFFD}') && text.len() > printed {
-                write!(stdout, "{}", &text[printed..])?;
+            let end = streamable(&text, stops);
+            if end > printed {
+                write!(stdout, "{}", &text[printed..end])?;
                 stdout.flush()?;
-                printed = text.len();
+                printed = end;
             }
         }
     }
-    for f in served.engine.take_finished() {
-        if let Some(s) = f.samples.first() {
-            if let Some(t) = &s.text {
-                if t.len() < printed {
-                    // A stop string matched: the streamed text ran past where it is cut.
-                    writeln!(stdout)?;
-                    eprintln!("[kernelgen] stopped at a stop string");
-                    continue;
-                }
-            }
-        }
+    // The final text (cut before a stop string, if one matched) supplies the held-back tail.
+    let finished = served.engine.take_finished();
+    let sample = finished
+        .iter()
+        .find(|f| f.id == id)
+        .and_then(|f| f.samples.first());
+    let text = match sample.and_then(|s| s.text.clone()) {
+        Some(t) => t,
+        None => served.tokenizer.decode(&tokens, true)?,
+    };
+    if text.len() > printed && text.is_char_boundary(printed) {
+        write!(stdout, "{}", &text[printed..])?;
     }
     writeln!(stdout)?;
+    if sample.is_some_and(|s| s.finish_reason == runtime::engine::FinishReason::StopString) {
+        eprintln!("[kernelgen] stopped at a stop string");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::streamable;
+
+    /// Feeds `text` one character at a time, printing what `streamable` allows, as `stream` does.
+    fn streamed(text: &str, stops: &[String]) -> String {
+        let mut printed = 0;
+        let mut shown = String::new();
+        for (i, c) in text.char_indices() {
+            let so_far = &text[..i + c.len_utf8()];
+            let end = streamable(so_far, stops);
+            if end > printed {
+                shown.push_str(&so_far[printed..end]);
+                printed = end;
+            }
+        }
+        shown
+    }
+
+    #[test]
+    fn never_streams_a_stop_string_or_past_it() {
+        let stops = vec!["</s>".to_string(), "ab".to_string()];
+        for text in [
+            "hello</s> more",
+            "xaab tail",
+            "a</",
+            "no stop here",
+            "é</s>",
+            "</s>",
+        ] {
+            let cut = stops
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+                .unwrap_or(text.len());
+            let shown = streamed(text, &stops);
+            assert!(
+                text[..cut].starts_with(&shown),
+                "{text:?}: streamed {shown:?}"
+            );
+            assert!(
+                stops.iter().all(|s| !shown.contains(s.as_str())),
+                "{text:?}"
+            );
+        }
+        // Without stop strings everything complete is shown at once; a partial character is not.
+        assert_eq!(streamable("abc", &[]), 3);
+        assert_eq!(streamable("ab\u{FFFD}", &[]), 2);
+        // A tail that may grow into a stop string waits.
+        assert_eq!(streamable("hello</", &stops), 5);
+    }
 }
