@@ -200,11 +200,10 @@ fn input_errors_exit_1_with_one_line() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        if args.contains(&"--tp") {
+            assert!(err.contains("tp = 3"), "the error names the value: {err}");
+        }
     }
-    let o = kernelgen(&[
-        "check", "--target", "v5p", "--q", "16", "--kv", "16", "--tp", "3",
-    ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("tp = 3"));
 }
 
 #[test]

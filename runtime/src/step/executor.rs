@@ -132,10 +132,6 @@ impl DeviceExecutor {
         })
     }
 
-    pub fn buckets(&self) -> &[usize] {
-        &self.buckets
-    }
-
     /// The shapes of a program: decode-only ones hold one row per sequence.
     pub fn shapes(&self, bucket: usize, decode: bool) -> StepShapes {
         if decode {
@@ -243,10 +239,9 @@ impl StepExecutor for DeviceExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<Vec<f32>, EngineError> {
         let host_start = Instant::now();
         let bucket = self.bucket_for(batch.token_ids.len())?;
-        // One new token per sequence (and no more sequences than a general step allows): the
-        // decode program, whose kernel advances all sequences in lockstep.
-        let decode =
-            batch.seqs.iter().all(|q| q.q_len == 1) && batch.seqs.len() <= self.engine.max_seqs;
+        // One new token per sequence: the decode program, whose kernel advances all sequences in
+        // lockstep (the scheduler never packs more than max_seqs; `inputs` checks the bucket).
+        let decode = batch.seqs.iter().all(|q| q.q_len == 1);
         self.compile_bucket(bucket, decode)?;
         let shapes = self.shapes(bucket, decode);
         let inputs = self.inputs(batch, &shapes)?;
