@@ -137,3 +137,97 @@ fn step_program_matches_host_reference_on_the_serving_plugin() {
         3e-2,
     );
 }
+
+/// `x @ W` for a row-major `[in, out]` matrix, in f64.
+fn matvec(x: &[f64], w: &runtime::model::Matrix) -> Vec<f64> {
+    let mut y = vec![0.0; w.cols];
+    for (i, &xi) in x.iter().enumerate() {
+        for (yj, &wij) in y.iter_mut().zip(w.row(i)) {
+            *yj += xi * wij as f64;
+        }
+    }
+    y
+}
+
+/// The profile program `kernelgen bench decode` times as "the step's matmuls" really runs the
+/// model's projections in order on the executor's weight buffers: its logits equal an f64 host
+/// chain over the original `[in, out]` weights (so the out-major packing and the parameter
+/// order are right too), tied and untied.
+#[test]
+fn matmul_chain_profile_program_runs_the_models_projections() {
+    let seed = rand::random::<u64>() % 1000;
+    eprintln!("seed {seed}");
+    for tied in [false, true] {
+        let model = Arc::new(tiny(seed, tied));
+        let (c, w) = (&model.config, &model.weights);
+        let engine = EngineConfig {
+            max_seqs: 2,
+            max_pages: 8,
+            page_size: 4,
+            max_seq_len: 16,
+            max_tokens_per_round: 4,
+        };
+        let source = StepSource {
+            model: c.clone(),
+            kernel: KernelSource::Blocks {
+                q_block: 1,
+                kv_pages_block: 1,
+            },
+        };
+        let device = DeviceExecutor::new(
+            client(),
+            &model,
+            &engine,
+            KvDtype::F32,
+            default_buckets(4),
+            Box::new(source),
+        )
+        .unwrap();
+        let rows = 3;
+        let mut rng = rand::rng();
+        let x: Vec<f32> = (0..rows * c.hidden_size)
+            .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+            .collect();
+        let text = runtime::step::profile::matmul_chain_program(c, rows);
+        let exe = device
+            .client()
+            .compile(&text, &runtime::pjrt::CompileOptions::new())
+            .unwrap();
+        let xb = device
+            .client()
+            .buffer_from_host(&x, &[rows as i64, c.hidden_size as i64])
+            .unwrap();
+        let mut args = vec![&xb];
+        args.extend(device.weights());
+        let got: Vec<f32> = exe.execute_borrowed(&args).unwrap()[0].to_host().unwrap();
+        let head = w.lm_head.clone().unwrap_or_else(|| w.embed.transposed());
+        let qd = c.num_q_heads * c.head_dim;
+        let f = c.intermediate_size;
+        for r in 0..rows {
+            let mut h: Vec<f64> = x[r * c.hidden_size..(r + 1) * c.hidden_size]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            for l in &w.layers {
+                let q = matvec(&h, &l.wq);
+                let o = matvec(&q[..qd], &l.wo);
+                let x1: Vec<f64> = h.iter().zip(&o).map(|(a, b)| a + b).collect();
+                let (g, u) = (matvec(&x1, &l.w_gate), matvec(&x1, &l.w_up));
+                let m: Vec<f64> = g.iter().zip(&u).map(|(a, b)| a * b).take(f).collect();
+                let d = matvec(&m, &l.w_down);
+                h = x1.iter().zip(&d).map(|(a, b)| a + b).collect();
+            }
+            let want = matvec(&h, &head);
+            let row = &got[r * c.vocab_size..(r + 1) * c.vocab_size];
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = row
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+            assert!(
+                err <= 1e-4 * scale,
+                "tied {tied}, row {r}: max abs err {err} vs scale {scale}"
+            );
+        }
+    }
+}

@@ -95,6 +95,25 @@ struct Figure {
     bound_tokens_per_s: f64,
     ratio: f64,
     step_ms: f64,
+    /// Where a decode step's time goes (decode figures only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breakdown: Option<Breakdown>,
+}
+
+/// A mean decode step taken apart, in milliseconds. The parts sum to `step_ms`.
+#[derive(Serialize, Clone, Copy)]
+struct Breakdown {
+    /// The engine on the host: scheduling, building the batch, sampling.
+    engine_host_ms: f64,
+    /// Building and uploading the step's small inputs.
+    inputs_ms: f64,
+    /// The step's projections (QKV, O, gate/up, down, LM head) run alone as one program on the
+    /// same weight buffers (runtime::step::profile), median of 10.
+    matmuls_ms: f64,
+    /// The rest of the program: attention kernel, norms, RoPE, KV writes, and the logits copy.
+    rest_of_program_ms: f64,
+    /// Weight bytes per step over `matmuls_ms`: the read rate the matmuls reach.
+    matmul_read_gbs: f64,
 }
 
 /// Bandwidth: GB/s of a device-side sum over 256 MiB (a read-only stream, like a decode step's
@@ -171,6 +190,37 @@ struct BatchFigures {
     decode_step_s: f64,
     /// Prompt tokens per second of the steps that held prompt work.
     prefill_tokens_per_s: f64,
+    breakdown: Breakdown,
+}
+
+/// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
+fn time_matmuls(served: &kernelgen::serve::Served, rows: usize) -> anyhow::Result<f64> {
+    let exec = served.engine.executor();
+    let m = &served.model;
+    let text = runtime::step::profile::matmul_chain_program(m, rows);
+    let exe = exec
+        .client()
+        .compile(&text, &CompileOptions::new())
+        .context("compiling the matmul chain")?;
+    let x: Vec<f32> = (0..rows * m.hidden_size)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+        .collect();
+    let x = exec
+        .client()
+        .buffer_from_host(&x, &[rows as i64, m.hidden_size as i64])?;
+    let mut args = vec![&x];
+    args.extend(exec.weights());
+    let mut times = Vec::new();
+    for i in 0..13 {
+        let t = Instant::now();
+        let out = exe.execute_borrowed(&args)?;
+        out[0].block_until_ready()?;
+        if i >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Runs `batch` sequences of `prompt_len` tokens for `new_tokens` each, twice: the first run
@@ -191,6 +241,7 @@ fn run_batch(
     served.engine.set_stop_token_ids(vec![]);
     for _round in 0..2 {
         served.engine.reset_metrics();
+        served.engine.executor_mut().times = Default::default();
         for i in 0..batch {
             let prompt: Vec<u32> = (0..prompt_len)
                 .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
@@ -208,11 +259,40 @@ fn run_batch(
         served.engine.take_finished();
     }
     let m = served.engine.metrics().report();
+    let step = batch as f64 / m.decode_tokens_per_s;
+    let d = &served.engine.executor().times.decode;
+    let per_step = |s: f64| s / d.steps.max(1) as f64;
+    let (inputs, program) = (per_step(d.host_s), per_step(d.execute_s + d.download_s));
+    let matmuls = time_matmuls(&served, batch)?;
+    let weight_bytes = decode_weight_bytes(&served.model);
+    let ms = |s: f64| s * 1e3;
     Ok(BatchFigures {
         decode_tokens_per_s: m.decode_tokens_per_s,
-        decode_step_s: batch as f64 / m.decode_tokens_per_s,
+        decode_step_s: step,
         prefill_tokens_per_s: m.prefill_tokens as f64 / m.prefill_time_s,
+        breakdown: Breakdown {
+            engine_host_ms: ms(step - inputs - program),
+            inputs_ms: ms(inputs),
+            matmuls_ms: ms(matmuls),
+            rest_of_program_ms: ms(program - matmuls),
+            matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
+        },
     })
+}
+
+/// Parameters of the step program's weights.
+fn num_params(c: &runtime::model::LlamaConfig) -> u64 {
+    runtime::step::layout::pack_weights_dims(c)
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Bytes a decode step reads: every weight except the embedding table (one row is gathered),
+/// plus the embedding once more when it is the (tied) LM head.
+fn decode_weight_bytes(c: &runtime::model::LlamaConfig) -> u64 {
+    let embed = (c.vocab_size * c.hidden_size) as u64;
+    4 * (num_params(c) - embed + if c.tie_word_embeddings { embed } else { 0 })
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
@@ -229,14 +309,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(runtime::cache::serving_plugin_path);
     let client = Client::new(Api::load(&plugin)?)?;
     let c = &model.config;
-    let params: u64 = runtime::step::layout::pack_weights(c, &model.weights)
-        .iter()
-        .map(|w| w.data.len() as u64)
-        .sum();
-    // Bytes a decode step reads: every weight except the embedding table, plus the embedding
-    // once more as the (tied) LM head.
-    let embed = (c.vocab_size * c.hidden_size) as u64;
-    let weight_bytes = 4 * (params - embed + if c.tie_word_embeddings { embed } else { 0 });
+    let params = num_params(c);
+    let weight_bytes = decode_weight_bytes(c);
     let mut r = Report {
         plugin: plugin.display().to_string(),
         weight_bytes,
@@ -261,6 +335,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             bound_tokens_per_s: bound,
             ratio: f.decode_tokens_per_s / bound,
             step_ms: f.decode_step_s * 1e3,
+            breakdown: Some(f.breakdown),
         });
     }
     eprintln!("prefill ...");
@@ -271,6 +346,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         bound_tokens_per_s: flop_bound,
         ratio: pps / flop_bound,
         step_ms: a.prefill_len as f64 / pps * 1e3,
+        breakdown: None,
     });
     for &pages in &a.pool_pages {
         eprintln!("pool of {pages} pages ...");
@@ -313,6 +389,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             f.step_ms
         );
     }
+    println!(
+        "\nwhere a decode step goes (ms): {:>7} {:>8} {:>9} {:>9} {:>7}   matmul reads",
+        "engine", "inputs", "matmuls", "rest", "step"
+    );
+    for f in &r.decode {
+        if let Some(b) = &f.breakdown {
+            println!(
+                "{:<30} {:>7.2} {:>8.2} {:>9.2} {:>9.2} {:>7.2}   {:.1} GB/s",
+                format!("  batch {}", f.batch),
+                b.engine_host_ms,
+                b.inputs_ms,
+                b.matmuls_ms,
+                b.rest_of_program_ms,
+                f.step_ms,
+                b.matmul_read_gbs
+            );
+        }
+    }
+    println!(
+        "  engine: scheduling and sampling on the host; inputs: building and uploading them; matmuls: the step's projections alone on the same weights; rest: attention kernel, norms, RoPE, KV writes, logits copy\n"
+    );
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
     }

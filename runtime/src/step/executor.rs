@@ -31,18 +31,36 @@ fn exec_err(what: &str) -> impl Fn(crate::pjrt::PjrtError) -> EngineError + '_ {
     move |e| EngineError::Executor(format!("{what}: {e}"))
 }
 
+/// Where the executor's part of some steps went.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PhaseTimes {
+    pub steps: usize,
+    /// Host-side time building and uploading step inputs.
+    pub host_s: f64,
+    /// Time inside execute (the plugin may return before the device work is done).
+    pub execute_s: f64,
+    /// Time copying logits back (waits for the program to finish).
+    pub download_s: f64,
+}
+
+impl PhaseTimes {
+    fn add(&mut self, host: f64, execute: f64, download: f64) {
+        self.steps += 1;
+        self.host_s += host;
+        self.execute_s += execute;
+        self.download_s += download;
+    }
+}
+
 /// Timings the executor records.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ExecutorTimes {
     /// Per program ("t16", "t16-decode"): emission + compile time in seconds.
     pub compile: BTreeMap<String, f64>,
-    pub steps: usize,
-    /// Host-side time building and uploading step inputs.
-    pub host_s: f64,
-    /// Time inside execute (device work).
-    pub execute_s: f64,
-    /// Time copying logits back.
-    pub download_s: f64,
+    /// Every step.
+    pub all: PhaseTimes,
+    /// Steps that ran a decode-only program (one new token per sequence).
+    pub decode: PhaseTimes,
 }
 
 pub struct DeviceExecutor {
@@ -130,6 +148,16 @@ impl DeviceExecutor {
             times: ExecutorTimes::default(),
             unreported_setup: Duration::ZERO,
         })
+    }
+
+    /// The client the weights and pools live on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The uploaded weights, in [`super::layout::pack_weights`] order.
+    pub fn weights(&self) -> &[Buffer] {
+        &self.weights
     }
 
     /// The shapes of a program: decode-only ones hold one row per sequence.
@@ -251,13 +279,11 @@ impl StepExecutor for DeviceExecutor {
         args.extend(pools.into_iter().map(Arg::Donated));
         args.extend(self.weights.iter().map(Arg::Borrowed));
         let exec_start = Instant::now();
-        self.times.host_s += (exec_start - host_start).as_secs_f64();
         let mut out = self.programs[&(bucket, decode)]
             .execute(args)
             .map_err(exec_err(
                 "executing the step (the KV pools were donated and are lost)",
             ))?;
-        self.times.execute_s += exec_start.elapsed().as_secs_f64();
         let dl_start = Instant::now();
         let logits_buf = out.remove(0);
         self.pools = out;
@@ -265,8 +291,15 @@ impl StepExecutor for DeviceExecutor {
             .to_host::<f32>()
             .map_err(exec_err("reading logits"))?;
         logits.truncate(batch.logits_rows.len() * self.vocab);
-        self.times.download_s += dl_start.elapsed().as_secs_f64();
-        self.times.steps += 1;
+        let (host, execute, download) = (
+            (exec_start - host_start).as_secs_f64(),
+            (dl_start - exec_start).as_secs_f64(),
+            dl_start.elapsed().as_secs_f64(),
+        );
+        self.times.all.add(host, execute, download);
+        if decode {
+            self.times.decode.add(host, execute, download);
+        }
         Ok(logits)
     }
 

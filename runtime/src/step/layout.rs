@@ -131,6 +131,30 @@ pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
         .collect()
 }
 
+/// Names and dims of [`pack_weights`]' parameters, in order, from the config alone.
+pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, f, v) = (m.hidden_size, m.intermediate_size, m.vocab_size);
+    let qd = m.num_q_heads * m.head_dim;
+    let qkv = qd + 2 * m.num_kv_heads * m.head_dim;
+    let mut out = vec![
+        ("rope_inv_freq".to_string(), vec![m.head_dim / 2]),
+        ("embed".to_string(), vec![v, h]),
+    ];
+    for i in 0..m.num_layers {
+        out.push((format!("l{i}_attn_norm"), vec![h]));
+        out.push((format!("l{i}_wqkv"), vec![qkv, h]));
+        out.push((format!("l{i}_wo"), vec![h, qd]));
+        out.push((format!("l{i}_ffn_norm"), vec![h]));
+        out.push((format!("l{i}_w_gate_up"), vec![2 * f, h]));
+        out.push((format!("l{i}_w_down"), vec![h, f]));
+    }
+    out.push(("final_norm".to_string(), vec![h]));
+    if !m.tie_word_embeddings {
+        out.push(("lm_head".to_string(), vec![v, h]));
+    }
+    out
+}
+
 /// The weights in parameter order, fused and laid out as the step program reads them.
 pub fn pack_weights(m: &LlamaConfig, w: &LlamaWeights) -> Vec<WeightParam> {
     let mut out = vec![
@@ -164,6 +188,23 @@ pub fn pack_weights(m: &LlamaConfig, w: &LlamaWeights) -> Vec<WeightParam> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_weights_dims_lists_what_pack_weights_packs() {
+        for tied in [false, true] {
+            let cfg = crate::model::tiny::TinyConfig {
+                tie_word_embeddings: tied,
+                ..Default::default()
+            };
+            let config = cfg.llama_config();
+            let weights = crate::model::tiny::tiny_weights(3, &cfg);
+            let packed: Vec<(String, Vec<usize>)> = pack_weights(&config, &weights)
+                .into_iter()
+                .map(|w| (w.name, w.dims.iter().map(|&d| d as usize).collect()))
+                .collect();
+            assert_eq!(packed, pack_weights_dims(&config), "tied: {tied}");
+        }
+    }
 
     #[test]
     fn out_major_stacks_transposed_projections() {

@@ -3,5 +3,6 @@
 
 pub mod executor;
 pub mod layout;
+pub mod profile;
 
 pub use executor::{default_buckets, DeviceExecutor, ProgramSource};
