@@ -186,7 +186,7 @@ fn options(
 struct BatchFigures {
     /// Tokens sampled in decode-only steps per second of those steps.
     decode_tokens_per_s: f64,
-    /// Mean decode-only step, seconds (every sequence adds one token per step).
+    /// Mean decode-only step, seconds.
     decode_step_s: f64,
     /// Prompt tokens per second of the steps that held prompt work.
     prefill_tokens_per_s: f64,
@@ -259,7 +259,7 @@ fn run_batch(
         served.engine.take_finished();
     }
     let m = served.engine.metrics().report();
-    let step = batch as f64 / m.decode_tokens_per_s;
+    let step = m.decode_only_time_s / m.decode_only_steps.max(1) as f64;
     let d = &served.engine.executor().times.decode;
     let per_step = |s: f64| s / d.steps.max(1) as f64;
     let (inputs, program) = (per_step(d.host_s), per_step(d.execute_s + d.download_s));

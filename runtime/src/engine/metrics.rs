@@ -83,6 +83,7 @@ pub struct Metrics {
     prefill_tokens: usize,
     decode_tokens: usize,
     decode_only_sampled: usize,
+    decode_only_steps: usize,
     sampled_tokens: usize,
     preemptions: usize,
     requests_finished: usize,
@@ -122,6 +123,7 @@ impl Metrics {
         } else {
             self.decode_only_time += step.duration;
             self.decode_only_sampled += step.sampled;
+            self.decode_only_steps += 1;
         }
         self.tokens_per_step.push(step.tokens);
         self.seqs_per_step.push(step.seqs);
@@ -231,6 +233,7 @@ impl Metrics {
             busy_time_s: self.busy.as_secs_f64(),
             prefill_time_s: self.prefill_time.as_secs_f64(),
             decode_only_time_s: self.decode_only_time.as_secs_f64(),
+            decode_only_steps: self.decode_only_steps,
             steps: self.steps,
             prefill_steps: self.prefill_steps,
             prefill_tokens: self.prefill_tokens,
@@ -273,6 +276,8 @@ pub struct MetricsReport {
     pub prefill_time_s: f64,
     /// Time in steps with only decode tokens.
     pub decode_only_time_s: f64,
+    /// Steps with only decode tokens.
+    pub decode_only_steps: usize,
     pub steps: usize,
     pub prefill_steps: usize,
     /// Rows that were prefill work (prompt chunks, recomputation, fork tails).
@@ -349,6 +354,7 @@ mod tests {
                 prop_assert!(b.le < 2 * tokens || tokens == 1);
             }
             prop_assert!((r.prefill_time_s + r.decode_only_time_s - r.busy_time_s).abs() < 1e-9);
+            prop_assert_eq!(r.prefill_steps + r.decode_only_steps, r.steps);
             let json: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
             prop_assert_eq!(json["steps"].as_u64(), Some(steps.len() as u64));
         }

@@ -63,18 +63,28 @@ fn clean(x: f32) -> f32 {
 
 /// Index of the largest logit (lowest id among ties), NaN read as `-inf`.
 pub fn argmax(logits: &[f32]) -> Result<u32, SampleError> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &x) in logits.iter().enumerate() {
-        let x = clean(x);
-        if x == f32::NEG_INFINITY {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| x > b) {
-            best = Some((i, x));
+    // Two passes the compiler vectorizes (a batch-32 step samples 32 rows of 49152 logits; the
+    // scalar one-pass loop took about 4 ms of it): the largest value, lane-wise (NaN and -inf
+    // never compare greater than the -inf start, so they are never picked), then its first
+    // index (0.0 == -0.0, so signed zeros tie and the lowest id wins).
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best.map(|(i, _)| i as u32)
-        .ok_or(SampleError::NoCandidates(logits.len()))
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if max == f32::NEG_INFINITY {
+        return Err(SampleError::NoCandidates(logits.len()));
+    }
+    let i = logits.iter().position(|&x| x == max);
+    Ok(i.expect("the maximum is one of the logits") as u32)
 }
 
 /// The distribution one logits row induces under `params`, ready for any number of draws.
@@ -223,6 +233,7 @@ mod tests {
                 1 => Just(-0.0f32),
                 1 => Just(f32::NAN),
                 1 => Just(f32::NEG_INFINITY),
+                1 => Just(f32::INFINITY),
             ],
             1..max_len,
         )
