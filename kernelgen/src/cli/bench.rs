@@ -48,8 +48,12 @@ Measures, in one run: memory bandwidth (a large copy through the PJRT device) an
 (XLA dot of the model's MLP shape at batch 32), then decode tokens/s at each --batches size and \
 prefill tokens/s. Each figure is printed beside the bound it implies: batch-1 decode is bounded by \
 bandwidth / bytes of weights read per step; batch-B decode by min(bandwidth bound x B, matmul rate / \
-(2 x params)); prefill by matmul rate / (2 x params). Step time vs max_pages checks that the KV pool is \
-never copied (it must not grow with the pool).")]
+(2 x params)); prefill by matmul rate / (2 x params). Each batch's mean decode step is then taken \
+apart: engine host work (scheduling, sampling), input upload, the step's matmuls alone (the model's \
+projections run as one program on the same weight buffers) with the rate they read weights at, and the \
+rest of the program (attention kernel, norms, RoPE, KV writes, logits copy). Step time vs max_pages \
+checks that the KV pool is never copied (it must not grow with the pool). Each workload runs twice; \
+the first compiles and warms up, the second is measured.")]
 pub struct DecodeArgs {
     #[command(flatten)]
     pub served: super::generate::ServedArgs,
