@@ -131,13 +131,29 @@ fn measure_bandwidth(client: &Client) -> anyhow::Result<f64> {
     );
     let exe = client.compile(&text, &CompileOptions::new())?;
     let x = client.buffer_from_host(&vec![0f32; n], &[n as i64])?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        exe.execute_borrowed(&[&x])?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = run_times(&exe, &[&x], 0, 5)?[0];
     Ok((n * 4) as f64 / best / 1e9)
+}
+
+/// Seconds of `runs` executions of `exe` on `args` (each waited for), after `warmup` untimed
+/// ones, sorted ascending.
+fn run_times(
+    exe: &runtime::pjrt::Executable,
+    args: &[&runtime::pjrt::Buffer],
+    warmup: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let t = Instant::now();
+        let out = exe.execute_borrowed(args)?;
+        out[0].block_until_ready()?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// f32 matmul rate: [m, k] x [k, n] on the device, best of 5.
@@ -150,12 +166,7 @@ fn measure_matmul(client: &Client, m: usize, k: usize, n: usize) -> anyhow::Resu
     let exe = client.compile(&text, &CompileOptions::new())?;
     let a = client.buffer_from_host(&vec![0.5f32; m * k], &[m as i64, k as i64])?;
     let b = client.buffer_from_host(&vec![0.25f32; k * n], &[k as i64, n as i64])?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        exe.execute_borrowed(&[&a, &b])?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = run_times(&exe, &[&a, &b], 0, 5)?[0];
     Ok((2 * m * k * n) as f64 / best / 1e9)
 }
 
@@ -214,16 +225,7 @@ fn time_matmuls(served: &kernelgen::serve::Served, rows: usize) -> anyhow::Resul
         .buffer_from_host(&x, &[rows as i64, m.hidden_size as i64])?;
     let mut args = vec![&x];
     args.extend(exec.weights());
-    let mut times = Vec::new();
-    for i in 0..13 {
-        let t = Instant::now();
-        let out = exe.execute_borrowed(&args)?;
-        out[0].block_until_ready()?;
-        if i >= 3 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
+    let times = run_times(&exe, &args, 3, 10)?;
     Ok(times[times.len() / 2])
 }
 

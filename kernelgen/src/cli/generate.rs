@@ -372,8 +372,8 @@ fn stream(
         .iter()
         .find(|f| f.id == id)
         .and_then(|f| f.samples.first());
-    let text = match sample.and_then(|s| s.text.clone()) {
-        Some(t) => t,
+    let text = match sample.and_then(|s| s.text.as_deref()) {
+        Some(t) => t.to_string(),
         None => served.tokenizer.decode(&tokens, true)?,
     };
     if text.len() > printed && text.is_char_boundary(printed) {

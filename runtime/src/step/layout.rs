@@ -107,22 +107,6 @@ fn out_major(parts: &[&Matrix]) -> Matrix {
     Matrix::new(rows, parts[0].rows, data)
 }
 
-fn matrix_param(name: String, m: Matrix) -> WeightParam {
-    WeightParam {
-        name,
-        dims: vec![m.rows as i64, m.cols as i64],
-        data: m.data,
-    }
-}
-
-fn vector_param(name: String, v: &[f32]) -> WeightParam {
-    WeightParam {
-        name,
-        dims: vec![v.len() as i64],
-        data: v.to_vec(),
-    }
-}
-
 /// RoPE inverse frequencies `theta^(-2i/d)`, i < d/2 (Hugging Face rotate-half convention).
 pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
     let d = m.head_dim;
@@ -155,34 +139,32 @@ pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// The weights in parameter order, fused and laid out as the step program reads them.
+/// The weights in parameter order, fused and laid out as the step program reads them; names
+/// and dims are [`pack_weights_dims`]'.
 pub fn pack_weights(m: &LlamaConfig, w: &LlamaWeights) -> Vec<WeightParam> {
-    let mut out = vec![
-        vector_param("rope_inv_freq".into(), &rope_inv_freq(m)),
-        matrix_param("embed".into(), w.embed.clone()),
-    ];
-    for (i, l) in w.layers.iter().enumerate() {
-        out.push(vector_param(format!("l{i}_attn_norm"), &l.attn_norm));
-        out.push(matrix_param(
-            format!("l{i}_wqkv"),
-            out_major(&[&l.wq, &l.wk, &l.wv]),
-        ));
-        out.push(matrix_param(format!("l{i}_wo"), out_major(&[&l.wo])));
-        out.push(vector_param(format!("l{i}_ffn_norm"), &l.ffn_norm));
-        out.push(matrix_param(
-            format!("l{i}_w_gate_up"),
-            out_major(&[&l.w_gate, &l.w_up]),
-        ));
-        out.push(matrix_param(
-            format!("l{i}_w_down"),
-            out_major(&[&l.w_down]),
-        ));
+    let mut data = vec![rope_inv_freq(m), w.embed.data.clone()];
+    for l in &w.layers {
+        data.push(l.attn_norm.clone());
+        data.push(out_major(&[&l.wq, &l.wk, &l.wv]).data);
+        data.push(out_major(&[&l.wo]).data);
+        data.push(l.ffn_norm.clone());
+        data.push(out_major(&[&l.w_gate, &l.w_up]).data);
+        data.push(out_major(&[&l.w_down]).data);
     }
-    out.push(vector_param("final_norm".into(), &w.final_norm));
+    data.push(w.final_norm.clone());
     if let Some(head) = &w.lm_head {
-        out.push(matrix_param("lm_head".into(), out_major(&[head])));
+        data.push(out_major(&[head]).data);
     }
-    out
+    let dims = pack_weights_dims(m);
+    debug_assert_eq!(dims.len(), data.len(), "weights vs config (tied LM head?)");
+    dims.into_iter()
+        .zip(data)
+        .map(|((name, dims), data)| WeightParam {
+            name,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -198,11 +180,16 @@ mod tests {
             };
             let config = cfg.llama_config();
             let weights = crate::model::tiny::tiny_weights(3, &cfg);
-            let packed: Vec<(String, Vec<usize>)> = pack_weights(&config, &weights)
-                .into_iter()
-                .map(|w| (w.name, w.dims.iter().map(|&d| d as usize).collect()))
+            let packed = pack_weights(&config, &weights);
+            let names: Vec<(String, Vec<usize>)> = packed
+                .iter()
+                .map(|w| (w.name.clone(), w.dims.iter().map(|&d| d as usize).collect()))
                 .collect();
-            assert_eq!(packed, pack_weights_dims(&config), "tied: {tied}");
+            assert_eq!(names, pack_weights_dims(&config), "tied: {tied}");
+            for w in &packed {
+                let n: i64 = w.dims.iter().product();
+                assert_eq!(w.data.len() as i64, n, "{} holds what its dims say", w.name);
+            }
         }
     }
 
