@@ -44,16 +44,17 @@ pub struct CheckBenchArgs {
 /// Decode and prefill throughput of the serving engine on the default (or given) model
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Measures, in one run: memory bandwidth (a large copy through the PJRT device) and the f32 matmul rate \
+Measures, in one run: memory bandwidth (a device-side sum over 256 MiB, best of 5) and the f32 matmul rate \
 (XLA dot of the model's MLP shape at batch 32), then decode tokens/s at each --batches size and \
 prefill tokens/s. Each figure is printed beside the bound it implies: batch-1 decode is bounded by \
 bandwidth / bytes of weights read per step; batch-B decode by min(bandwidth bound x B, matmul rate / \
-(2 x params)); prefill by matmul rate / (2 x params). Each batch's mean decode step is then taken \
-apart: engine host work (scheduling, sampling), input upload, the step's matmuls alone (the model's \
+(2 x params)); prefill by matmul rate / (2 x params). Each workload runs once to compile and warm up, then --repeats times measured: \
+every figure is the median round, printed with the lowest and highest round beside it (this machine's \
+memory bandwidth varies from run to run; ratios to bounds measured in the same run vary less). The \
+median round's mean decode step is then taken apart: engine host work (scheduling, sampling), input upload, the step's matmuls alone (the model's \
 projections run as one program on the same weight buffers) with the rate they read weights at, and the \
 rest of the program (attention kernel, norms, RoPE, KV writes, logits copy). Step time vs max_pages \
-checks that the KV pool is never copied (it must not grow with the pool). Each workload runs twice; \
-the first compiles and warms up, the second is measured.")]
+checks that the KV pool is never copied (it must not grow with the pool).")]
 pub struct DecodeArgs {
     #[command(flatten)]
     pub served: super::generate::ServedArgs,
@@ -66,6 +67,9 @@ pub struct DecodeArgs {
     /// Decode steps measured per batch size
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    /// Measured rounds of each workload (after one warm-up round); figures are their median
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub repeats: usize,
     /// Prompt length for the prefill measurement
     #[arg(long, default_value_t = 256)]
     pub prefill_len: usize,
@@ -83,6 +87,8 @@ pub struct DecodeArgs {
 #[derive(Serialize, Default)]
 struct Report {
     plugin: String,
+    /// Measured rounds behind each figure.
+    repeats: usize,
     bandwidth_gbs: f64,
     matmul_gflops: f64,
     weight_bytes: u64,
@@ -95,7 +101,10 @@ struct Report {
 #[derive(Serialize)]
 struct Figure {
     batch: usize,
+    /// Median over the measured rounds.
     tokens_per_s: f64,
+    /// Lowest and highest over the measured rounds.
+    tokens_per_s_range: (f64, f64),
     bound_tokens_per_s: f64,
     ratio: f64,
     step_ms: f64,
@@ -197,14 +206,31 @@ fn options(
     }
 }
 
-/// What one workload measured, from the engine's own metrics.
-struct BatchFigures {
+/// What one measured round of a workload gave, from the engine's own metrics.
+#[derive(Clone, Copy)]
+struct Round {
     /// Tokens sampled in decode-only steps per second of those steps.
     decode_tokens_per_s: f64,
     /// Mean decode-only step, seconds.
     decode_step_s: f64,
     /// Prompt tokens per second of the steps that held prompt work.
     prefill_tokens_per_s: f64,
+    /// Mean decode step's input building and upload, seconds.
+    inputs_s: f64,
+    /// Mean decode step's program execution and logits download, seconds.
+    program_s: f64,
+}
+
+/// What one workload measured over its rounds: the median round (by decode step time) and the
+/// spread of every round.
+struct BatchFigures {
+    median: Round,
+    /// Median prefill tokens/s of the rounds.
+    prefill_median: f64,
+    /// Lowest and highest decode tokens/s of the rounds.
+    decode_range: (f64, f64),
+    /// Lowest and highest prefill tokens/s of the rounds.
+    prefill_range: (f64, f64),
     breakdown: Breakdown,
 }
 
@@ -229,8 +255,53 @@ fn time_matmuls(served: &kernelgen::serve::Served, rows: usize) -> anyhow::Resul
     Ok(times[times.len() / 2])
 }
 
-/// Runs `batch` sequences of `prompt_len` tokens for `new_tokens` each, twice: the first run
-/// compiles every bucket the workload uses and touches every buffer; the second is measured.
+/// Submits `batch` prompts of `prompt_len` tokens for `new_tokens` each and steps the engine
+/// until all finish; returns that round's figures.
+fn run_round(
+    served: &mut kernelgen::serve::Served,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> anyhow::Result<Round> {
+    let vocab = served.model.vocab_size as u32;
+    served.engine.reset_metrics();
+    served.engine.executor_mut().times = Default::default();
+    for i in 0..batch {
+        let prompt: Vec<u32> = (0..prompt_len)
+            .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: new_tokens,
+            stop_token_ids: vec![],
+            ..SamplingParams::default()
+        };
+        served.engine.submit(prompt, params)?;
+    }
+    while served.engine.has_work() {
+        served.engine.step()?;
+    }
+    served.engine.take_finished();
+    let m = served.engine.metrics().report();
+    let d = &served.engine.executor().times.decode;
+    let per_step = |s: f64| s / d.steps.max(1) as f64;
+    Ok(Round {
+        decode_tokens_per_s: m.decode_tokens_per_s,
+        decode_step_s: m.decode_only_time_s / m.decode_only_steps.max(1) as f64,
+        prefill_tokens_per_s: m.prefill_tokens as f64 / m.prefill_time_s,
+        inputs_s: per_step(d.host_s),
+        program_s: per_step(d.execute_s + d.download_s),
+    })
+}
+
+/// Lowest and highest of `xs`.
+fn range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    })
+}
+
+/// Runs one workload `1 + a.repeats` times on one engine: the first round compiles every bucket
+/// the workload uses and touches every buffer; the others are measured.
 fn run_batch(
     a: &DecodeArgs,
     batch: usize,
@@ -243,44 +314,29 @@ fn run_batch(
     let pages = max_pages.max(per_seq * batch);
     let budget = (batch * prompt_len).clamp(batch, 512);
     let mut served = start(&options(a, batch, pages, max_seq_len, budget))?;
-    let vocab = served.model.vocab_size as u32;
     served.engine.set_stop_token_ids(vec![]);
-    for _round in 0..2 {
-        served.engine.reset_metrics();
-        served.engine.executor_mut().times = Default::default();
-        for i in 0..batch {
-            let prompt: Vec<u32> = (0..prompt_len)
-                .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
-                .collect();
-            let params = SamplingParams {
-                max_new_tokens: new_tokens,
-                stop_token_ids: vec![],
-                ..SamplingParams::default()
-            };
-            served.engine.submit(prompt, params)?;
-        }
-        while served.engine.has_work() {
-            served.engine.step()?;
-        }
-        served.engine.take_finished();
+    run_round(&mut served, batch, prompt_len, new_tokens)?;
+    let mut rounds = Vec::with_capacity(a.repeats);
+    for _ in 0..a.repeats {
+        rounds.push(run_round(&mut served, batch, prompt_len, new_tokens)?);
     }
-    let m = served.engine.metrics().report();
-    let step = m.decode_only_time_s / m.decode_only_steps.max(1) as f64;
-    let d = &served.engine.executor().times.decode;
-    let per_step = |s: f64| s / d.steps.max(1) as f64;
-    let (inputs, program) = (per_step(d.host_s), per_step(d.execute_s + d.download_s));
+    rounds.sort_by(|x, y| x.decode_step_s.total_cmp(&y.decode_step_s));
+    let median = rounds[rounds.len() / 2];
+    let mut prefill: Vec<f64> = rounds.iter().map(|r| r.prefill_tokens_per_s).collect();
+    prefill.sort_by(f64::total_cmp);
     let matmuls = time_matmuls(&served, batch)?;
     let weight_bytes = decode_weight_bytes(&served.model);
     let ms = |s: f64| s * 1e3;
     Ok(BatchFigures {
-        decode_tokens_per_s: m.decode_tokens_per_s,
-        decode_step_s: step,
-        prefill_tokens_per_s: m.prefill_tokens as f64 / m.prefill_time_s,
+        median,
+        prefill_median: prefill[prefill.len() / 2],
+        decode_range: range(rounds.iter().map(|r| r.decode_tokens_per_s)),
+        prefill_range: (prefill[0], prefill[prefill.len() - 1]),
         breakdown: Breakdown {
-            engine_host_ms: ms(step - inputs - program),
-            inputs_ms: ms(inputs),
+            engine_host_ms: ms(median.decode_step_s - median.inputs_s - median.program_s),
+            inputs_ms: ms(median.inputs_s),
             matmuls_ms: ms(matmuls),
-            rest_of_program_ms: ms(program - matmuls),
+            rest_of_program_ms: ms(median.program_s - matmuls),
             matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
         },
     })
@@ -319,6 +375,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let weight_bytes = decode_weight_bytes(c);
     let mut r = Report {
         plugin: plugin.display().to_string(),
+        repeats: a.repeats,
         weight_bytes,
         params,
         ..Report::default()
@@ -337,18 +394,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let bound = (bw_bound * b as f64).min(flop_bound);
         r.decode.push(Figure {
             batch: b,
-            tokens_per_s: f.decode_tokens_per_s,
+            tokens_per_s: f.median.decode_tokens_per_s,
+            tokens_per_s_range: f.decode_range,
             bound_tokens_per_s: bound,
-            ratio: f.decode_tokens_per_s / bound,
-            step_ms: f.decode_step_s * 1e3,
+            ratio: f.median.decode_tokens_per_s / bound,
+            step_ms: f.median.decode_step_s * 1e3,
             breakdown: Some(f.breakdown),
         });
     }
     eprintln!("prefill ...");
-    let pps = run_batch(&a, 1, a.prefill_len, 2, 0)?.prefill_tokens_per_s;
+    let pf = run_batch(&a, 1, a.prefill_len, 2, 0)?;
+    let pps = pf.prefill_median;
     r.prefill = Some(Figure {
         batch: 1,
         tokens_per_s: pps,
+        tokens_per_s_range: pf.prefill_range,
         bound_tokens_per_s: flop_bound,
         ratio: pps / flop_bound,
         step_ms: a.prefill_len as f64 / pps * 1e3,
@@ -356,7 +416,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     });
     for &pages in &a.pool_pages {
         eprintln!("pool of {pages} pages ...");
-        let step = run_batch(&a, 1, a.prompt_len, 16, pages)?.decode_step_s;
+        let step = run_batch(&a, 1, a.prompt_len, 16, pages)?
+            .median
+            .decode_step_s;
         r.pool_scaling.push((pages, step * 1e3));
     }
     if a.json {
@@ -372,28 +434,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         r.weight_bytes as f64 / 1e6
     );
     println!(
-        "{:<18} {:>10} {:>12} {:>8} {:>10}",
-        "figure", "tok/s", "bound tok/s", "ratio", "step ms"
+        "{:<18} {:>10} {:>16} {:>12} {:>8} {:>10}",
+        "figure",
+        "tok/s",
+        format!("min-max of {}", r.repeats),
+        "bound tok/s",
+        "ratio",
+        "step ms"
     );
-    for f in &r.decode {
+    let row = |name: String, f: &Figure| {
         println!(
-            "{:<18} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
-            format!("decode batch {}", f.batch),
+            "{:<18} {:>10.1} {:>16} {:>12.1} {:>8.2} {:>10.2}",
+            name,
             f.tokens_per_s,
+            format!(
+                "{:.1}-{:.1}",
+                f.tokens_per_s_range.0, f.tokens_per_s_range.1
+            ),
             f.bound_tokens_per_s,
             f.ratio,
             f.step_ms
-        );
+        )
+    };
+    for f in &r.decode {
+        row(format!("decode batch {}", f.batch), f);
     }
     if let Some(f) = &r.prefill {
-        println!(
-            "{:<18} {:>10.1} {:>12.1} {:>8.2} {:>10.2}",
-            format!("prefill {} tok", a.prefill_len),
-            f.tokens_per_s,
-            f.bound_tokens_per_s,
-            f.ratio,
-            f.step_ms
-        );
+        row(format!("prefill {} tok", a.prefill_len), f);
     }
     println!(
         "\nwhere a decode step goes (ms): {:>7} {:>8} {:>9} {:>9} {:>7}   matmul reads",
