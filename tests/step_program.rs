@@ -202,7 +202,6 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let got: Vec<f32> = exe.execute_borrowed(&args).unwrap()[0].to_host().unwrap();
         let head = w.lm_head.clone().unwrap_or_else(|| w.embed.transposed());
         let qd = c.num_q_heads * c.head_dim;
-        let f = c.intermediate_size;
         for r in 0..rows {
             let mut h: Vec<f64> = x[r * c.hidden_size..(r + 1) * c.hidden_size]
                 .iter()
@@ -213,7 +212,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
                 let o = matvec(&q[..qd], &l.wo);
                 let x1: Vec<f64> = h.iter().zip(&o).map(|(a, b)| a + b).collect();
                 let (g, u) = (matvec(&x1, &l.w_gate), matvec(&x1, &l.w_up));
-                let m: Vec<f64> = g.iter().zip(&u).map(|(a, b)| a * b).take(f).collect();
+                let m: Vec<f64> = g.iter().zip(&u).map(|(a, b)| a * b).collect();
                 let d = matvec(&m, &l.w_down);
                 h = x1.iter().zip(&d).map(|(a, b)| a + b).collect();
             }

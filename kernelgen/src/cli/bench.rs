@@ -225,13 +225,18 @@ struct Round {
 /// spread of every round.
 struct BatchFigures {
     median: Round,
-    /// Median prefill tokens/s of the rounds.
-    prefill_median: f64,
     /// Lowest and highest decode tokens/s of the rounds.
     decode_range: (f64, f64),
-    /// Lowest and highest prefill tokens/s of the rounds.
-    prefill_range: (f64, f64),
-    breakdown: Breakdown,
+    /// Median, lowest and highest prefill tokens/s of the rounds.
+    prefill: (f64, (f64, f64)),
+    /// The median round's decode step taken apart, when asked for.
+    breakdown: Option<Breakdown>,
+}
+
+/// The median of `xs` and their lowest and highest.
+fn spread(mut xs: Vec<f64>) -> (f64, (f64, f64)) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], (xs[0], xs[xs.len() - 1]))
 }
 
 /// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
@@ -293,21 +298,35 @@ fn run_round(
     })
 }
 
-/// Lowest and highest of `xs`.
-fn range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
-    xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-        (lo.min(x), hi.max(x))
+/// The median round's decode step taken apart: its engine, input and program times, and the
+/// step's matmuls timed alone on the same weights.
+fn take_apart(
+    served: &kernelgen::serve::Served,
+    batch: usize,
+    r: &Round,
+) -> anyhow::Result<Breakdown> {
+    let matmuls = time_matmuls(served, batch)?;
+    let weight_bytes = decode_weight_bytes(&served.model);
+    let ms = |s: f64| s * 1e3;
+    Ok(Breakdown {
+        engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
+        inputs_ms: ms(r.inputs_s),
+        matmuls_ms: ms(matmuls),
+        rest_of_program_ms: ms(r.program_s - matmuls),
+        matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
     })
 }
 
 /// Runs one workload `1 + a.repeats` times on one engine: the first round compiles every bucket
-/// the workload uses and touches every buffer; the others are measured.
+/// the workload uses and touches every buffer; the others are measured. With `breakdown`, the
+/// median round's decode step is also taken apart (it compiles and times the matmul chain).
 fn run_batch(
     a: &DecodeArgs,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
     max_pages: usize,
+    breakdown: bool,
 ) -> anyhow::Result<BatchFigures> {
     let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(a.page_size) * a.page_size;
     let per_seq = max_seq_len / a.page_size;
@@ -322,22 +341,14 @@ fn run_batch(
     }
     rounds.sort_by(|x, y| x.decode_step_s.total_cmp(&y.decode_step_s));
     let median = rounds[rounds.len() / 2];
-    let mut prefill: Vec<f64> = rounds.iter().map(|r| r.prefill_tokens_per_s).collect();
-    prefill.sort_by(f64::total_cmp);
-    let matmuls = time_matmuls(&served, batch)?;
-    let weight_bytes = decode_weight_bytes(&served.model);
-    let ms = |s: f64| s * 1e3;
     Ok(BatchFigures {
         median,
-        prefill_median: prefill[prefill.len() / 2],
-        decode_range: range(rounds.iter().map(|r| r.decode_tokens_per_s)),
-        prefill_range: (prefill[0], prefill[prefill.len() - 1]),
-        breakdown: Breakdown {
-            engine_host_ms: ms(median.decode_step_s - median.inputs_s - median.program_s),
-            inputs_ms: ms(median.inputs_s),
-            matmuls_ms: ms(matmuls),
-            rest_of_program_ms: ms(median.program_s - matmuls),
-            matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
+        decode_range: spread(rounds.iter().map(|r| r.decode_tokens_per_s).collect()).1,
+        prefill: spread(rounds.iter().map(|r| r.prefill_tokens_per_s).collect()),
+        breakdown: if breakdown {
+            Some(take_apart(&served, batch, &median)?)
+        } else {
+            None
         },
     })
 }
@@ -390,7 +401,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
     for &b in &a.batches {
         eprintln!("decode batch {b} ...");
-        let f = run_batch(&a, b, a.prompt_len, a.new_tokens, 0)?;
+        let f = run_batch(&a, b, a.prompt_len, a.new_tokens, 0, true)?;
         let bound = (bw_bound * b as f64).min(flop_bound);
         r.decode.push(Figure {
             batch: b,
@@ -399,16 +410,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             bound_tokens_per_s: bound,
             ratio: f.median.decode_tokens_per_s / bound,
             step_ms: f.median.decode_step_s * 1e3,
-            breakdown: Some(f.breakdown),
+            breakdown: f.breakdown,
         });
     }
     eprintln!("prefill ...");
-    let pf = run_batch(&a, 1, a.prefill_len, 2, 0)?;
-    let pps = pf.prefill_median;
+    let (pps, pps_range) = run_batch(&a, 1, a.prefill_len, 2, 0, false)?.prefill;
     r.prefill = Some(Figure {
         batch: 1,
         tokens_per_s: pps,
-        tokens_per_s_range: pf.prefill_range,
+        tokens_per_s_range: pps_range,
         bound_tokens_per_s: flop_bound,
         ratio: pps / flop_bound,
         step_ms: a.prefill_len as f64 / pps * 1e3,
@@ -416,7 +426,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     });
     for &pages in &a.pool_pages {
         eprintln!("pool of {pages} pages ...");
-        let step = run_batch(&a, 1, a.prompt_len, 16, pages)?
+        let step = run_batch(&a, 1, a.prompt_len, 16, pages, false)?
             .median
             .decode_step_s;
         r.pool_scaling.push((pages, step * 1e3));

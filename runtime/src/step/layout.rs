@@ -102,7 +102,7 @@ fn out_major(parts: &[&Matrix]) -> Matrix {
     let rows: usize = parts.iter().map(|m| m.cols).sum();
     let mut data = Vec::with_capacity(rows * parts[0].rows);
     for m in parts {
-        data.extend_from_slice(&m.transposed().data);
+        data.append(&mut m.transposed().data);
     }
     Matrix::new(rows, parts[0].rows, data)
 }
