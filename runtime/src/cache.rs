@@ -26,13 +26,17 @@ pub fn require_default_model() -> PathBuf {
     path
 }
 
+/// `$PJRT_PLUGIN` if set, else the plugin at `rel` under the cache root.
+pub fn plugin_or_env(rel: &str) -> PathBuf {
+    std::env::var_os("PJRT_PLUGIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(rel))
+}
+
 /// The plugin the serving engine runs on by default: the newer XLA CPU plugin
 /// (`lammps-jax-pjrt-cpu==0.11.2`, PJRT API 0.115). The pinned `xla-cpu-pjrt==0.0.1` copies a
 /// donated buffer that a while loop reads, so with it every step would copy every layer's KV
 /// pool (measured: step time grows with max_pages); this one updates the pool in place.
 pub fn serving_plugin_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("PJRT_PLUGIN") {
-        return PathBuf::from(p);
-    }
-    cache_dir().join("pjrt/lammps-jax-pjrt-cpu-0.11.2/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so")
+    plugin_or_env("pjrt/lammps-jax-pjrt-cpu-0.11.2/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so")
 }

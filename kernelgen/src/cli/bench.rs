@@ -9,7 +9,6 @@ use runtime::engine::{EngineConfig, SamplingParams};
 use runtime::pjrt::{Api, Client, CompileOptions};
 use runtime::step::layout::KvDtype;
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Benchmarks (ratios against bounds measured in the same run)
@@ -78,8 +77,6 @@ pub struct DecodeArgs {
     /// Also measure batch-1 step time at these pool sizes
     #[arg(long, value_delimiter = ',', default_value = "256,2048")]
     pub pool_pages: Vec<usize>,
-    #[arg(long, env = "PJRT_PLUGIN")]
-    pub plugin: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -198,10 +195,7 @@ fn options(
             max_tokens_per_round: budget,
         },
         kv_dtype: KvDtype::F32,
-        plugin: a
-            .plugin
-            .clone()
-            .unwrap_or_else(runtime::cache::serving_plugin_path),
+        plugin: a.served.plugin_path(),
         buckets: None,
     }
 }
@@ -376,10 +370,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let model_path = a.served.model_path();
     let (model, _) = kernelgen::serve::load_model(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
-    let plugin = a
-        .plugin
-        .clone()
-        .unwrap_or_else(runtime::cache::serving_plugin_path);
+    let plugin = a.served.plugin_path();
     let client = Client::new(Api::load(&plugin)?)?;
     let c = &model.config;
     let params = num_params(c);

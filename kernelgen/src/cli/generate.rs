@@ -27,6 +27,9 @@ pub struct ServedArgs {
     /// kv_pages_block of the emitted kernel when --kernel is not given
     #[arg(long = "kv", default_value_t = 4)]
     pub kv_pages_block: u32,
+    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
+    #[arg(long, env = "PJRT_PLUGIN")]
+    pub plugin: Option<PathBuf>,
 }
 
 impl ServedArgs {
@@ -39,6 +42,13 @@ impl ServedArgs {
 
     pub fn blocks(&self) -> (u32, u32) {
         (self.q_block, self.kv_pages_block)
+    }
+
+    /// --plugin (or $PJRT_PLUGIN), else the cached serving plugin.
+    pub fn plugin_path(&self) -> PathBuf {
+        self.plugin
+            .clone()
+            .unwrap_or_else(runtime::cache::serving_plugin_path)
     }
 }
 
@@ -109,9 +119,6 @@ pub struct GenerateArgs {
     /// KV pool dtype: f32 or bf16
     #[arg(long, default_value = "f32", help_heading = "Engine")]
     pub kv_dtype: String,
-    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
-    #[arg(long, env = "PJRT_PLUGIN")]
-    pub plugin: Option<PathBuf>,
     /// Print the run's metrics as JSON (to stderr in batch mode when --out is stdout)
     #[arg(long)]
     pub json_metrics: bool,
@@ -205,10 +212,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
         blocks: a.served.blocks(),
         engine: engine_config(&a),
         kv_dtype: kv_dtype(&a.kv_dtype)?,
-        plugin: a
-            .plugin
-            .clone()
-            .unwrap_or_else(runtime::cache::serving_plugin_path),
+        plugin: a.served.plugin_path(),
         buckets: None,
     };
     if !opts.model.exists() {

@@ -18,11 +18,7 @@ const CPU_PLUGIN_REL_PATH: &str =
 /// The plugin to use when the caller does not name one: `$PJRT_PLUGIN` if set, else the CPU
 /// plugin in the cache (`$KERNELGEN_CACHE`, else `<workspace>/.cache`).
 pub fn default_plugin_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("PJRT_PLUGIN") {
-        return PathBuf::from(p);
-    }
-    let cache = crate::cache::cache_dir();
-    cache.join(CPU_PLUGIN_REL_PATH)
+    crate::cache::plugin_or_env(CPU_PLUGIN_REL_PATH)
 }
 
 /// A loaded PJRT plugin: the shared library and its `PJRT_Api` function table.
