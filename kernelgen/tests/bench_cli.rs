@@ -1,14 +1,8 @@
 //! `kernelgen bench decode` as users run it: every figure is the median of the measured rounds
 //! and lies inside the spread printed beside it; bad options are refused before any work.
 
-use std::process::{Command, Output};
-
-fn kernelgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
-        .args(args)
-        .output()
-        .expect("run kernelgen")
-}
+mod common;
+use common::*;
 
 #[test]
 fn decode_figures_are_medians_inside_their_spread() {

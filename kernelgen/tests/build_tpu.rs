@@ -3,33 +3,18 @@
 //! module), lowered for T deviceless and compiled by the real TPU compiler, whose verdict lands in
 //! manifest.json beside the checker's.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn kernelgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
-        .args(args)
-        .output()
-        .expect("run kernelgen")
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kernelgen-build-tpu-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+mod common;
+use common::*;
 
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn q16_kv16_for_v5p_is_emitted_lowered_and_compiled() {
-    let dir = out_dir("q16kv16");
+    let dir = scratch("kernelgen-build-tpu", "q16kv16");
     let d = dir.to_str().unwrap();
     let o = kernelgen(&[
         "build", "--q", "16", "--kv", "16", "--target", "v5p", "--emit", "tpu", "--out", d,
@@ -70,7 +55,7 @@ fn q16_kv16_for_v5p_is_emitted_lowered_and_compiled() {
 #[test]
 fn a_config_that_does_not_fit_is_refused_unless_the_limit_is_raised() {
     // Llama-3-8B, page 64, q32 kv16 on v5p: the compiler reports ~18.9 MiB > 16 MiB.
-    let dir = out_dir("q32kv16");
+    let dir = scratch("kernelgen-build-tpu", "q32kv16");
     let d = dir.to_str().unwrap();
     let base = [
         "build", "--q", "32", "--kv", "16", "--target", "v5p", "--out", d,
@@ -143,7 +128,7 @@ fn bad_tpu_flags_are_one_line_input_errors() {
 #[test]
 fn verify_with_libtpu_and_no_tpu_fails_at_client_creation() {
     let libtpu = verify::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
-    let dir = out_dir("libtpu");
+    let dir = scratch("kernelgen-build-tpu", "libtpu");
     let d = dir.to_str().unwrap();
     let o = kernelgen(&[
         "build", "--q", "16", "--kv", "8", "--target", "v5e", "--out", d,

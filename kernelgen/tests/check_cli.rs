@@ -1,19 +1,8 @@
 //! `kernelgen check` and `kernelgen plan` as users run them: exit codes (0 fits, 3 does not fit,
 //! 4 uncertain, 1 input error), the itemized JSON report, suggestions, and the CI matrix gate.
 
-use std::process::{Command, Output};
-
-fn kernelgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
-        .args(args)
-        .output()
-        .expect("run kernelgen")
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
+mod common;
+use common::*;
 
 #[test]
 fn reported_oom_does_not_fit_and_suggests_what_fits() {

@@ -1,21 +1,10 @@
 //! The `kernelgen` binary: invalid input is refused with one line naming the field, before any
 //! file is written; a built artifact verifies; a tampered one is refused.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn kernelgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
-        .args(args)
-        .output()
-        .expect("run kernelgen")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kg-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+mod common;
+use common::*;
 
 /// Asserts exit 1, a single stderr line containing every `needle`, and no output directory.
 fn assert_rejected(args: &[&str], out: &Path, needles: &[&str]) {
@@ -47,7 +36,7 @@ fn assert_usage_error(args: &[&str], out: &Path, needles: &[&str]) {
 
 #[test]
 fn invalid_configs_exit_1_naming_the_field_before_any_output() {
-    let out = tmp("invalid");
+    let out = scratch("kg-cli", "invalid");
     let o = out.to_str().unwrap();
     assert_rejected(
         &["build", "--q", "0", "--kv", "4", "--out", o],
@@ -111,7 +100,7 @@ fn invalid_configs_exit_1_naming_the_field_before_any_output() {
         &out,
         &["/nonexistent/config.json"],
     );
-    let bad_hf = tmp("hf");
+    let bad_hf = scratch("kg-cli", "hf");
     std::fs::create_dir_all(&bad_hf).unwrap();
     let cfg = bad_hf.join("config.json");
     std::fs::write(&cfg, r#"{"hidden_size": 100, "num_attention_heads": 3}"#).unwrap();
@@ -147,7 +136,7 @@ fn invalid_configs_exit_1_naming_the_field_before_any_output() {
 
 #[test]
 fn build_then_verify_then_tamper() {
-    let out = tmp("ok");
+    let out = scratch("kg-cli", "ok");
     let o = out.to_str().unwrap();
     let b = kernelgen(&[
         "build",

@@ -2,18 +2,13 @@
 //! batch JSONL with continuous batching, and one clear error per kind of bad input.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn kernelgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kernelgen"))
-        .args(args)
-        .output()
-        .expect("run kernelgen")
-}
+mod common;
+use common::*;
 
+/// A fresh, existing scratch directory.
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kg-gen-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = scratch("kg-gen", name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
