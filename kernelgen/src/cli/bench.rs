@@ -57,6 +57,8 @@ checks that the KV pool is never copied (it must not grow with the pool).")]
 pub struct DecodeArgs {
     #[command(flatten)]
     pub served: super::generate::ServedArgs,
+    #[command(flatten)]
+    pub plugin: super::generate::PluginArg,
     /// Batch sizes to measure
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub batches: Vec<usize>,
@@ -195,7 +197,7 @@ fn options(
             max_tokens_per_round: budget,
         },
         kv_dtype: KvDtype::F32,
-        plugin: a.served.plugin_path(),
+        plugin: a.plugin.path(),
         buckets: None,
     }
 }
@@ -370,7 +372,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let model_path = a.served.model_path();
     let (model, _) = kernelgen::serve::load_model(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
-    let plugin = a.served.plugin_path();
+    let plugin = a.plugin.path();
     let client = Client::new(Api::load(&plugin)?)?;
     let c = &model.config;
     let params = num_params(c);

@@ -27,9 +27,6 @@ pub struct ServedArgs {
     /// kv_pages_block of the emitted kernel when --kernel is not given
     #[arg(long = "kv", default_value_t = 4)]
     pub kv_pages_block: u32,
-    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
-    #[arg(long, env = "PJRT_PLUGIN")]
-    pub plugin: Option<PathBuf>,
 }
 
 impl ServedArgs {
@@ -43,12 +40,64 @@ impl ServedArgs {
     pub fn blocks(&self) -> (u32, u32) {
         (self.q_block, self.kv_pages_block)
     }
+}
 
+/// The PJRT plugin the engine runs on (`generate`, `bench decode`).
+#[derive(Args, Debug)]
+pub struct PluginArg {
+    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
+    #[arg(long, env = "PJRT_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+}
+
+impl PluginArg {
     /// --plugin (or $PJRT_PLUGIN), else the cached serving plugin.
-    pub fn plugin_path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.plugin
             .clone()
             .unwrap_or_else(runtime::cache::serving_plugin_path)
+    }
+}
+
+/// Engine shape flags: what `generate` serves with and what `emit-step` emits a program for.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Sequences per step
+    #[arg(long, default_value_t = 32, help_heading = "Engine")]
+    pub max_seqs: usize,
+    /// KV pages in each layer's pool
+    #[arg(long, default_value_t = 1024, help_heading = "Engine")]
+    pub max_pages: usize,
+    #[arg(long, default_value_t = 16, help_heading = "Engine")]
+    pub page_size: usize,
+    /// Longest sequence (prompt + generation)
+    #[arg(long, default_value_t = 2048, help_heading = "Engine")]
+    pub max_seq_len: usize,
+    /// Token budget of one step (prefill chunk size)
+    #[arg(long, default_value_t = 256, help_heading = "Engine")]
+    pub max_tokens_per_round: usize,
+    /// KV pool dtype: f32 or bf16
+    #[arg(long, default_value = "f32", help_heading = "Engine")]
+    pub kv_dtype: String,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            max_seqs: self.max_seqs,
+            max_pages: self.max_pages,
+            page_size: self.page_size,
+            max_seq_len: self.max_seq_len,
+            max_tokens_per_round: self.max_tokens_per_round,
+        }
+    }
+
+    /// --kv-dtype, parsed.
+    pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {
+        Ok(kernelgen::emit::step::kv_dtype(
+            kernelgen::config::Dtype::parse(&self.kv_dtype)?,
+        ))
     }
 }
 
@@ -81,6 +130,8 @@ pub struct GenerateArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub served: ServedArgs,
+    #[command(flatten)]
+    pub plugin: PluginArg,
     #[arg(long, default_value_t = 128, help_heading = "Sampling")]
     pub max_new_tokens: usize,
     /// 0 = greedy
@@ -102,23 +153,8 @@ pub struct GenerateArgs {
     /// Do not apply the chat template
     #[arg(long)]
     pub raw: bool,
-    /// Sequences per step
-    #[arg(long, default_value_t = 32, help_heading = "Engine")]
-    pub max_seqs: usize,
-    /// KV pages in each layer's pool
-    #[arg(long, default_value_t = 1024, help_heading = "Engine")]
-    pub max_pages: usize,
-    #[arg(long, default_value_t = 16, help_heading = "Engine")]
-    pub page_size: usize,
-    /// Longest sequence (prompt + generation)
-    #[arg(long, default_value_t = 2048, help_heading = "Engine")]
-    pub max_seq_len: usize,
-    /// Token budget of one step (prefill chunk size)
-    #[arg(long, default_value_t = 256, help_heading = "Engine")]
-    pub max_tokens_per_round: usize,
-    /// KV pool dtype: f32 or bf16
-    #[arg(long, default_value = "f32", help_heading = "Engine")]
-    pub kv_dtype: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Print the run's metrics as JSON (to stderr in batch mode when --out is stdout)
     #[arg(long)]
     pub json_metrics: bool,
@@ -148,22 +184,6 @@ struct ResultLine {
     prompt_tokens: usize,
     ttft_s: f64,
     latency_s: f64,
-}
-
-pub fn engine_config(a: &GenerateArgs) -> EngineConfig {
-    EngineConfig {
-        max_seqs: a.max_seqs,
-        max_pages: a.max_pages,
-        page_size: a.page_size,
-        max_seq_len: a.max_seq_len,
-        max_tokens_per_round: a.max_tokens_per_round,
-    }
-}
-
-pub fn kv_dtype(s: &str) -> anyhow::Result<KvDtype> {
-    Ok(kernelgen::emit::step::kv_dtype(
-        kernelgen::config::Dtype::parse(s)?,
-    ))
 }
 
 fn params(a: &GenerateArgs, line: Option<&PromptLine>) -> SamplingParams {
@@ -210,9 +230,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
         model: a.served.model_path(),
         kernel: a.served.kernel.clone(),
         blocks: a.served.blocks(),
-        engine: engine_config(&a),
-        kv_dtype: kv_dtype(&a.kv_dtype)?,
-        plugin: a.served.plugin_path(),
+        engine: a.engine.config(),
+        kv_dtype: a.engine.kv_dtype()?,
+        plugin: a.plugin.path(),
         buckets: None,
     };
     if !opts.model.exists() {
