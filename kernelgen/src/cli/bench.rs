@@ -43,8 +43,9 @@ pub struct CheckBenchArgs {
 /// Decode and prefill throughput of the serving engine on the default (or given) model
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Measures, in one run: memory bandwidth (a device-side sum over 256 MiB, best of 5) and the f32 matmul rate \
-(XLA dot of the model's MLP shape at batch 32), then decode tokens/s at each --batches size and \
+Measures, in one run: memory bandwidth (a device-side sum over 256 MiB, best of 15 after 2 warm-ups) and \
+the f32 matmul rate (XLA dot of the model's MLP shape at batch 32 and at 256, the faster; best of 30 after \
+3 warm-ups), then decode tokens/s at each --batches size and \
 prefill tokens/s. Each figure is printed beside the bound it implies: batch-1 decode is bounded by \
 bandwidth / bytes of weights read per step; batch-B decode by min(bandwidth bound x B, matmul rate / \
 (2 x params)); prefill by matmul rate / (2 x params). Each workload runs once to compile and warm up, then --repeats times measured: \
@@ -129,7 +130,9 @@ struct Breakdown {
 }
 
 /// Bandwidth: GB/s of a device-side sum over 256 MiB (a read-only stream, like a decode step's
-/// weight reads), best of 5.
+/// weight reads), best of 15 after 2 warm-ups. A best-of-5 with no warm-up read 33.5-41.0 GB/s
+/// over five runs where this reads 40.1-48.9 on the same host: it caught the memory at its
+/// fastest less often, so the batch-1 bound came out low.
 fn measure_bandwidth(client: &Client) -> anyhow::Result<f64> {
     let n = 64 << 20; // f32 elements
     let text = format!(
@@ -139,7 +142,7 @@ fn measure_bandwidth(client: &Client) -> anyhow::Result<f64> {
     );
     let exe = client.compile(&text, &CompileOptions::new())?;
     let x = client.buffer_from_host(&vec![0f32; n], &[n as i64])?;
-    let best = run_times(&exe, &[&x], 0, 5)?[0];
+    let best = run_times(&exe, &[&x], 2, 15)?[0];
     Ok((n * 4) as f64 / best / 1e9)
 }
 
@@ -164,7 +167,8 @@ fn run_times(
     Ok(times)
 }
 
-/// f32 matmul rate: [m, k] x [k, n] on the device, best of 5.
+/// f32 matmul rate: [m, k] x [k, n] on the device, best of 30 after 3 warm-ups (a best-of-5
+/// with no warm-up measured 208-438 GFLOP/s over five runs, this 402-434).
 fn measure_matmul(client: &Client, m: usize, k: usize, n: usize) -> anyhow::Result<f64> {
     let text = format!(
         "func.func @main(%a: tensor<{m}x{k}xf32>, %b: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{\n  \
@@ -174,7 +178,7 @@ fn measure_matmul(client: &Client, m: usize, k: usize, n: usize) -> anyhow::Resu
     let exe = client.compile(&text, &CompileOptions::new())?;
     let a = client.buffer_from_host(&vec![0.5f32; m * k], &[m as i64, k as i64])?;
     let b = client.buffer_from_host(&vec![0.25f32; k * n], &[k as i64, n as i64])?;
-    let best = run_times(&exe, &[&a, &b], 0, 5)?[0];
+    let best = run_times(&exe, &[&a, &b], 3, 30)?[0];
     Ok((2 * m * k * n) as f64 / best / 1e9)
 }
 
