@@ -8,6 +8,7 @@ use clap::Args;
 use kernelgen::artifact::Artifact;
 use kernelgen::emit::step::{emit, KernelSource};
 use kernelgen::serve::check_artifact;
+use runtime::engine::core::validate_config;
 use runtime::step::layout::StepShapes;
 use std::path::PathBuf;
 
@@ -30,11 +31,13 @@ pub struct EmitStepArgs {
 }
 
 pub fn run(a: EmitStepArgs) -> anyhow::Result<i32> {
+    // The engine's own rules, before the model loads: the same message generate gives.
+    let engine = a.engine.config();
+    validate_config(&engine)?;
+    let kv = a.engine.kv_dtype()?;
     let path = a.served.model_path();
     let (model, _) =
         kernelgen::serve::load_model(&path).with_context(|| path.display().to_string())?;
-    let engine = a.engine.config();
-    let kv = a.engine.kv_dtype()?;
     let shapes = if a.decode {
         StepShapes::decode(&engine, a.tokens, kv)
     } else {
