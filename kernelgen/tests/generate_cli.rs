@@ -176,3 +176,46 @@ fn bad_inputs_fail_with_one_clear_error() {
         assert_eq!(error_lines, 1, "{err}");
     }
 }
+
+/// `emit-step` writes the program `generate` would run: the same model, kernel-block and engine
+/// flags with the same defaults, and the same refusals before any work.
+#[test]
+fn emit_step_takes_generate_flags_and_refuses_what_generate_refuses() {
+    let dir = tmp("emit-step");
+    let out = dir.join("step.mlir");
+    let out_s = out.to_str().unwrap();
+    let small = [
+        "--max-seqs",
+        "1",
+        "--max-pages",
+        "16",
+        "--max-seq-len",
+        "256",
+    ];
+
+    let mut args = vec!["emit-step", "--decode", "--out", out_s];
+    args.extend(small);
+    let o = kernelgen(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // generate's defaults (--q 32 --kv 4); a one-row decode step clamps q_block to its one row
+    assert!(
+        stderr(&o).contains("q_block=1 kv_pages_block=4"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("rpa_attention"));
+    std::fs::remove_file(&out).unwrap();
+
+    let mut args = vec!["emit-step", "--page-size", "0", "--out", out_s];
+    args.extend(small);
+    let o = kernelgen(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("page_size = 0; fix: --page-size 1 or more"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists(), "a refused emit-step wrote {out_s}");
+}
