@@ -64,6 +64,32 @@ fn upload_values(
     }
 }
 
+/// The kernel's six inputs for `batch` on `client`, in call order: q, kv_pages, kv_lens,
+/// page_indices, cu_q_lens, num_seqs (q and kv_pages in `cfg`'s dtype).
+pub fn upload_batch(
+    client: &Client,
+    cfg: &KernelConfig,
+    batch: &RaggedBatch,
+) -> Result<Vec<Buffer>, PjrtError> {
+    let g = cfg.geometry();
+    let (t, s) = (cfg.max_num_tokens() as i64, cfg.max_num_seqs() as i64);
+    let q_dims = [t, g.num_q_heads as i64, g.head_dim as i64];
+    let kv_dims = [
+        cfg.total_pages() as i64,
+        cfg.page_size() as i64,
+        2 * g.num_kv_heads as i64,
+        g.head_dim as i64,
+    ];
+    Ok(vec![
+        upload_values(client, cfg.dtype(), &batch.q, &q_dims)?,
+        upload_values(client, cfg.dtype(), &batch.kv_pages, &kv_dims)?,
+        client.buffer_from_host(&batch.kv_lens, &[s])?,
+        client.buffer_from_host(&batch.page_indices, &[s, cfg.pages_per_seq() as i64])?,
+        client.buffer_from_host(&batch.cu_q_lens, &[s + 1])?,
+        client.buffer_from_host(&[batch.num_seqs], &[1])?,
+    ])
+}
+
 impl KernelRunner {
     /// Compiles `mlir` (the artifact's StableHLO) for `cfg` on `client`.
     pub fn compile(
@@ -84,30 +110,10 @@ impl KernelRunner {
     /// Runs the kernel on `batch`; returns the output as f32 (bf16 outputs widened exactly).
     pub fn run(&self, batch: &RaggedBatch) -> Result<Vec<f32>, PjrtError> {
         let c = &self.cfg;
-        let g = c.geometry();
-        let (t, s) = (c.max_num_tokens() as i64, c.max_num_seqs() as i64);
-        let q = upload_values(
-            &self.client,
-            c.dtype(),
-            &batch.q,
-            &[t, g.num_q_heads as i64, g.head_dim as i64],
-        )?;
-        let kv_dims = [
-            c.total_pages() as i64,
-            c.page_size() as i64,
-            2 * g.num_kv_heads as i64,
-            g.head_dim as i64,
-        ];
-        let kv = upload_values(&self.client, c.dtype(), &batch.kv_pages, &kv_dims)?;
-        let kv_lens = self.client.buffer_from_host(&batch.kv_lens, &[s])?;
-        let pages = self
-            .client
-            .buffer_from_host(&batch.page_indices, &[s, c.pages_per_seq() as i64])?;
-        let cu = self.client.buffer_from_host(&batch.cu_q_lens, &[s + 1])?;
-        let n = self.client.buffer_from_host(&[batch.num_seqs], &[1])?;
+        let inputs = upload_batch(&self.client, c, batch)?;
         let out = self
             .exe
-            .execute_borrowed(&[&q, &kv, &kv_lens, &pages, &cu, &n])?;
+            .execute_borrowed(&inputs.iter().collect::<Vec<_>>())?;
         let out = out
             .into_iter()
             .next()

@@ -1,5 +1,6 @@
-//! `kernelgen bench decode` as users run it: every figure is the median of the measured rounds
-//! and lies inside the spread printed beside it; bad options are refused before any work.
+//! `kernelgen bench decode` and `bench kernel` as users run them: every figure is the median of
+//! the measured rounds and lies inside the spread printed beside it; bad options are refused
+//! before any work.
 
 mod common;
 use common::*;
@@ -57,4 +58,122 @@ fn zero_repeats_is_refused_naming_the_flag() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--repeats"), "{err}");
+}
+
+/// Builds a small SmolLM2-geometry f32 kernel artifact with `kv` pages per block and
+/// `max_seqs` sequences, in a directory named for `test` (tests run in parallel); returns it.
+fn small_kernel(test: &str, kv: &str, max_seqs: &str) -> std::path::PathBuf {
+    let dir = scratch("kg-bench-kernel", &format!("{test}-kv{kv}-s{max_seqs}"));
+    let o = kernelgen(&[
+        "build",
+        "--q",
+        "1",
+        "--kv",
+        kv,
+        "--preset",
+        "smollm2-135m",
+        "--page-size",
+        "16",
+        "--dtype",
+        "f32",
+        "--max-tokens",
+        "4",
+        "--max-seqs",
+        max_seqs,
+        "--pages-per-seq",
+        "4",
+        "--total-pages",
+        "17",
+        "--schedule",
+        "batched",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir
+}
+
+#[test]
+fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
+    let a = small_kernel("times", "4", "4");
+    let b = small_kernel("times", "2", "4");
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let o = kernelgen(&[
+        "bench",
+        "kernel",
+        a_s,
+        b_s,
+        "--layers",
+        "2",
+        "--repeats",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
+    // the default batch fills the artifacts: min(max-seqs, max-tokens, total pages) = 4
+    let seqs = r["seqs"].as_array().unwrap();
+    assert_eq!(seqs.len(), 4);
+    for s in seqs {
+        assert_eq!(s[0], 1, "a decode row: {s}");
+        assert!((1..=64).contains(&s[1].as_u64().unwrap()), "{s}");
+    }
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let first = rows[0]["chain_ms"].as_f64().unwrap();
+    for (row, dir) in rows.iter().zip([a_s, b_s]) {
+        assert_eq!(row["artifact"], dir);
+        let ms = row["chain_ms"].as_f64().unwrap();
+        let (lo, hi) = (
+            row["chain_ms_range"][0].as_f64().unwrap(),
+            row["chain_ms_range"][1].as_f64().unwrap(),
+        );
+        assert!(0.0 < lo && lo <= ms && ms <= hi, "{row}");
+        let ratio = row["ratio"].as_f64().unwrap();
+        assert!((ratio - ms / first).abs() <= 1e-9 * ratio, "{row}");
+        let per_call = row["per_call_us"].as_f64().unwrap();
+        assert!(
+            (per_call - ms * 1e3 / 2.0).abs() <= 1e-9 * per_call,
+            "{row}"
+        );
+    }
+
+    // --kv-len sets every sequence's length
+    let o = kernelgen(&[
+        "bench",
+        "kernel",
+        a_s,
+        "--kv-len",
+        "33",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
+    assert!(r["seqs"].as_array().unwrap().iter().all(|s| s[1] == 33));
+}
+
+#[test]
+fn kernel_bench_refuses_what_it_cannot_compare() {
+    let a = small_kernel("refuses", "4", "4");
+    let other_shapes = small_kernel("refuses", "4", "2");
+    let (a_s, o_s) = (a.to_str().unwrap(), other_shapes.to_str().unwrap());
+    let cases: [(&[&str], &str); 4] = [
+        (&[a_s, o_s], "--max-seqs"),
+        (&[a_s, "--kv-len", "65"], "--kv-len 65"),
+        (&[a_s, "--seqs", "5"], "--seqs 5"),
+        (&[a_s, "--layers", "0"], "--layers"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["bench", "kernel"];
+        args.extend(extra);
+        let o = kernelgen(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&o).contains(needle),
+            "{needle:?} not in {}",
+            stderr(&o)
+        );
+    }
 }

@@ -21,6 +21,7 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
     Decode(DecodeArgs),
+    Kernel(super::bench_kernel::KernelBenchArgs),
     Check(CheckBenchArgs),
 }
 
@@ -234,7 +235,7 @@ struct BatchFigures {
 }
 
 /// The median of `xs` and their lowest and highest.
-fn spread(mut xs: Vec<f64>) -> (f64, (f64, f64)) {
+pub(super) fn spread(mut xs: Vec<f64>) -> (f64, (f64, f64)) {
     xs.sort_by(f64::total_cmp);
     (xs[xs.len() / 2], (xs[0], xs[xs.len() - 1]))
 }
@@ -372,6 +373,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let a = match args.what {
         BenchWhat::Decode(a) => a,
         BenchWhat::Check(c) => return run_check(c),
+        BenchWhat::Kernel(k) => return super::bench_kernel::run(k),
     };
     let model_path = a.served.model_path();
     let (model, _) = kernelgen::serve::load_model(&model_path)

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, dispatch, exit codes.
 
 mod bench;
+mod bench_kernel;
 mod build;
 mod calibrate;
 mod check;

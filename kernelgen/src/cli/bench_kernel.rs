@@ -1,0 +1,263 @@
+//! `kernelgen bench kernel`: built kernel artifacts timed against each other on one batch, the
+//! way a step program calls them (one call per layer, each layer's output feeding the next).
+
+use super::bench::spread;
+use super::exit;
+use super::generate::PluginArg;
+use anyhow::{bail, Context};
+use clap::Args;
+use kernelgen::artifact::Artifact;
+use kernelgen::config::KernelConfig;
+use kernelgen::emit::link::link;
+use kernelgen::numerics::upload_batch;
+use runtime::pjrt::{Api, Client, CompileOptions};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use verify::{BatchSpec, RaggedBatch};
+
+/// Time kernel artifacts against each other (StableHLO, on a PJRT plugin)
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Each artifact's StableHLO kernel is linked --layers times in a chain (call i's output is call i+1's \
+q, every call reading the same KV pages), as a model's step calls it once per layer, and the chains \
+run interleaved on one decode batch drawn from --seed: --seqs sequences of one new token each, KV \
+lengths drawn up to the artifact's capacity (or all --kv-len). Every figure is the median of --repeats rounds with \
+its min-max, and the ratio is each artifact's median over the first artifact's, measured in the \
+same run. The artifacts must share their call shapes (heads, head_dim, page size, dtype, \
+max-tokens, max-seqs, pages per sequence, total pages), so that they run the same batch.
+
+Example (two block sizes of one call shape):
+  kernelgen build --q 1 --kv 4 --preset smollm2-135m --page-size 16 --dtype f32 --max-tokens 1 \\
+                  --max-seqs 1 --pages-per-seq 16 --total-pages 17 --schedule batched --out /tmp/kv4
+  kernelgen build --q 1 --kv 2 ... --out /tmp/kv2
+  kernelgen bench kernel /tmp/kv4 /tmp/kv2 --kv-len 48")]
+pub struct KernelBenchArgs {
+    /// Artifact directories from `kernelgen build`; ratios are against the first
+    #[arg(required = true, num_args = 1..)]
+    pub artifacts: Vec<PathBuf>,
+    /// Decode sequences in the batch [default: as many as the artifacts hold]
+    #[arg(long)]
+    pub seqs: Option<usize>,
+    /// KV length of every sequence (the new token included) [default: drawn from --seed, up to
+    /// pages-per-seq x page size]
+    #[arg(long)]
+    pub kv_len: Option<usize>,
+    /// Kernel calls chained per run (one per model layer)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub layers: u32,
+    /// Measured rounds (after 3 warm-up rounds); each round runs every artifact once
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub repeats: u32,
+    /// Seed of the batch
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    artifact: String,
+    config: String,
+    /// Median milliseconds of one chain of `layers` calls.
+    chain_ms: f64,
+    chain_ms_range: (f64, f64),
+    /// `chain_ms / layers`, in microseconds.
+    per_call_us: f64,
+    /// `chain_ms` over the first artifact's.
+    ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    plugin: String,
+    layers: u32,
+    repeats: u32,
+    seed: u64,
+    /// (q_len, kv_len) of each sequence of the batch.
+    seqs: Vec<(usize, usize)>,
+    rows: Vec<Row>,
+}
+
+/// `tensor<AxBx..xT>`
+fn tensor(dims: &[u32], elem: &str) -> String {
+    let d: Vec<String> = dims.iter().map(u32::to_string).collect();
+    format!("tensor<{}x{elem}>", d.join("x"))
+}
+
+/// A module declaring the kernel as `@rpa_attention` and calling it `layers` times in a chain.
+fn chain_program(cfg: &KernelConfig, layers: u32) -> String {
+    let g = cfg.geometry();
+    let (t, s) = (cfg.max_num_tokens(), cfg.max_num_seqs());
+    let q = tensor(&[t, g.num_q_heads, g.head_dim], cfg.dtype().mlir());
+    let kv = tensor(
+        &[
+            cfg.total_pages(),
+            cfg.page_size(),
+            2 * g.num_kv_heads,
+            g.head_dim,
+        ],
+        cfg.dtype().mlir(),
+    );
+    let rest = [
+        tensor(&[s], "i32"),
+        tensor(&[s, cfg.pages_per_seq()], "i32"),
+        tensor(&[s + 1], "i32"),
+        tensor(&[1], "i32"),
+    ];
+    let args = format!("{q}, {kv}, {}", rest.join(", "));
+    let mut text = format!(
+        "module {{\n  func.func private @rpa_attention({args}) -> {q}\n  \
+         func.func @main(%q0: {q}, %kv: {kv}, %lens: {}, %pages: {}, %cu: {}, %n: {}) -> {q} {{\n",
+        rest[0], rest[1], rest[2], rest[3]
+    );
+    for i in 1..=layers {
+        text.push_str(&format!(
+            "    %q{i} = func.call @rpa_attention(%q{}, %kv, %lens, %pages, %cu, %n) : ({args}) -> {q}\n",
+            i - 1
+        ));
+    }
+    text.push_str(&format!("    return %q{layers} : {q}\n  }}\n}}\n"));
+    text
+}
+
+pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
+    let artifacts = a
+        .artifacts
+        .iter()
+        .map(|d| Artifact::open(d).with_context(|| d.display().to_string()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let first = &artifacts[0].manifest.config;
+    for (art, dir) in artifacts.iter().zip(&a.artifacts).skip(1) {
+        if art.manifest.config.problem() != first.problem() {
+            bail!(
+                "{} has other call shapes than {} ({} vs {}): build both with the same heads, \
+                 head_dim, --page-size, --dtype, --max-tokens, --max-seqs, --pages-per-seq and \
+                 --total-pages",
+                dir.display(),
+                a.artifacts[0].display(),
+                art.manifest.config,
+                first
+            );
+        }
+    }
+    let capacity = (first.max_num_seqs().min(first.max_num_tokens()) as usize)
+        .min(first.total_pages() as usize);
+    let seqs = a.seqs.unwrap_or(capacity);
+    if seqs == 0 || seqs > capacity {
+        bail!(
+            "--seqs {seqs}: the artifacts hold 1 to {capacity} decode sequences (min of max-seqs, \
+             max-tokens and total pages); pass --seqs in that range or rebuild with more"
+        );
+    }
+    let problem = first.problem();
+    let mut batch = RaggedBatch::generate(
+        &problem,
+        &BatchSpec::decode_only(seqs),
+        a.seed,
+        first.dtype() == kernelgen::config::Dtype::Bf16,
+    );
+    if let Some(len) = a.kv_len {
+        let max = problem.pages_per_seq * problem.page_size;
+        if len == 0 || len > max {
+            bail!(
+                "--kv-len {len}: a sequence holds 1 to {max} tokens here (pages-per-seq x page \
+                 size); pass --kv-len in that range or rebuild with more pages per sequence"
+            );
+        }
+        // Every page index the batch holds is a valid page, so any length up to the row's
+        // capacity reads real pages.
+        batch.kv_lens[..seqs].fill(len as i32);
+    }
+
+    let plugin = a.plugin.path();
+    let client = Client::new(Api::load(&plugin).with_context(|| {
+        format!(
+            "loading the PJRT plugin {} (run scripts/setup.sh, or pass --plugin)",
+            plugin.display()
+        )
+    })?)?;
+    let inputs = upload_batch(&client, first, &batch)?;
+    let inputs: Vec<_> = inputs.iter().collect();
+    let program = chain_program(first, a.layers);
+    let mut exes = Vec::new();
+    for (art, dir) in artifacts.iter().zip(&a.artifacts) {
+        let kernel = art.read_text(kernelgen::emit::stablehlo::FILE_NAME)?;
+        let linked = link(&program, &kernel, "rpa_attention")
+            .with_context(|| format!("linking {}", dir.display()))?;
+        exes.push(
+            client
+                .compile(&linked.generic_text, &CompileOptions::new())
+                .with_context(|| format!("compiling {}", dir.display()))?,
+        );
+    }
+
+    let warmup = 3;
+    let mut times = vec![Vec::with_capacity(a.repeats as usize); exes.len()];
+    for round in 0..warmup + a.repeats {
+        for (exe, t) in exes.iter().zip(&mut times) {
+            let start = Instant::now();
+            let out = exe.execute_borrowed(&inputs)?;
+            out[0].block_until_ready()?;
+            if round >= warmup {
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let medians: Vec<_> = times.into_iter().map(spread).collect();
+    let base = medians[0].0;
+    let rows: Vec<Row> = medians
+        .iter()
+        .zip(artifacts.iter().zip(&a.artifacts))
+        .map(|(&(ms, range), (art, dir))| Row {
+            artifact: dir.display().to_string(),
+            config: art.manifest.config.to_string(),
+            chain_ms: ms,
+            chain_ms_range: range,
+            per_call_us: ms * 1e3 / a.layers as f64,
+            ratio: ms / base,
+        })
+        .collect();
+    let report = Report {
+        plugin: plugin.display().to_string(),
+        layers: a.layers,
+        repeats: a.repeats,
+        seed: a.seed,
+        seqs: batch.seq_lens(),
+        rows,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(exit::OK);
+    }
+    let max_kv = report.seqs.iter().map(|s| s.1).max().unwrap_or(0);
+    println!("plugin {}", report.plugin);
+    println!(
+        "{} chained calls per run on one decode batch ({} seqs, kv_len <= {max_kv}, seed {}); median of {} rounds",
+        a.layers,
+        report.seqs.len(),
+        a.seed,
+        a.repeats
+    );
+    println!(
+        "{:<28} {:>10} {:>18} {:>10} {:>7}",
+        "artifact", "ms/run", "min-max", "us/call", "ratio"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<28} {:>10.3} {:>18} {:>10.1} {:>7.2}",
+            r.artifact,
+            r.chain_ms,
+            format!("{:.3}-{:.3}", r.chain_ms_range.0, r.chain_ms_range.1),
+            r.per_call_us,
+            r.ratio
+        );
+    }
+    for r in &report.rows {
+        println!("  {}: {}", r.artifact, r.config);
+    }
+    Ok(exit::OK)
+}
