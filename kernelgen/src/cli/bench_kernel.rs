@@ -20,8 +20,8 @@ use verify::{BatchSpec, RaggedBatch};
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Each artifact's StableHLO kernel is linked --layers times in a chain (call i's output is call i+1's \
-q, every call reading the same KV pages), as a model's step calls it once per layer, and the chains \
-run interleaved on one decode batch drawn from --seed: --seqs sequences of one new token each, KV \
+q; each call has its own page table, so it gathers other pages, and cannot start gathering before the \
+previous call is done), as a model's step calls it once per layer, and the chains run interleaved on one decode batch drawn from --seed: --seqs sequences of one new token each, KV \
 lengths drawn up to the artifact's capacity (or all --kv-len). Every figure is the median of --repeats rounds with \
 its min-max, and the ratio is each artifact's median over the first artifact's, measured in the \
 same run. The artifacts must share their call shapes (heads, head_dim, page size, dtype, \
@@ -89,10 +89,17 @@ fn tensor(dims: &[u32], elem: &str) -> String {
 }
 
 /// A module declaring the kernel as `@rpa_attention` and calling it `layers` times in a chain.
+///
+/// Two things keep the chain honest to a step, where each layer reads its own pool once the
+/// previous layer is done: call `i` takes page table `i` (`%pages<i>`, an input of its own), so
+/// XLA cannot gather the pages once for all calls; and that table gets `0 * q_{i-1}[0, 0, 0]`
+/// added, so no call's page gather can be scheduled before the previous call finishes (XLA does
+/// not fold a float multiply by zero).
 fn chain_program(cfg: &KernelConfig, layers: u32) -> String {
     let g = cfg.geometry();
     let (t, s) = (cfg.max_num_tokens(), cfg.max_num_seqs());
-    let q = tensor(&[t, g.num_q_heads, g.head_dim], cfg.dtype().mlir());
+    let dt = cfg.dtype().mlir();
+    let q = tensor(&[t, g.num_q_heads, g.head_dim], dt);
     let kv = tensor(
         &[
             cfg.total_pages(),
@@ -100,28 +107,49 @@ fn chain_program(cfg: &KernelConfig, layers: u32) -> String {
             2 * g.num_kv_heads,
             g.head_dim,
         ],
-        cfg.dtype().mlir(),
+        dt,
     );
-    let rest = [
+    let [lens, pages, cu, n] = [
         tensor(&[s], "i32"),
         tensor(&[s, cfg.pages_per_seq()], "i32"),
         tensor(&[s + 1], "i32"),
         tensor(&[1], "i32"),
     ];
-    let args = format!("{q}, {kv}, {}", rest.join(", "));
+    let args = format!("{q}, {kv}, {lens}, {pages}, {cu}, {n}");
+    let tables: Vec<String> = (1..=layers)
+        .map(|i| format!(", %pages{i}: {pages}"))
+        .collect();
     let mut text = format!(
         "module {{\n  func.func private @rpa_attention({args}) -> {q}\n  \
-         func.func @main(%q0: {q}, %kv: {kv}, %lens: {}, %pages: {}, %cu: {}, %n: {}) -> {q} {{\n",
-        rest[0], rest[1], rest[2], rest[3]
+         func.func @main(%q0: {q}, %kv: {kv}, %lens: {lens}, %cu: {cu}, %n: {n}{}) -> {q} {{\n    \
+         %zero = \"stablehlo.constant\"() {{value = dense<0.0> : tensor<f32>}} : () -> tensor<f32>\n",
+        tables.concat()
     );
+    let one = "array<i64: 1, 1, 1>";
     for i in 1..=layers {
+        let p = i - 1;
         text.push_str(&format!(
-            "    %q{i} = func.call @rpa_attention(%q{}, %kv, %lens, %pages, %cu, %n) : ({args}) -> {q}\n",
-            i - 1
+            "    %x{i} = \"stablehlo.slice\"(%q{p}) {{start_indices = array<i64: 0, 0, 0>, limit_indices = {one}, strides = {one}}} : ({q}) -> tensor<1x1x1x{dt}>\n    \
+             %xs{i} = \"stablehlo.reshape\"(%x{i}) : (tensor<1x1x1x{dt}>) -> tensor<{dt}>\n    \
+             %xf{i} = \"stablehlo.convert\"(%xs{i}) : (tensor<{dt}>) -> tensor<f32>\n    \
+             %x0{i} = \"stablehlo.multiply\"(%xf{i}, %zero) : (tensor<f32>, tensor<f32>) -> tensor<f32>\n    \
+             %xi{i} = \"stablehlo.convert\"(%x0{i}) : (tensor<f32>) -> tensor<i32>\n    \
+             %xb{i} = \"stablehlo.broadcast_in_dim\"(%xi{i}) {{broadcast_dimensions = array<i64>}} : (tensor<i32>) -> {pages}\n    \
+             %pt{i} = \"stablehlo.add\"(%pages{i}, %xb{i}) : ({pages}, {pages}) -> {pages}\n    \
+             %q{i} = func.call @rpa_attention(%q{p}, %kv, %lens, %pt{i}, %cu, %n) : ({args}) -> {q}\n"
         ));
     }
     text.push_str(&format!("    return %q{layers} : {q}\n  }}\n}}\n"));
     text
+}
+
+/// `page_indices` for call `layer` of the chain: every page id moved by `layer` (mod
+/// `total_pages`), so each call reads other pages, as each layer of a step reads its own pool.
+fn layer_page_table(page_indices: &[i32], layer: u32, total_pages: u32) -> Vec<i32> {
+    page_indices
+        .iter()
+        .map(|&p| ((p as i64 + layer as i64) % total_pages as i64) as i32)
+        .collect()
 }
 
 pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
@@ -180,8 +208,18 @@ pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
             plugin.display()
         )
     })?)?;
-    let inputs = upload_batch(&client, first, &batch)?;
-    let inputs: Vec<_> = inputs.iter().collect();
+    // The kernel's inputs minus its page table, in the chain's order: q, kv, lens, cu, n; then
+    // one page table per call.
+    let mut buffers = upload_batch(&client, first, &batch)?;
+    buffers.remove(3);
+    for layer in 0..a.layers {
+        let table = layer_page_table(&batch.page_indices, layer, first.total_pages());
+        buffers.push(client.buffer_from_host(
+            &table,
+            &[first.max_num_seqs() as i64, first.pages_per_seq() as i64],
+        )?);
+    }
+    let inputs: Vec<_> = buffers.iter().collect();
     let program = chain_program(first, a.layers);
     let mut exes = Vec::new();
     for (art, dir) in artifacts.iter().zip(&a.artifacts) {
