@@ -48,6 +48,7 @@ fn prompt() -> (&'static str, BatchSpec) {
             num_seqs: Some(1),
             decode_fraction: 0.0,
             full_prefill_fraction: 1.0,
+            kv_len: None,
         },
     )
 }

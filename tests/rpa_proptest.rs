@@ -79,6 +79,7 @@ fn case() -> impl Strategy<Value = Case> {
                     num_seqs: None,
                     decode_fraction,
                     full_prefill_fraction: rest * full,
+                    kv_len: None,
                 };
                 Case { cfg, spec, seed }
             },

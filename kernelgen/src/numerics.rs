@@ -162,6 +162,7 @@ pub fn batch_specs(cfg: &KernelConfig) -> Vec<BatchSpec> {
             num_seqs: Some(1),
             decode_fraction: 0.0,
             full_prefill_fraction: 1.0,
+            kv_len: None,
         },
     ]
 }

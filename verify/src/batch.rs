@@ -21,6 +21,9 @@ pub struct BatchSpec {
     pub decode_fraction: f64,
     /// Probability that a sequence is a whole prompt (`q_len = kv_len`); the rest are chunks.
     pub full_prefill_fraction: f64,
+    /// Every sequence's KV length, or `None` to draw each one. Clamped like a drawn length to
+    /// the pages left for the sequence: check it against the problem first to get it exactly.
+    pub kv_len: Option<usize>,
 }
 
 impl Default for BatchSpec {
@@ -29,6 +32,7 @@ impl Default for BatchSpec {
             num_seqs: None,
             decode_fraction: 0.4,
             full_prefill_fraction: 0.3,
+            kv_len: None,
         }
     }
 }
@@ -40,6 +44,7 @@ impl BatchSpec {
             num_seqs: Some(n),
             decode_fraction: 1.0,
             full_prefill_fraction: 0.0,
+            kv_len: None,
         }
     }
 }
@@ -88,7 +93,7 @@ impl RaggedBatch {
         assert!(p.max_num_tokens > 0 && p.max_num_seqs > 0 && p.pages_per_seq > 0);
         assert!(p.total_pages > 0);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let max_seqs = p.max_num_seqs.min(p.max_num_tokens).min(p.total_pages);
+        let max_seqs = p.max_batch_seqs();
         let n = spec
             .num_seqs
             .unwrap_or_else(|| rng.random_range(1..=max_seqs))
@@ -110,7 +115,10 @@ impl RaggedBatch {
             let later = n - seq - 1;
             let token_budget = tokens_left - later;
             let page_budget = (pages_left - later).min(p.pages_per_seq);
-            let kv_len = rng.random_range(1..=page_budget * p.page_size);
+            let kv_len = match spec.kv_len {
+                Some(len) => len.clamp(1, page_budget * p.page_size),
+                None => rng.random_range(1..=page_budget * p.page_size),
+            };
             let draw: f64 = rng.random();
             let q_len = if draw < spec.decode_fraction {
                 1
@@ -221,6 +229,25 @@ mod tests {
             ("num_seqs < max", partial),
         ] {
             assert!(n >= 20, "{name}: only {n}");
+        }
+    }
+
+    /// A fixed KV length gives every sequence that length and its own pages, and leaves the
+    /// draw of everything else to the seed.
+    #[test]
+    fn a_fixed_kv_len_is_every_sequences_length() {
+        let p = problem();
+        for seed in 0..50 {
+            let spec = BatchSpec {
+                kv_len: Some(17),
+                ..BatchSpec::decode_only(6)
+            };
+            let b = RaggedBatch::generate(&p, &spec, seed, false);
+            assert_eq!(b.seq_lens(), vec![(1, 17); 6]);
+            let pages: HashSet<i32> = (0..6)
+                .flat_map(|s| b.page_indices[s * p.pages_per_seq..][..3].to_vec())
+                .collect();
+            assert_eq!(pages.len(), 18, "each sequence's 3 pages are its own");
         }
     }
 

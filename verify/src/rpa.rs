@@ -42,6 +42,13 @@ impl RpaProblem {
         self.total_pages * self.page_size * 2 * self.num_kv_heads * self.head_dim
     }
 
+    /// Most sequences one call can hold: each needs a row of q, a sequence slot and a page.
+    pub fn max_batch_seqs(&self) -> usize {
+        self.max_num_seqs
+            .min(self.max_num_tokens)
+            .min(self.total_pages)
+    }
+
     /// Longest KV length a sequence can have with `pages_per_seq` pages.
     pub fn max_kv_len(&self) -> usize {
         self.pages_per_seq * self.page_size

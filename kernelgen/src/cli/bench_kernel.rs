@@ -172,8 +172,8 @@ pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let capacity = (first.max_num_seqs().min(first.max_num_tokens()) as usize)
-        .min(first.total_pages() as usize);
+    let problem = first.problem();
+    let capacity = problem.max_batch_seqs();
     let seqs = a.seqs.unwrap_or(capacity);
     if seqs == 0 || seqs > capacity {
         bail!(
@@ -181,25 +181,28 @@ pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
              max-tokens and total pages); pass --seqs in that range or rebuild with more"
         );
     }
-    let problem = first.problem();
-    let mut batch = RaggedBatch::generate(
+    if let Some(len) = a.kv_len {
+        let max = problem
+            .max_kv_len()
+            .min(problem.total_pages / seqs * problem.page_size);
+        if len == 0 || len > max {
+            bail!(
+                "--kv-len {len}: {seqs} sequences hold 1 to {max} tokens each here (pages-per-seq \
+                 x page size, and total pages shared out); pass --kv-len in that range, fewer \
+                 --seqs, or rebuild with more pages"
+            );
+        }
+    }
+    let spec = BatchSpec {
+        kv_len: a.kv_len,
+        ..BatchSpec::decode_only(seqs)
+    };
+    let batch = RaggedBatch::generate(
         &problem,
-        &BatchSpec::decode_only(seqs),
+        &spec,
         a.seed,
         first.dtype() == kernelgen::config::Dtype::Bf16,
     );
-    if let Some(len) = a.kv_len {
-        let max = problem.pages_per_seq * problem.page_size;
-        if len == 0 || len > max {
-            bail!(
-                "--kv-len {len}: a sequence holds 1 to {max} tokens here (pages-per-seq x page \
-                 size); pass --kv-len in that range or rebuild with more pages per sequence"
-            );
-        }
-        // Every page index the batch holds is a valid page, so any length up to the row's
-        // capacity reads real pages.
-        batch.kv_lens[..seqs].fill(len as i32);
-    }
 
     let plugin = a.plugin.path();
     let client = Client::new(Api::load(&plugin).with_context(|| {
