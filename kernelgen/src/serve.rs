@@ -145,6 +145,33 @@ pub fn load_model(path: &Path) -> Result<(Model, Tokenizer), ModelError> {
     }
 }
 
+/// The attention kernel a step program links: the artifact at `kernel`, refused unless it
+/// matches the model, page size and KV dtype; or, without one, a kernel emitted with `blocks`
+/// (q_block, kv_pages_block). Also says which, for logs.
+pub fn kernel_source(
+    kernel: Option<&Path>,
+    blocks: (u32, u32),
+    model: &LlamaConfig,
+    page_size: usize,
+    kv_dtype: KvDtype,
+) -> Result<(KernelSource, String), ServeError> {
+    Ok(match kernel {
+        Some(dir) => {
+            let a = Artifact::open(dir)?;
+            check_artifact(&a, model, page_size, kv_dtype).map_err(Box::new)?;
+            let desc = format!("artifact {} ({})", dir.display(), a.manifest.config);
+            (KernelSource::Artifact(Box::new(a)), desc)
+        }
+        None => (
+            KernelSource::Blocks {
+                q_block: blocks.0,
+                kv_pages_block: blocks.1,
+            },
+            format!("emitted q_block={} kv_pages_block={}", blocks.0, blocks.1),
+        ),
+    })
+}
+
 /// A started server: engine on the device, tokenizer, and what was loaded.
 pub struct Served {
     pub engine: Engine<DeviceExecutor>,
@@ -161,25 +188,13 @@ pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
     let t0 = Instant::now();
     validate_config(&opts.engine)?;
     let (model, tokenizer) = load_model(&opts.model)?;
-    let (kernel, desc) = match &opts.kernel {
-        Some(dir) => {
-            let a = Artifact::open(dir)?;
-            check_artifact(&a, &model.config, opts.engine.page_size, opts.kv_dtype)
-                .map_err(Box::new)?;
-            let desc = format!("artifact {} ({})", dir.display(), a.manifest.config);
-            (KernelSource::Artifact(Box::new(a)), desc)
-        }
-        None => (
-            KernelSource::Blocks {
-                q_block: opts.blocks.0,
-                kv_pages_block: opts.blocks.1,
-            },
-            format!(
-                "emitted q_block={} kv_pages_block={}",
-                opts.blocks.0, opts.blocks.1
-            ),
-        ),
-    };
+    let (kernel, desc) = kernel_source(
+        opts.kernel.as_deref(),
+        opts.blocks,
+        &model.config,
+        opts.engine.page_size,
+        opts.kv_dtype,
+    )?;
     let plugin_err = |source| ServeError::Plugin {
         path: opts.plugin.clone(),
         source,

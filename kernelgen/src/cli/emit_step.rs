@@ -5,9 +5,8 @@ use super::exit;
 use super::generate::{EngineArgs, ServedArgs};
 use anyhow::Context;
 use clap::Args;
-use kernelgen::artifact::Artifact;
-use kernelgen::emit::step::{emit, KernelSource};
-use kernelgen::serve::check_artifact;
+use kernelgen::emit::step::emit;
+use kernelgen::serve::kernel_source;
 use runtime::engine::core::validate_config;
 use runtime::step::layout::StepShapes;
 use std::path::PathBuf;
@@ -43,20 +42,13 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<i32> {
     } else {
         StepShapes::new(&engine, a.tokens, kv)
     };
-    let source = match &a.served.kernel {
-        Some(dir) => {
-            let art = Artifact::open(dir)?;
-            check_artifact(&art, &model.config, engine.page_size, kv)?;
-            KernelSource::Artifact(Box::new(art))
-        }
-        None => {
-            let (q_block, kv_pages_block) = a.served.blocks();
-            KernelSource::Blocks {
-                q_block,
-                kv_pages_block,
-            }
-        }
-    };
+    let (source, _) = kernel_source(
+        a.served.kernel.as_deref(),
+        a.served.blocks(),
+        &model.config,
+        engine.page_size,
+        kv,
+    )?;
     let p = emit(&model.config, &shapes, &source)?;
     std::fs::write(&a.out, &p.module.generic_text).with_context(|| a.out.display().to_string())?;
     eprintln!(
