@@ -64,6 +64,9 @@ fn upload_values(
     }
 }
 
+/// Where `page_indices` sits among [`upload_batch`]'s buffers.
+pub const PAGE_INDICES_INPUT: usize = 3;
+
 /// The kernel's six inputs for `batch` on `client`, in call order: q, kv_pages, kv_lens,
 /// page_indices, cu_q_lens, num_seqs (q and kv_pages in `cfg`'s dtype).
 pub fn upload_batch(

@@ -93,24 +93,22 @@ fn small_kernel(test: &str, kv: &str, max_seqs: &str) -> std::path::PathBuf {
     dir
 }
 
+/// `kernelgen bench kernel ARGS --json`, which must succeed; its report.
+fn bench_kernel(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "kernel"];
+    all.extend(args);
+    all.push("--json");
+    let o = kernelgen(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    json(&o)
+}
+
 #[test]
 fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
     let a = small_kernel("times", "4", "4");
     let b = small_kernel("times", "2", "4");
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let o = kernelgen(&[
-        "bench",
-        "kernel",
-        a_s,
-        b_s,
-        "--layers",
-        "2",
-        "--repeats",
-        "5",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r = json(&o);
+    let r = bench_kernel(&[a_s, b_s, "--layers", "2", "--repeats", "5"]);
     // the default batch fills the artifacts: min(max-seqs, max-tokens, total pages) = 4
     let seqs = r["seqs"].as_array().unwrap();
     assert_eq!(seqs.len(), 4);
@@ -139,18 +137,7 @@ fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
     }
 
     // --kv-len sets every sequence's length
-    let o = kernelgen(&[
-        "bench",
-        "kernel",
-        a_s,
-        "--kv-len",
-        "33",
-        "--repeats",
-        "1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r = json(&o);
+    let r = bench_kernel(&[a_s, "--kv-len", "33", "--repeats", "1"]);
     assert!(r["seqs"].as_array().unwrap().iter().all(|s| s[1] == 33));
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use kernelgen::artifact::Artifact;
 use kernelgen::config::KernelConfig;
 use kernelgen::emit::link::link;
-use kernelgen::numerics::upload_batch;
+use kernelgen::numerics::{upload_batch, PAGE_INDICES_INPUT};
 use runtime::pjrt::{Api, Client, CompileOptions};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -214,7 +214,7 @@ pub fn run(a: KernelBenchArgs) -> anyhow::Result<i32> {
     // The kernel's inputs minus its page table, in the chain's order: q, kv, lens, cu, n; then
     // one page table per call.
     let mut buffers = upload_batch(&client, first, &batch)?;
-    buffers.remove(3);
+    buffers.remove(PAGE_INDICES_INPUT);
     for layer in 0..a.layers {
         let table = layer_page_table(&batch.page_indices, layer, first.total_pages());
         buffers.push(client.buffer_from_host(
