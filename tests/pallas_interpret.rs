@@ -1,7 +1,9 @@
 //! The emitted Pallas TPU kernel, run in Pallas' TPU interpret mode on this CPU machine (which
 //! simulates VMEM, the kernel's DMAs and semaphores), equals the f64 reference on fresh random
 //! ragged batches, across block sizes, page sizes, GQA ratios, dtypes, head dims, sliding window
-//! and soft cap; with the race detector on, no DMA races with a read.
+//! and soft cap; with the race detector on, no DMA races with a read. Batches cycle through
+//! clean, NaN, +Inf and -Inf in every KV slot no sequence owns, the padding query rows and (as
+//! out-of-range ids) the unused page-table entries, compared with the reference on the clean batch.
 //!
 //! Inputs are drawn from a new base seed each run (printed; set `PALLAS_TEST_SEED` to replay).
 //! All cases go to one harness process, so jax is imported once.
@@ -9,6 +11,7 @@
 use e2e::small_config;
 use kernelgen::config::{Dtype, KernelConfig, KernelParams};
 use kernelgen::emit::pallas::{self, PallasDims, VmemBuffer};
+use kernelgen::numerics::poison_of;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -195,6 +198,7 @@ fn write_inputs(dir: &Path, cfg: &KernelConfig, b: &RaggedBatch) {
 struct Case {
     label: String,
     cfg: KernelConfig,
+    /// The batch before poisoning: the reference's input.
     batch: RaggedBatch,
     outdir: PathBuf,
     detect_races: bool,
@@ -223,22 +227,27 @@ fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
         .unwrap();
         for (bi, (what, spec)) in k.batches.iter().enumerate() {
             let seed = seed0.wrapping_add(1000 * ki as u64 + bi as u64);
-            let batch =
+            let clean =
                 RaggedBatch::generate(&k.cfg.problem(), spec, seed, k.cfg.dtype() == Dtype::Bf16);
+            let poison = poison_of((ki + bi) as u64);
+            let mut poisoned = clean.clone();
+            if let Some(poison) = poison {
+                poisoned.poison(&k.cfg.problem(), poison);
+            }
             let indir = kdir.join(format!("{bi}-{what}-in"));
             let outdir = kdir.join(format!("{bi}-{what}-out"));
-            write_inputs(&indir, &k.cfg, &batch);
+            write_inputs(&indir, &k.cfg, &poisoned);
             json_cases.push(serde_json::json!({
                 "module": module, "indir": indir, "outdir": outdir, "detect_races": k.detect_races,
             }));
             cases.push(Case {
                 label: format!(
-                    "{} / {what} (seed {seed}, seqs (q_len, kv_len) {:?})",
+                    "{} / {what} (seed {seed}, poison {poison:?}, seqs (q_len, kv_len) {:?})",
                     k.name,
-                    batch.seq_lens()
+                    clean.seq_lens()
                 ),
                 cfg: k.cfg.clone(),
-                batch,
+                batch: clean,
                 outdir,
                 detect_races: k.detect_races,
             });

@@ -4,19 +4,24 @@
 //! Tolerances (normwise: max |out - ref| / max |ref| over valid rows): f32 1e-5; bf16 inputs with
 //! f32 accumulation 2e-2 against the reference on the same bf16-rounded inputs. Padding rows must
 //! be finite and repeated runs bit-identical. `PROPTEST_CASES` overrides the 64 cases.
+//!
+//! Each case runs one clean batch and one whose unowned KV slots, padding query rows and unused
+//! page-table entries are poisoned (NaN, +Inf or -Inf; page ids out of range), compared with the
+//! reference on the clean batch: the kernel must ignore whatever it does not own.
 
 use e2e::client;
 use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams, Schedule};
 use kernelgen::emit::stablehlo;
 use kernelgen::numerics::{tolerance, KernelRunner};
 use proptest::prelude::*;
-use verify::BatchSpec;
+use verify::{BatchSpec, Poison};
 
 #[derive(Debug, Clone)]
 struct Case {
     cfg: KernelConfig,
     spec: BatchSpec,
     seed: u64,
+    poison: Poison,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -41,6 +46,7 @@ fn case() -> impl Strategy<Value = Case> {
         0.0f64..=1.0,
         any::<u64>(),
         prop_oneof![Just(Schedule::Sequential), Just(Schedule::Batched)],
+        prop::sample::select(Poison::ALL.to_vec()),
     );
     (shapes, attention)
         .prop_flat_map(|(s, a)| {
@@ -50,7 +56,7 @@ fn case() -> impl Strategy<Value = Case> {
         .prop_map(
             |(
                 (heads, d, p, dtype, t, seqs, pps, extra),
-                (w, cap, dec, full, seed, schedule),
+                (w, cap, dec, full, seed, schedule, poison),
                 q,
                 kv,
             )| {
@@ -81,7 +87,12 @@ fn case() -> impl Strategy<Value = Case> {
                     full_prefill_fraction: rest * full,
                     kv_len: None,
                 };
-                Case { cfg, spec, seed }
+                Case {
+                    cfg,
+                    spec,
+                    seed,
+                    poison,
+                }
             },
         )
 }
@@ -99,15 +110,15 @@ proptest! {
         let runner = KernelRunner::compile(client(), &c.cfg, &kernel.text)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let tol = tolerance(c.cfg.dtype());
-        for i in 0..2 {
-            let o = runner.check_batch(&c.spec, c.seed.wrapping_add(i))
+        for (i, poison) in [None, Some(c.poison)].into_iter().enumerate() {
+            let o = runner.check_batch(&c.spec, c.seed.wrapping_add(i as u64), poison)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert!(o.stats.non_finite == 0, "{}: non-finite output {:?}", c.cfg, o.stats);
             prop_assert!(o.padding_finite, "{}: padding rows not finite", c.cfg);
             prop_assert!(o.deterministic, "{}: two runs differ", c.cfg);
             prop_assert!(o.stats.max_rel <= tol,
                 "{}: seqs {:?}: {} > tol {tol}", c.cfg, o.seqs, o.stats);
-            eprintln!("case {} {:?} {:?}: {}", c.cfg.dtype(), c.cfg.schedule(), o.seqs.len(), o.stats);
+            eprintln!("case {} {:?} {:?} {:?}: {}", c.cfg.dtype(), c.cfg.schedule(), poison, o.seqs.len(), o.stats);
         }
     }
 }

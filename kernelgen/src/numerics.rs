@@ -7,7 +7,7 @@ use crate::config::{Dtype, KernelConfig};
 use half::bf16;
 use runtime::pjrt::{Buffer, Client, CompileOptions, Executable, PjrtError};
 use std::time::{Duration, Instant};
-use verify::{BatchSpec, ErrorStats, RaggedBatch};
+use verify::{BatchSpec, ErrorStats, Poison, RaggedBatch};
 
 /// Tolerance on the normwise relative error (max abs err / max |reference|).
 ///
@@ -33,6 +33,8 @@ pub struct KernelRunner {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BatchOutcome {
     pub seed: u64,
+    /// What filled the slots no sequence owns (`None`: the generator's finite garbage).
+    pub poison: Option<Poison>,
     /// (q_len, kv_len) per sequence.
     pub seqs: Vec<(usize, usize)>,
     pub stats: ErrorStats,
@@ -127,19 +129,31 @@ impl KernelRunner {
         }
     }
 
-    /// Draws the batch for `seed`, runs it twice, compares with the reference.
-    pub fn check_batch(&self, spec: &BatchSpec, seed: u64) -> Result<BatchOutcome, PjrtError> {
+    /// Draws the batch for `seed`, fills what no sequence owns with `poison` (see
+    /// [`RaggedBatch::poison`]), runs it twice, and compares with the reference on the clean
+    /// batch: a kernel that reads, or multiplies by zero, a slot it must ignore fails.
+    pub fn check_batch(
+        &self,
+        spec: &BatchSpec,
+        seed: u64,
+        poison: Option<Poison>,
+    ) -> Result<BatchOutcome, PjrtError> {
         let problem = self.cfg.problem();
-        let batch = RaggedBatch::generate(&problem, spec, seed, self.cfg.dtype() == Dtype::Bf16);
+        let clean = RaggedBatch::generate(&problem, spec, seed, self.cfg.dtype() == Dtype::Bf16);
+        let mut batch = clean.clone();
+        if let Some(poison) = poison {
+            batch.poison(&problem, poison);
+        }
         let start = Instant::now();
         let out = self.run(&batch)?;
         let run_time_ms = start.elapsed().as_secs_f64() * 1e3;
         let again = self.run(&batch)?;
-        let expected = verify::reference(&problem, &batch);
+        let expected = verify::reference(&problem, &clean);
         let row = problem.num_q_heads * problem.head_dim;
         let valid = verify::valid_rows(&batch) * row;
         Ok(BatchOutcome {
             seed,
+            poison,
             seqs: batch.seq_lens(),
             stats: ErrorStats::measure(&out, &expected, valid),
             padding_finite: out[valid..].iter().all(|x| x.is_finite()),
@@ -153,6 +167,14 @@ impl KernelRunner {
 
     pub fn config(&self) -> &KernelConfig {
         &self.cfg
+    }
+}
+
+/// What `verify`'s batch `i` fills the unowned slots with: clean, NaN, +Inf, -Inf in turn.
+pub fn poison_of(i: u64) -> Option<Poison> {
+    match i % 4 {
+        0 => None,
+        k => Some(Poison::ALL[k as usize - 1]),
     }
 }
 

@@ -5,6 +5,11 @@
 //! that are not a multiple of the page size, shuffled non-contiguous page ids, fewer sequences than
 //! `max_num_seqs`, and garbage in every slot the kernel must ignore (unused page-table entries,
 //! padding query rows, sequences past `num_seqs`).
+//!
+//! [`RaggedBatch::poison`] goes further and fills everything a sequence does not own with a
+//! non-finite value (NaN, +Inf or -Inf) and the page table's unused entries with out-of-range
+//! page ids: a kernel whose output changes under it reads, or multiplies by zero, what it must
+//! ignore.
 
 use crate::rpa::RpaProblem;
 use half::bf16;
@@ -66,6 +71,38 @@ pub struct RaggedBatch {
     /// `[max_num_seqs + 1]`
     pub cu_q_lens: Vec<i32>,
     pub num_seqs: i32,
+}
+
+/// What [`RaggedBatch::poison`] writes into the slots a kernel must ignore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Poison {
+    Nan,
+    PosInf,
+    NegInf,
+}
+
+impl Poison {
+    /// Every poison, in the order tests cycle through them.
+    pub const ALL: [Poison; 3] = [Poison::Nan, Poison::PosInf, Poison::NegInf];
+
+    pub fn value(self) -> f32 {
+        match self {
+            Poison::Nan => f32::NAN,
+            Poison::PosInf => f32::INFINITY,
+            Poison::NegInf => f32::NEG_INFINITY,
+        }
+    }
+}
+
+impl std::fmt::Display for Poison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Poison::Nan => "NaN",
+            Poison::PosInf => "+Inf",
+            Poison::NegInf => "-Inf",
+        })
+    }
 }
 
 /// Values drawn uniformly from `[-sqrt(3), sqrt(3)]`: unit variance, so `q . k / sqrt(d)` has unit
@@ -150,6 +187,53 @@ impl RaggedBatch {
             cu_q_lens,
             num_seqs: n as i32,
         }
+    }
+
+    /// Fills everything no valid sequence owns with `poison`, in place:
+    /// - every KV slot (keys and values) outside the positions a valid sequence's rows may see,
+    ///   `lo..kv_len` of the pages its page-table row names (`lo` is 0, or with a sliding window
+    ///   the first row's `pos - window + 1`: an engine may free pages that slid out): the tail
+    ///   of each last page, the slots before the window, and every unused page;
+    /// - the padding query rows (at or past `cu_q_lens[num_seqs]`);
+    /// - every page-table entry past a valid sequence's pages (or wholly before its window),
+    ///   and every entry of the sequences past `num_seqs`, with out-of-range page ids (negative, `total_pages` and beyond, the i32
+    ///   extremes, in turn).
+    ///
+    /// A correct kernel's output on the valid rows is unchanged: the reference, which reads only
+    /// owned slots, gives exactly the same result before and after.
+    pub fn poison(&mut self, p: &RpaProblem, poison: Poison) {
+        let value = poison.value();
+        let slot = 2 * p.num_kv_heads * p.head_dim;
+        let mut owned = vec![false; p.total_pages * p.page_size];
+        let total = p.total_pages as i32;
+        let bad_ids = [-1, total, i32::MIN, i32::MAX, -total - 1, total + 7];
+        let mut next_bad = 0;
+        let lens = self.seq_lens();
+        for seq in 0..p.max_num_seqs {
+            let (q_len, kv_len) = lens.get(seq).copied().unwrap_or((0, 0));
+            let lo = match p.sliding_window {
+                Some(w) => (kv_len - q_len + 1).saturating_sub(w),
+                None => 0,
+            };
+            let row = &mut self.page_indices[seq * p.pages_per_seq..][..p.pages_per_seq];
+            for (i, page) in row.iter_mut().enumerate() {
+                let (start, end) = (i * p.page_size, (i + 1) * p.page_size);
+                if end > lo && start < kv_len {
+                    let first = *page as usize * p.page_size;
+                    let (a, b) = (lo.max(start) - start, kv_len.min(end) - start);
+                    owned[first + a..first + b].fill(true);
+                } else {
+                    *page = bad_ids[next_bad % bad_ids.len()];
+                    next_bad += 1;
+                }
+            }
+        }
+        for (s, _) in owned.iter().enumerate().filter(|(_, &o)| !o) {
+            self.kv_pages[s * slot..][..slot].fill(value);
+        }
+        let row = p.num_q_heads * p.head_dim;
+        let valid = self.cu_q_lens[self.num_seqs as usize] as usize;
+        self.q[valid * row..].fill(value);
     }
 
     /// `(q_len, kv_len)` of each valid sequence.
@@ -248,6 +332,52 @@ mod tests {
                 .flat_map(|s| b.page_indices[s * p.pages_per_seq..][..3].to_vec())
                 .collect();
             assert_eq!(pages.len(), 18, "each sequence's 3 pages are its own");
+        }
+    }
+
+    /// Poison reaches every slot no sequence owns and only those: the reference (which reads
+    /// owned slots alone) gives bit-identical output, and every unowned KV value, padding query
+    /// value and unused page-table entry is poisoned.
+    #[test]
+    fn poison_fills_exactly_what_no_sequence_owns() {
+        for (seed, window) in (0..200).zip([None, Some(1), Some(5), Some(13)].iter().cycle()) {
+            let p = RpaProblem {
+                sliding_window: *window,
+                ..problem()
+            };
+            let owns =
+                |q: usize, kv: usize| kv - window.map_or(0, |w| (kv - q + 1).saturating_sub(w));
+            let clean = RaggedBatch::generate(&p, &BatchSpec::default(), seed, false);
+            for poison in Poison::ALL {
+                let mut b = clean.clone();
+                b.poison(&p, poison);
+                let (want, got) = (crate::reference(&p, &clean), crate::reference(&p, &b));
+                assert!(want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                let owned_slots: usize = b.seq_lens().iter().map(|&(q, kv)| owns(q, kv)).sum();
+                let slot = 2 * p.num_kv_heads * p.head_dim;
+                let poisoned = b.kv_pages.iter().filter(|x| !x.is_finite()).count();
+                assert_eq!(poisoned, (p.total_pages * p.page_size - owned_slots) * slot);
+                let valid = crate::valid_rows(&b) * p.num_q_heads * p.head_dim;
+                assert!(b.q[..valid].iter().all(|x| x.is_finite()));
+                assert!(b.q[valid..].iter().all(|x| !x.is_finite()));
+                let owned_entries: usize = b
+                    .seq_lens()
+                    .iter()
+                    .map(|&(q, kv)| {
+                        let lo = kv - owns(q, kv);
+                        kv.div_ceil(p.page_size) - lo / p.page_size
+                    })
+                    .sum();
+                let out_of_range = b
+                    .page_indices
+                    .iter()
+                    .filter(|&&x| x < 0 || x as usize >= p.total_pages)
+                    .count();
+                assert_eq!(out_of_range, b.page_indices.len() - owned_entries);
+            }
         }
     }
 

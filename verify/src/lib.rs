@@ -15,6 +15,6 @@ pub mod npy;
 pub mod oracle;
 pub mod rpa;
 
-pub use batch::{BatchSpec, RaggedBatch};
+pub use batch::{BatchSpec, Poison, RaggedBatch};
 pub use compare::ErrorStats;
 pub use rpa::{reference, valid_rows, RpaProblem};

@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kernelgen::artifact::Artifact;
 use kernelgen::emit::stablehlo;
-use kernelgen::numerics::{batch_specs, tolerance, BatchOutcome, KernelRunner};
+use kernelgen::numerics::{batch_specs, poison_of, tolerance, BatchOutcome, KernelRunner};
 use runtime::pjrt::{default_plugin_path, Api, Client};
 use std::path::PathBuf;
 
@@ -14,7 +14,9 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 #[command(
     after_help = "Each batch is drawn from --seed + i and cycles through: mixed decode/prefill, \
-decode only, one whole prompt. Error is normwise: max |out - ref| / max |ref| over valid rows, \
+decode only, one whole prompt; and fills every KV slot no sequence owns, the padding query rows \
+and the unused page-table entries with: nothing (finite garbage), NaN, +Inf, -Inf, in turn (unused \
+page ids out of range), since a kernel must ignore them whatever they hold. Error is normwise: max |out - ref| / max |ref| over valid rows, \
 with ref computed in f64 on the same (bf16-rounded) inputs. Tolerance: 1e-5 for f32, 2e-2 for bf16. \
 Padding rows must be finite and two runs bit-identical. Exit 2 if any batch fails."
 )]
@@ -100,7 +102,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
     let mut outcomes = Vec::new();
     for i in 0..args.batches {
         let spec = &specs[i as usize % specs.len()];
-        let o = runner.check_batch(spec, args.seed + i)?;
+        let o = runner.check_batch(spec, args.seed + i, poison_of(i))?;
         if !args.json {
             bar.suspend(|| print_batch(i, &o, tol));
         }
@@ -145,14 +147,21 @@ fn print_batch(i: u64, o: &BatchOutcome, tol: f64) {
     let tokens: usize = o.seqs.iter().map(|(q, _)| q).sum();
     let max_kv = o.seqs.iter().map(|(_, kv)| *kv).max().unwrap_or(0);
     let mut flags = String::new();
+    if o.stats.non_finite > 0 {
+        flags.push_str(&format!(
+            " {} of {} valid outputs NOT FINITE",
+            o.stats.non_finite, o.stats.compared
+        ));
+    }
     if !o.padding_finite {
         flags.push_str(" PADDING-NOT-FINITE");
     }
     if !o.deterministic {
         flags.push_str(" NONDETERMINISTIC");
     }
+    let poison = o.poison.map_or("clean".to_string(), |p| p.to_string());
     println!(
-        "batch {i:<2} seed {:<4} {:>3} seqs ({decode} decode), {tokens:>4} q tokens, kv_len <= {max_kv:<5} \
+        "batch {i:<2} seed {:<4} {poison:<5} {:>3} seqs ({decode} decode), {tokens:>4} q tokens, kv_len <= {max_kv:<5} \
          max abs {:.2e} rel {:.2e} {:>6.1} ms  {}{flags}",
         o.seed,
         o.seqs.len(),
