@@ -2,14 +2,15 @@
 //! decodes greedily exactly what a dense reference decoder does (same weights, f32, plain causal
 //! attention over contiguous K/V, no pages): 16 prompts of mixed lengths arriving at random
 //! steps, page_size 16, a pool small enough to force preemption. Two kernels with different
-//! block sizes give identical tokens.
+//! block sizes give identical tokens. A request whose own K/V turn NaN fails alone, and the
+//! NaN it leaves in the pages it frees never reaches the requests that reuse them.
 
 use e2e::serving_client;
 use kernelgen::emit::step::KernelSource;
 use kernelgen::serve::StepSource;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use runtime::engine::{Engine, EngineConfig, SamplingParams};
+use runtime::engine::{Engine, EngineConfig, FinishReason, SamplingParams};
 use runtime::model::safetensors::load_hf_dir;
 use runtime::model::tiny::{write_tiny_llama, TinyConfig};
 use runtime::model::Model;
@@ -59,13 +60,21 @@ fn tiny(seed: u64) -> Model {
     m
 }
 
-/// Runs the engine over `prompts` (each submitted at its arrival step); returns tokens per
-/// prompt index and the preemption count.
+/// What [`serve`] returns per prompt index: its tokens and finish reason.
+type Served = BTreeMap<usize, (Vec<u32>, FinishReason)>;
+
+/// Tokens only, per prompt index.
+fn tokens(served: &Served) -> BTreeMap<usize, Vec<u32>> {
+    served.iter().map(|(&i, (t, _))| (i, t.clone())).collect()
+}
+
+/// Runs the engine over `prompts` (each submitted at its arrival step); returns tokens and
+/// finish reason per prompt index, the preemption count and the engine's non-finite count.
 fn serve(
     model: &Model,
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
-) -> (BTreeMap<usize, Vec<u32>>, usize) {
+) -> (Served, usize, usize) {
     let cfg = EngineConfig {
         max_seqs: 6,
         max_pages: 14,
@@ -107,11 +116,18 @@ fn serve(
         engine.step().unwrap();
         engine.check_invariants().unwrap();
         for f in engine.take_finished() {
-            out.insert(ids[&f.id], f.samples[0].tokens.clone());
+            let s = &f.samples[0];
+            out.insert(ids[&f.id], (s.tokens.clone(), s.finish_reason.clone()));
         }
         step += 1;
     }
-    (out, engine.metrics().preemptions())
+    assert_eq!(
+        engine.stats().pages_in_use,
+        0,
+        "finished requests left pages behind"
+    );
+    let m = engine.metrics();
+    (out, m.preemptions(), m.non_finite_samples())
 }
 
 /// 16 prompts drawn from `seed`: every fourth is long (33..60 tokens), the rest short; each
@@ -143,7 +159,7 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         eprintln!("seed {seed}");
         let model = tiny(seed);
         let prompts = scenario(seed, model.config.vocab_size as u32);
-        let (got, preemptions) = serve(
+        let (got, preemptions, _) = serve(
             &model,
             KernelSource::Blocks {
                 q_block: 16,
@@ -154,7 +170,7 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         for (i, (_, prompt, new)) in prompts.iter().enumerate() {
             let want = generate_greedy(&model, prompt, *new, &[]);
             assert_eq!(
-                got[&i],
+                got[&i].0,
                 want,
                 "seed {seed}, prompt {i} (len {}): engine vs dense",
                 prompt.len()
@@ -176,12 +192,95 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
     for (q, kv) in [(4, 5), (32, 2)] {
         let artifact = build_artifact(&model, q, kv, seed);
         kernelgen::serve::check_artifact(&artifact, &model.config, 16, KvDtype::F32).unwrap();
-        outputs.push(serve(&model, KernelSource::Artifact(Box::new(artifact)), &prompts).0);
+        outputs.push(tokens(
+            &serve(&model, KernelSource::Artifact(Box::new(artifact)), &prompts).0,
+        ));
     }
     assert_eq!(
         outputs[0], outputs[1],
         "two kernel artifacts gave different greedy tokens"
     );
-    assert_eq!(got, outputs[0], "artifact kernel vs emitted kernel");
+    assert_eq!(
+        tokens(&got),
+        outputs[0],
+        "artifact kernel vs emitted kernel"
+    );
     eprintln!("16 prompts, {preemptions} preemptions, all tokens equal the dense reference");
+}
+
+/// A token whose embedding is NaN turns the K/V of every request that contains it NaN (from that
+/// position on, in every layer past the first): such a request must finish with
+/// `non_finite_logits` and no tokens, and release its pages, NaN and all. The pool is small, so
+/// those pages go to later requests, whose slots past their own lengths then hold NaN: every
+/// other request must still decode exactly the dense reference's tokens, with both kernel loop
+/// nests (the decode steps run the batched one, prefill steps the sequential one).
+#[test]
+fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
+    const POISON: u32 = 2; // scenario() draws prompt tokens from 3.., so only injected ones hit it
+    let seed = std::env::var("KG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() % 10_000);
+    eprintln!("seed {seed} (KG_TEST_SEED={seed} replays it)");
+    let mut model = tiny(seed);
+    let w = &mut model.weights;
+    // Untie the LM head first, so token 2's logit stays finite for everyone else.
+    w.lm_head.get_or_insert_with(|| w.embed.transposed());
+    let cols = w.embed.cols;
+    w.embed.data[POISON as usize * cols..][..cols].fill(f32::NAN);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut prompts = scenario(seed, model.config.vocab_size as u32);
+    let mut poisoned = Vec::new();
+    // Every third request is poisoned and arrives first, so its pages are freed early and
+    // reused by the requests after it.
+    for (i, (arrival, prompt, _)) in prompts.iter_mut().enumerate() {
+        if i % 3 == 1 {
+            let at = rng.random_range(0..=prompt.len());
+            prompt.insert(at, POISON);
+            poisoned.push(i);
+            *arrival = 0;
+        }
+    }
+    let (got, _, non_finite) = serve(
+        &model,
+        KernelSource::Blocks {
+            q_block: 16,
+            kv_pages_block: 2,
+        },
+        &prompts,
+    );
+    let mut self_poisoned = 0;
+    for (i, (_, prompt, new)) in prompts.iter().enumerate() {
+        let (tokens, reason) = &got[&i];
+        if poisoned.contains(&i) {
+            assert_eq!(
+                reason,
+                &FinishReason::NonFiniteLogits,
+                "prompt {i}: {tokens:?}"
+            );
+            assert!(
+                tokens.is_empty(),
+                "prompt {i} sampled {tokens:?} from NaN logits"
+            );
+        } else {
+            let mut want = generate_greedy(&model, prompt, *new, &[]);
+            // A clean request may generate the poison token itself: its next step, if it has
+            // one, then fails.
+            let mut want_reason = reason.clone();
+            let k = want.iter().position(|&t| t == POISON);
+            if let Some(k) = k.filter(|&k| k + 1 < want.len()) {
+                want.truncate(k + 1);
+                want_reason = FinishReason::NonFiniteLogits;
+                self_poisoned += 1;
+            }
+            assert_eq!(tokens, &want, "seed {seed}, clean prompt {i} vs dense");
+            assert_eq!(reason, &want_reason, "seed {seed}, clean prompt {i}");
+        }
+    }
+    assert_eq!(
+        non_finite,
+        poisoned.len() + self_poisoned,
+        "metrics count each failed request"
+    );
 }

@@ -426,7 +426,7 @@ fn run(s: &Scenario) -> Result<(Engine<MockExec>, Vec<FinishedRequest>), TestCas
         for ev in events {
             let key = (ev.request, ev.sample);
             prop_assert!(!ended.contains_key(&key), "token after finish");
-            streams.entry(key).or_default().push(ev.token);
+            streams.entry(key).or_default().extend(ev.token);
             if let Some(r) = ev.finished {
                 ended.insert(key, r);
             }
@@ -675,21 +675,19 @@ fn samples_share_full_prompt_pages() {
     assert_eq!(m.pages_after_decode.map(|p| p.in_use), Some(0));
 }
 
-struct BadExec(usize);
+struct BadExec;
 
 impl StepExecutor for BadExec {
     fn step(&mut self, b: &StepBatch) -> Result<Vec<f32>, EngineError> {
-        match self.0 {
-            0 => Ok(vec![0.0; b.logits_rows.len() * 4 + 1]),
-            _ => Ok(vec![f32::NAN; b.logits_rows.len() * 4]),
-        }
+        Ok(vec![0.0; b.logits_rows.len() * 4 + 1])
     }
     fn vocab_size(&self) -> usize {
         4
     }
 }
 
-/// Malformed executor output is an error, never a panic, and commits nothing.
+/// Malformed executor output (a logits buffer of the wrong size) is an error, never a panic,
+/// and commits nothing.
 #[test]
 fn executor_garbage_is_an_error() {
     let config = EngineConfig {
@@ -699,17 +697,120 @@ fn executor_garbage_is_an_error() {
         max_seq_len: 16,
         max_tokens_per_round: 8,
     };
-    for mode in 0..2 {
-        let mut e = Engine::new(config.clone(), BadExec(mode)).unwrap();
-        let p = SamplingParams {
-            max_new_tokens: 4,
-            ..SamplingParams::default()
-        };
-        e.submit(vec![1, 2, 3], p).unwrap();
-        for _ in 0..2 {
-            assert!(matches!(e.step(), Err(EngineError::Executor(_))));
-            assert!(e.check_invariants().is_ok());
-            assert_eq!(e.sequences()[0].num_computed, 0);
+    let mut e = Engine::new(config, BadExec).unwrap();
+    let p = SamplingParams {
+        max_new_tokens: 4,
+        ..SamplingParams::default()
+    };
+    e.submit(vec![1, 2, 3], p).unwrap();
+    for _ in 0..2 {
+        assert!(matches!(e.step(), Err(EngineError::Executor(_))));
+        assert!(e.check_invariants().is_ok());
+        assert_eq!(e.sequences()[0].num_computed, 0);
+    }
+}
+
+/// [`MockExec`]'s logits, except that a row whose context holds `poison` gets `value` in one
+/// entry (NaN, +Inf or -Inf), as a model does once a NaN reached its K/V.
+struct PoisonExec {
+    inner: MockExec,
+    poison: u32,
+    value: f32,
+}
+
+impl StepExecutor for PoisonExec {
+    fn step(&mut self, b: &StepBatch) -> Result<Vec<f32>, EngineError> {
+        let mut out = self.inner.step(b)?;
+        let v = self.inner.vocab;
+        for (i, &row) in b.logits_rows.iter().enumerate() {
+            let s = b
+                .seqs
+                .iter()
+                .find(|s| s.q_start + s.q_len - 1 == row)
+                .unwrap();
+            let ps = self.inner.config.page_size;
+            let poisoned = (0..s.kv_len).any(|pos| {
+                let slot = s.pages[pos / ps] as usize * ps + pos % ps;
+                self.inner.kv[slot].is_some_and(|(t, _)| t == self.poison)
+            });
+            if poisoned {
+                out[i * v + (row % v)] = self.value;
+            }
         }
+        Ok(out)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Requests whose logits turn non-finite (a poison token in the prompt, or sampled later)
+    /// finish with `non_finite_logits`, with the tokens they had, all their samples included;
+    /// every other request's output is exactly what it is in a run without the poisoned ones;
+    /// the engine keeps stepping, frees every page, and counts each failure once.
+    #[test]
+    fn non_finite_logits_fail_only_their_request(
+        s in scenario(),
+        value in prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY]),
+        poison_every in 2usize..4,
+    ) {
+        let poison = s.vocab as u32 - 1;
+        let inner = MockExec::new(&s.config, s.vocab);
+        let mut e = Engine::new(s.config.clone(), PoisonExec { inner, poison, value }).unwrap();
+        e.set_detokenizer(Box::new(detok));
+        let mut poisoned = BTreeSet::new();
+        let mut ids = Vec::new();
+        for (i, r) in s.reqs.iter().enumerate() {
+            let mut prompt = r.prompt.clone();
+            if i % poison_every == 0 {
+                let at = i % prompt.len();
+                prompt[at] = poison;
+            } else {
+                prompt.retain(|&t| t != poison);
+                if prompt.is_empty() {
+                    prompt.push(0);
+                }
+            }
+            if prompt.contains(&poison) {
+                poisoned.insert(i);
+            }
+            ids.push((e.submit(prompt.clone(), r.params.clone()).unwrap(), prompt));
+        }
+        let done = e.run_to_completion().map_err(|err| TestCaseError::fail(err.to_string()))?;
+        prop_assert_eq!(done.len(), s.reqs.len());
+        prop_assert_eq!(e.stats().pages_in_use, 0);
+        prop_assert!(e.check_invariants().is_ok());
+        let mut failed_rows = 0;
+        for f in &done {
+            let i = ids.iter().position(|(id, _)| *id == f.id).unwrap();
+            let failed: Vec<_> = f.samples.iter().filter(|o| o.finish_reason == FinishReason::NonFiniteLogits).collect();
+            if poisoned.contains(&i) {
+                // the very first logits row reads the poison: all n samples fail with no tokens
+                prop_assert_eq!(failed.len(), f.samples.len());
+                prop_assert!(f.samples.iter().all(|o| o.tokens.is_empty()));
+                failed_rows += 1;
+                continue;
+            }
+            // Not poisoned by its prompt: same as alone, up to a sampled poison token.
+            let alone = alone(&s, &Req { prompt: ids[i].1.clone(), ..s.reqs[i].clone() });
+            for (o, (tokens, reason)) in f.samples.iter().zip(&alone) {
+                match tokens.iter().position(|&t| t == poison) {
+                    // It reads its own sampled poison token on the next step, if it has one.
+                    Some(k) if k + 1 < tokens.len() => {
+                        prop_assert_eq!(&o.tokens[..], &tokens[..=k]);
+                        prop_assert_eq!(&o.finish_reason, &FinishReason::NonFiniteLogits);
+                        failed_rows += 1;
+                    }
+                    _ => {
+                        prop_assert_eq!(&o.tokens, tokens);
+                        prop_assert_eq!(&o.finish_reason, reason);
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(e.metrics().non_finite_samples(), failed_rows);
     }
 }

@@ -380,7 +380,7 @@ fn stream(
             if ev.request != id || ev.sample != 0 {
                 continue;
             }
-            tokens.push(ev.token);
+            tokens.extend(ev.token);
             let text = served.tokenizer.decode(&tokens, true)?;
             let end = streamable(&text, stops);
             if end > printed {
@@ -404,8 +404,16 @@ fn stream(
         write!(stdout, "{}", &text[printed..])?;
     }
     writeln!(stdout)?;
-    if sample.is_some_and(|s| s.finish_reason == runtime::engine::FinishReason::StopString) {
-        eprintln!("[kernelgen] stopped at a stop string");
+    match sample.map(|s| &s.finish_reason) {
+        Some(FinishReason::StopString) => eprintln!("[kernelgen] stopped at a stop string"),
+        Some(FinishReason::NonFiniteLogits) => {
+            anyhow::bail!(
+                "generation stopped after {} tokens: the model produced NaN or infinite logits \
+                 (finish reason non_finite_logits)",
+                tokens.len()
+            )
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -11,7 +11,10 @@
 //!
 //! A sample stops on a stop token (engine-wide ids from [`Engine::set_stop_token_ids`] or the
 //! request's), a stop string in its detokenized text, `max_new_tokens`, or `max_seq_len`, in
-//! that precedence; its pages are released in the same step.
+//! that precedence; its pages are released in the same step. A sample whose logits row holds a
+//! NaN or an infinity stops before sampling, with [`FinishReason::NonFiniteLogits`] (all n
+//! samples, if it is the row they would have forked from); the other rows of the step sample as
+//! usual.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -386,6 +389,7 @@ impl<E: StepExecutor> Engine<E> {
             .filter(|(_, &s)| s)
             .map(|(c, _)| *c)
             .collect();
+        // A row with a non-finite logit gets no distribution: its sample fails alone.
         let mut dists = Vec::with_capacity(sampled.len());
         for (row, chunk) in sampled.iter().enumerate() {
             let req = self.sched.seq(chunk.seq)?.request;
@@ -394,10 +398,15 @@ impl<E: StepExecutor> Engine<E> {
                 .get(&req)
                 .ok_or_else(|| bug(format!("sequence of unknown request {req}")))?
                 .params;
-            let dist = Distribution::new(&logits[row * v..(row + 1) * v], params).map_err(|e| {
+            let row_logits = &logits[row * v..(row + 1) * v];
+            if row_logits.iter().any(|x| !x.is_finite()) {
+                dists.push(None);
+                continue;
+            }
+            let dist = Distribution::new(row_logits, params).map_err(|e| {
                 EngineError::Executor(format!("request {req}, logits row {row}: {e}"))
             })?;
-            dists.push(dist);
+            dists.push(Some(dist));
         }
         self.sched.commit(&schedule.chunks)?;
 
@@ -412,6 +421,18 @@ impl<E: StepExecutor> Engine<E> {
                 .requests
                 .get_mut(&req_id)
                 .ok_or_else(|| bug(format!("unknown request {req_id}")))?;
+            let Some(dist) = dist else {
+                self.metrics.record_non_finite();
+                let text = self.detokenizer.as_ref().map(|d| d(seq.generated()));
+                events.push(TokenEvent {
+                    request: req_id,
+                    sample,
+                    token: None,
+                    finished: Some(FinishReason::NonFiniteLogits),
+                });
+                self.finish_sample(chunk.seq, FinishReason::NonFiniteLogits, text, now)?;
+                continue;
+            };
             req.first_token.get_or_insert(now);
             let mut targets = vec![chunk.seq];
             if sample == 0 && !req.forked && req.params.n > 1 {
@@ -431,7 +452,7 @@ impl<E: StepExecutor> Engine<E> {
                 events.push(TokenEvent {
                     request: req_id,
                     sample,
-                    token,
+                    token: Some(token),
                     finished: finished.as_ref().map(|(r, _)| r.clone()),
                 });
                 if let Some((reason, text)) = finished {
@@ -523,16 +544,26 @@ impl<E: StepExecutor> Engine<E> {
             .requests
             .get_mut(&req_id)
             .ok_or_else(|| bug(format!("unknown request {req_id}")))?;
-        let out = req
-            .outputs
-            .get_mut(seq.sample)
-            .ok_or_else(|| bug(format!("request {req_id} has no sample {}", seq.sample)))?;
-        *out = Some(SampleOutput {
+        if seq.sample >= req.outputs.len() {
+            return Err(bug(format!(
+                "request {req_id} has no sample {}",
+                seq.sample
+            )));
+        }
+        let output = SampleOutput {
             tokens: seq.generated().to_vec(),
             finish_reason: reason,
             text,
             finished_at: now,
-        });
+        };
+        // Samples 1.. fork off sample 0's first token: if sample 0 fails before that, so do they.
+        if output.finish_reason.is_error() && seq.sample == 0 && !req.forked {
+            req.forked = true;
+            for other in req.outputs.iter_mut().skip(1) {
+                *other = Some(output.clone());
+            }
+        }
+        req.outputs[seq.sample] = Some(output);
         if req.outputs.iter().all(Option::is_some) {
             let Some(req) = self.requests.remove(&req_id) else {
                 return Err(bug(format!("request {req_id} vanished")));

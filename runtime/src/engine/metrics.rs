@@ -86,6 +86,7 @@ pub struct Metrics {
     decode_only_steps: usize,
     sampled_tokens: usize,
     preemptions: usize,
+    non_finite_samples: usize,
     requests_finished: usize,
     ttft: Vec<f64>,
     tpot: Vec<f64>,
@@ -131,6 +132,15 @@ impl Metrics {
 
     pub fn record_preemption(&mut self) {
         self.preemptions += 1;
+    }
+
+    /// A sample stopped on a non-finite logits row ([`super::FinishReason::NonFiniteLogits`]).
+    pub fn record_non_finite(&mut self) {
+        self.non_finite_samples += 1;
+    }
+
+    pub fn non_finite_samples(&self) -> usize {
+        self.non_finite_samples
     }
 
     /// Pool occupancy after a step.
@@ -243,6 +253,7 @@ impl Metrics {
             output_tokens_per_s: per_s(self.sampled_tokens, self.total),
             requests_finished: self.requests_finished,
             preemptions: self.preemptions,
+            non_finite_samples: self.non_finite_samples,
             ttft_s: Summary::of(&self.ttft),
             tpot_s: Summary::of(&self.tpot),
             e2e_latency_s: Summary::of(&self.e2e),
@@ -292,6 +303,10 @@ pub struct MetricsReport {
     pub output_tokens_per_s: f64,
     pub requests_finished: usize,
     pub preemptions: usize,
+    /// Logits rows that held a NaN or an infinity, each stopping its sample with finish reason
+    /// `non_finite_logits` (a request's n samples failing together on the row they would have
+    /// forked from count once).
+    pub non_finite_samples: usize,
     /// Time to first token per request.
     pub ttft_s: Summary,
     /// Time per output token after the first, per sample.

@@ -88,6 +88,17 @@ pub enum FinishReason {
     Length,
     /// The sequence reached max_seq_len.
     MaxSeqLen,
+    /// The model produced a NaN or infinite logit for this sample: its state is broken (an
+    /// overflow, or NaN in its own K/V), so it stops with what it had instead of sampling
+    /// garbage. Its pages are released; no other sequence is affected.
+    NonFiniteLogits,
+}
+
+impl FinishReason {
+    /// Whether the sample ended in an error rather than a stop condition.
+    pub fn is_error(&self) -> bool {
+        matches!(self, FinishReason::NonFiniteLogits)
+    }
 }
 
 /// One generated token.
@@ -96,7 +107,8 @@ pub struct TokenEvent {
     pub request: RequestId,
     /// Which of the request's n samples.
     pub sample: usize,
-    pub token: u32,
+    /// `None` when the sample failed this step instead of sampling (see `finished`).
+    pub token: Option<u32>,
     pub finished: Option<FinishReason>,
 }
 
