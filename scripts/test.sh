@@ -5,6 +5,8 @@
 # gate over the committed config matrix.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The repository's cache (scripts/setup.sh fills it); cargo's own runs get it from .cargo/config.toml.
+export KERNELGEN_CACHE="${KERNELGEN_CACHE:-$PWD/.cache}"
 scripts/setup.sh --model
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings

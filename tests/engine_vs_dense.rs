@@ -6,18 +6,17 @@
 //! NaN it leaves in the pages it frees never reaches the requests that reuse them.
 
 use e2e::serving_client;
-use kernelgen::emit::step::KernelSource;
-use kernelgen::serve::StepSource;
+use kernelgen::step::{default_buckets, DeviceExecutor};
+use kernelgen::step::{KernelSource, StepSource};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use runtime::dtype::Dtype;
 use runtime::engine::{Engine, EngineConfig, FinishReason, SamplingParams};
 use runtime::model::safetensors::load_hf_dir;
-use runtime::model::tiny::{write_tiny_llama, TinyConfig};
 use runtime::model::Model;
-use runtime::step::layout::KvDtype;
-use runtime::step::{default_buckets, DeviceExecutor};
 use std::collections::BTreeMap;
 use verify::dense::generate_greedy;
+use verify::fixtures::tiny::{write_tiny_llama, TinyConfig};
 
 /// A kernel artifact for the tiny model's geometry, built like `kernelgen build` does.
 fn build_artifact(model: &Model, q: u32, kv: u32, seed: u64) -> kernelgen::artifact::Artifact {
@@ -47,7 +46,7 @@ fn build_artifact(model: &Model, q: u32, kv: u32, seed: u64) -> kernelgen::artif
         "kg-evd-art-{}-{seed}-q{q}kv{kv}",
         std::process::id()
     ));
-    kernelgen::builder::build_stablehlo(&cfg, &dir)
+    kernelgen::build::build_stablehlo(&cfg, &dir)
         .unwrap()
         .artifact
 }
@@ -90,9 +89,9 @@ fn serve(
         serving_client(),
         model,
         &cfg,
-        KvDtype::F32,
+        Dtype::F32,
         default_buckets(48),
-        Box::new(source),
+        source,
     )
     .unwrap();
     let mut engine = Engine::new(cfg, exec).unwrap();
@@ -191,7 +190,7 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
     let mut outputs = Vec::new();
     for (q, kv) in [(4, 5), (32, 2)] {
         let artifact = build_artifact(&model, q, kv, seed);
-        kernelgen::serve::check_artifact(&artifact, &model.config, 16, KvDtype::F32).unwrap();
+        kernelgen::serve::check_artifact(&artifact, &model.config, 16, Dtype::F32).unwrap();
         outputs.push(tokens(
             &serve(&model, KernelSource::Artifact(Box::new(artifact)), &prompts).0,
         ));
@@ -225,7 +224,7 @@ fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
     let mut model = tiny(seed);
     let w = &mut model.weights;
     // Untie the LM head first, so token 2's logit stays finite for everyone else.
-    w.lm_head.get_or_insert_with(|| w.embed.transposed());
+    w.lm_head.get_or_insert_with(|| w.embed.clone());
     let cols = w.embed.cols;
     w.embed.data[POISON as usize * cols..][..cols].fill(f32::NAN);
 

@@ -206,8 +206,9 @@ struct Case {
 
 #[test]
 fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
-    let python = verify::oracle::ensure_venv(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
-    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../verify/oracle/pallas_harness.py");
+    let python =
+        kernelgen::tpu::oracle::ensure_venv(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../verify/harness/pallas_harness.py");
     let root =
         std::env::temp_dir().join(format!("kernelgen-pallas-interpret-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

@@ -4,16 +4,15 @@
 //! arriving mid-stream, shuffled pages, padding tokens, several buckets.
 
 use e2e::{client, serving_client, BatchScript};
-use kernelgen::emit::step::KernelSource;
-use kernelgen::serve::StepSource;
+use kernelgen::step::{default_buckets, DeviceExecutor};
+use kernelgen::step::{KernelSource, StepSource};
+use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, StepExecutor};
 use runtime::model::safetensors::load_hf_dir;
-use runtime::model::tiny::{write_tiny_llama, TinyConfig};
 use runtime::model::Model;
 use runtime::pjrt::Client;
-use runtime::step::layout::KvDtype;
-use runtime::step::{default_buckets, DeviceExecutor};
 use std::sync::Arc;
+use verify::fixtures::tiny::{write_tiny_llama, TinyConfig};
 use verify::host_executor::HostExecutor;
 
 fn tiny(seed: u64, tied: bool) -> Model {
@@ -32,7 +31,7 @@ fn tiny(seed: u64, tied: bool) -> Model {
     m
 }
 
-fn run(client: Client, seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), tol: f32) {
+fn run(client: Client, seed: u64, tied: bool, kv: Dtype, blocks: (u32, u32), tol: f32) {
     let model = Arc::new(tiny(seed, tied));
     let engine = EngineConfig {
         max_seqs: 4,
@@ -48,15 +47,8 @@ fn run(client: Client, seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), t
             kv_pages_block: blocks.1,
         },
     };
-    let mut device = DeviceExecutor::new(
-        client,
-        &model,
-        &engine,
-        kv,
-        default_buckets(16),
-        Box::new(source),
-    )
-    .unwrap();
+    let mut device =
+        DeviceExecutor::new(client, &model, &engine, kv, default_buckets(16), source).unwrap();
     let mut host = HostExecutor::from_engine_config(model.clone(), &engine);
     let mut script = BatchScript::new(
         seed,
@@ -109,8 +101,8 @@ fn run(client: Client, seed: u64, tied: bool, kv: KvDtype, blocks: (u32, u32), t
 fn step_program_matches_host_reference_f32() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
-    run(client(), seed, false, KvDtype::F32, (4, 2), 1e-4);
-    run(client(), seed + 1, true, KvDtype::F32, (1, 1), 1e-4);
+    run(client(), seed, false, Dtype::F32, (4, 2), 1e-4);
+    run(client(), seed + 1, true, Dtype::F32, (1, 1), 1e-4);
 }
 
 #[test]
@@ -118,7 +110,7 @@ fn step_program_with_bf16_kv_pool_stays_close() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
     // K/V rounded to bf16 in the pool: logits move by about 2^-8 relative.
-    run(client(), seed, true, KvDtype::Bf16, (8, 3), 3e-2);
+    run(client(), seed, true, Dtype::Bf16, (8, 3), 3e-2);
 }
 
 /// The same on the serving plugin (newer XLA, PJRT API 0.115): forward compatibility of the
@@ -127,32 +119,21 @@ fn step_program_with_bf16_kv_pool_stays_close() {
 fn step_program_matches_host_reference_on_the_serving_plugin() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
-    run(serving_client(), seed, false, KvDtype::F32, (4, 2), 1e-4);
-    run(
-        serving_client(),
-        seed + 2,
-        true,
-        KvDtype::Bf16,
-        (8, 3),
-        3e-2,
-    );
+    run(serving_client(), seed, false, Dtype::F32, (4, 2), 1e-4);
+    run(serving_client(), seed + 2, true, Dtype::Bf16, (8, 3), 3e-2);
 }
 
-/// `x @ W` for a row-major `[in, out]` matrix, in f64.
+/// `x W^T` for a row-major `[out, in]` matrix, in f64.
 fn matvec(x: &[f64], w: &runtime::model::Matrix) -> Vec<f64> {
-    let mut y = vec![0.0; w.cols];
-    for (i, &xi) in x.iter().enumerate() {
-        for (yj, &wij) in y.iter_mut().zip(w.row(i)) {
-            *yj += xi * wij as f64;
-        }
-    }
-    y
+    (0..w.rows)
+        .map(|o| x.iter().zip(w.row(o)).map(|(&a, &b)| a * b as f64).sum())
+        .collect()
 }
 
 /// The profile program `kernelgen bench decode` times as "the step's matmuls" really runs the
 /// model's projections in order on the executor's weight buffers: its logits equal an f64 host
-/// chain over the original `[in, out]` weights (so the out-major packing and the parameter
-/// order are right too), tied and untied.
+/// chain over the model's weights (so the packing and the parameter order are right too), tied
+/// and untied.
 #[test]
 fn matmul_chain_profile_program_runs_the_models_projections() {
     let seed = rand::random::<u64>() % 1000;
@@ -178,9 +159,9 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
             client(),
             &model,
             &engine,
-            KvDtype::F32,
+            Dtype::F32,
             default_buckets(4),
-            Box::new(source),
+            source,
         )
         .unwrap();
         let rows = 3;
@@ -188,7 +169,9 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let x: Vec<f32> = (0..rows * c.hidden_size)
             .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
             .collect();
-        let text = runtime::step::profile::matmul_chain_program(c, rows);
+        let text = kernelgen::step::profile::matmul_chain(c, rows)
+            .unwrap()
+            .generic_text;
         let exe = device
             .client()
             .compile(&text, &runtime::pjrt::CompileOptions::new())
@@ -200,23 +183,23 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let mut args = vec![&xb];
         args.extend(device.weights());
         let got: Vec<f32> = exe.execute_borrowed(&args).unwrap()[0].to_host().unwrap();
-        let head = w.lm_head.clone().unwrap_or_else(|| w.embed.transposed());
-        let qd = c.num_q_heads * c.head_dim;
+        let head = w.head();
+        let (qd, f) = (c.q_dim(), c.intermediate_size);
         for r in 0..rows {
             let mut h: Vec<f64> = x[r * c.hidden_size..(r + 1) * c.hidden_size]
                 .iter()
                 .map(|&v| v as f64)
                 .collect();
             for l in &w.layers {
-                let q = matvec(&h, &l.wq);
-                let o = matvec(&q[..qd], &l.wo);
+                let qkv = matvec(&h, &l.wqkv);
+                let o = matvec(&qkv[..qd], &l.wo);
                 let x1: Vec<f64> = h.iter().zip(&o).map(|(a, b)| a + b).collect();
-                let (g, u) = (matvec(&x1, &l.w_gate), matvec(&x1, &l.w_up));
-                let m: Vec<f64> = g.iter().zip(&u).map(|(a, b)| a * b).collect();
+                let gu = matvec(&x1, &l.w_gate_up);
+                let m: Vec<f64> = gu[..f].iter().zip(&gu[f..]).map(|(a, b)| a * b).collect();
                 let d = matvec(&m, &l.w_down);
                 h = x1.iter().zip(&d).map(|(a, b)| a + b).collect();
             }
-            let want = matvec(&h, &head);
+            let want = matvec(&h, head);
             let row = &got[r * c.vocab_size..(r + 1) * c.vocab_size];
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             let err = row

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 fn libtpu() -> std::path::PathBuf {
-    verify::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv")
+    kernelgen::tpu::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv")
 }
 
 #[test]

@@ -10,5 +10,9 @@ pub enum Error {
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
     #[error(transparent)]
+    Vmem(#[from] crate::vmem::VmemError),
+    #[error("the TPU compiler: {0}")]
+    Oracle(#[from] crate::tpu::OracleError),
+    #[error(transparent)]
     Pjrt(#[from] runtime::pjrt::PjrtError),
 }

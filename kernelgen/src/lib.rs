@@ -3,19 +3,26 @@
 //! - [`config`]: the validated [`config::KernelConfig`], presets, Hugging Face config reader;
 //! - [`emit`]: StableHLO emission from the templates in `templates/`, checked by melior;
 //! - [`artifact`]: the artifact directory (`manifest.json` + emitted files);
-//! - [`builder`]: config -> artifact (`kernelgen build`);
+//! - [`build`]: config -> artifact (`kernelgen build`), and the Pallas kernel for a TPU target;
 //! - [`numerics`]: runs a kernel through PJRT against the f64 reference (`kernelgen verify`);
 //! - [`target`]: TPU generations (VMEM, SMEM, default scoped limit, tiling);
 //! - [`vmem`]: the VMEM/SMEM budget checker (`kernelgen check`, `kernelgen plan`);
-//! - [`tpu`]: the Pallas TPU module's build for a target and the real TPU compiler's verdict.
+//! - [`tpu`]: the real TPU compiler (deviceless) and what a build records of its verdict;
+//! - [`step`]: the model's step program and the device executor that runs it;
+//! - [`serve`]: loading a model and starting the engine on it;
+//! - [`bench`]: benchmarks that print ratios against bounds measured in the same run;
+//! - [`setup`]: fetching the plugins and the default model into the cache.
 
 pub mod artifact;
-pub mod builder;
+pub mod bench;
+pub mod build;
 pub mod config;
 pub mod emit;
 mod error;
 pub mod numerics;
 pub mod serve;
+pub mod setup;
+pub mod step;
 pub mod target;
 pub mod tpu;
 pub mod vmem;

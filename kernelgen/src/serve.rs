@@ -1,26 +1,11 @@
-//! Glue between kernel generation and the runtime: the step-program source the device executor
-//! compiles from, and the check that a kernel artifact fits the model it is asked to serve.
+//! Starting to serve a model: load it, pick and check its kernel, validate the engine config,
+//! upload the weights ([`start`]); and the check that a kernel artifact fits the model it is
+//! asked to serve.
 
 use crate::artifact::Artifact;
 use crate::config::Dtype;
-use crate::emit::step::{self, KernelSource};
+use crate::step::{default_buckets, DeviceExecutor, KernelSource, StepSource};
 use runtime::model::LlamaConfig;
-use runtime::step::layout::{KvDtype, StepShapes};
-use runtime::step::ProgramSource;
-
-/// Emits and links the step program for each bucket on demand.
-pub struct StepSource {
-    pub model: LlamaConfig,
-    pub kernel: KernelSource,
-}
-
-impl ProgramSource for StepSource {
-    fn program(&self, shapes: &StepShapes) -> Result<String, String> {
-        step::emit(&self.model, shapes, &self.kernel)
-            .map(|p| p.module.generic_text)
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// A kernel artifact that does not fit the model: names the field, both values, and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +24,10 @@ pub fn check_artifact(
     a: &Artifact,
     m: &LlamaConfig,
     page_size: usize,
-    kv: KvDtype,
+    model_dtype: Dtype,
 ) -> Result<(), KernelMismatch> {
     let c = &a.manifest.config;
     let g = c.geometry();
-    let model_dtype = match kv {
-        KvDtype::F32 => Dtype::F32,
-        KvDtype::Bf16 => Dtype::Bf16,
-    };
     let checks: [(&'static str, String, String); 5] = [
         (
             "num_q_heads",
@@ -89,11 +70,10 @@ pub fn check_artifact(
 }
 
 use crate::artifact::ArtifactError;
-use runtime::engine::core::validate_config;
+use runtime::engine::validate_config;
 use runtime::engine::{Engine, EngineConfig, EngineError};
 use runtime::model::{gguf, safetensors, tokenizer::Tokenizer, Model, ModelError};
 use runtime::pjrt::{Api, Client, PjrtError};
-use runtime::step::{default_buckets, DeviceExecutor};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -106,7 +86,7 @@ pub struct ServeOptions {
     pub kernel: Option<PathBuf>,
     pub blocks: (u32, u32),
     pub engine: EngineConfig,
-    pub kv_dtype: KvDtype,
+    pub kv_dtype: Dtype,
     pub plugin: PathBuf,
     /// Token buckets; `None`: powers of two up to max_tokens_per_round.
     pub buckets: Option<Vec<usize>>,
@@ -153,7 +133,7 @@ pub fn kernel_source(
     blocks: (u32, u32),
     model: &LlamaConfig,
     page_size: usize,
-    kv_dtype: KvDtype,
+    kv_dtype: Dtype,
 ) -> Result<(KernelSource, String), ServeError> {
     Ok(match kernel {
         Some(dir) => {
@@ -208,14 +188,7 @@ pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
         model: model.config.clone(),
         kernel,
     };
-    let exec = DeviceExecutor::new(
-        client,
-        &model,
-        &opts.engine,
-        opts.kv_dtype,
-        buckets,
-        Box::new(source),
-    )?;
+    let exec = DeviceExecutor::new(client, &model, &opts.engine, opts.kv_dtype, buckets, source)?;
     let mut engine = Engine::new(opts.engine.clone(), exec)?;
     engine.set_stop_token_ids(model.config.eos_token_ids.clone());
     let tok = tokenizer.clone();

@@ -9,8 +9,12 @@ use common::*;
 fn decode_figures_are_medians_inside_their_spread() {
     let dir = std::env::temp_dir().join(format!("kg-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    runtime::model::tiny::write_tiny_llama(&dir, 7, &runtime::model::tiny::TinyConfig::default())
-        .unwrap();
+    verify::fixtures::tiny::write_tiny_llama(
+        &dir,
+        7,
+        &verify::fixtures::tiny::TinyConfig::default(),
+    )
+    .unwrap();
     let o = kernelgen(&[
         "bench",
         "decode",

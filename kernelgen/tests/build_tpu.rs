@@ -127,7 +127,8 @@ fn bad_tpu_flags_are_one_line_input_errors() {
 /// at client creation, promptly, no crash.
 #[test]
 fn verify_with_libtpu_and_no_tpu_fails_at_client_creation() {
-    let libtpu = verify::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
+    let libtpu =
+        kernelgen::tpu::oracle::libtpu_path(&mut |m| eprintln!("{m}")).expect("TPU oracle venv");
     let dir = scratch("kernelgen-build-tpu", "libtpu");
     let d = dir.to_str().unwrap();
     let o = kernelgen(&[

@@ -292,5 +292,31 @@ fn plan_rejects_the_documented_examples() {
     );
     let over = run(&["--max-seqs", "125", "--max-pages", "4096"]);
     assert_eq!(over.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&over.stdout).contains("--max-seqs 124"));
+    let text = String::from_utf8_lossy(&over.stdout);
+    assert!(text.contains("max_seqs 124"), "{text}");
+    assert!(
+        text.contains("[levanter]"),
+        "Levanter's own rules are marked: {text}"
+    );
+    // kernelgen's engine has no fused decode loop or whole-prompt prefill: no such rules.
+    let ours = json(&run(&[
+        "--max-seqs",
+        "124",
+        "--max-pages",
+        "4096",
+        "--engine",
+        "kernelgen",
+        "--json",
+    ]));
+    let names: Vec<&str> = ours["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"decode token budget") && !names.contains(&"prefill capacity"),
+        "{names:?}"
+    );
+    assert!(ours["plan"]["levanter"].is_null());
 }

@@ -212,5 +212,21 @@ fn help_teaches_and_exits_0() {
         assert!(text.contains(flag), "build --help lacks {flag}");
     }
     let top = kernelgen(&["--help"]);
-    assert!(String::from_utf8_lossy(&top.stdout).contains("Exit codes"));
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(text.contains("Exit codes"));
+    // every code any command returns, each with what it means
+    for (code, word) in [
+        ("0", "success"),
+        ("1", "usage or input error"),
+        ("2", "verify"),
+        ("3", "does not fit"),
+        ("4", "uncertain"),
+        ("5", "failed after it started"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{code} ")))
+            .unwrap_or_else(|| panic!("--help lists no exit code {code}:\n{text}"));
+        assert!(line.contains(word), "exit code {code}: {line}");
+    }
 }

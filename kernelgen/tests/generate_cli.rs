@@ -109,8 +109,12 @@ fn bad_inputs_fail_with_one_clear_error() {
     let corrupt = dir.join("corrupt.gguf");
     std::fs::write(&corrupt, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
     let hf = dir.join("hf");
-    runtime::model::tiny::write_tiny_llama(&hf, 1, &runtime::model::tiny::TinyConfig::default())
-        .unwrap();
+    verify::fixtures::tiny::write_tiny_llama(
+        &hf,
+        1,
+        &verify::fixtures::tiny::TinyConfig::default(),
+    )
+    .unwrap();
     std::fs::remove_file(hf.join("tokenizer.json")).unwrap();
     let other = dir.join("kernel-llama");
     let b = kernelgen(&[
@@ -213,9 +217,139 @@ fn emit_step_takes_generate_flags_and_refuses_what_generate_refuses() {
     let o = kernelgen(&args);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("page_size = 0; fix: --page-size 1 or more"),
+        stderr(&o).contains("page_size = 0; fix: page_size 1 or more"),
         "{}",
         stderr(&o)
     );
     assert!(!out.exists(), "a refused emit-step wrote {out_s}");
+}
+
+/// A K-quant GGUF (a Q4_K_M-style mix: Q6_K for attn_v, ffn_down and the LM head, Q4_K for the
+/// other projections, Q8_0 embeddings) of the tiny random model serves through `generate`, and
+/// greedily gives the tokens the dense reference gives on the very weights the loader decoded.
+#[test]
+fn generate_serves_a_k_quant_gguf() {
+    use runtime::model::gguf::load_gguf;
+    use verify::fixtures::tiny::{q4_k_m, write_tiny_llama_gguf_typed, TinyConfig};
+    let dir = tmp("kquant");
+    let path = dir.join("tiny.Q4_K_M.gguf");
+    write_tiny_llama_gguf_typed(&path, 11, &TinyConfig::k_quant(), &q4_k_m).unwrap();
+    let prompts = dir.join("p.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"The quick brown fox\"}\n").unwrap();
+    let mut args = vec![
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--raw",
+        "--max-new-tokens",
+        "12",
+    ];
+    args.extend_from_slice(ENGINE);
+    let o = kernelgen(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<u32> = serde_json::from_value(line["token_ids"][0].clone()).unwrap();
+    let model = load_gguf(&path).unwrap();
+    let tok = runtime::model::tokenizer::Tokenizer::from_gguf(&path).unwrap();
+    let prompt = tok.encode("The quick brown fox", false).unwrap();
+    let want = verify::dense::generate_greedy(&model, &prompt, 12, &model.config.eos_token_ids);
+    assert_eq!(
+        got, want,
+        "engine vs dense reference on the K-quant weights"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An installed binary, run from `/` with no KERNELGEN_CACHE, uses the user's cache
+/// (`$XDG_CACHE_HOME/kernelgen`): `setup` finds what is there and says so, and `generate` runs
+/// from it. (The cache holds links to the repository's downloads, so nothing is fetched.)
+#[test]
+fn an_installed_binary_uses_the_users_cache_from_any_directory() {
+    let xdg = tmp("xdg");
+    let user_cache = xdg.join("kernelgen");
+    let repo_cache = runtime::cache::cache_dir();
+    for d in runtime::cache::downloads() {
+        let link = user_cache.join(&d.dir);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(repo_cache.join(&d.dir), &link).unwrap();
+    }
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kernelgen"))
+            .args(args)
+            .current_dir("/")
+            .env_remove("KERNELGEN_CACHE")
+            .env_remove("PJRT_PLUGIN")
+            .env("XDG_CACHE_HOME", &xdg)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["setup", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(done.len(), 3);
+    for d in &done {
+        assert_eq!(d["fetched"], false, "{d}");
+        assert!(d["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(user_cache.to_str().unwrap()));
+    }
+    let mut args = vec!["generate", "--prompt", "hi", "--max-new-tokens", "4"];
+    args.extend_from_slice(ENGINE);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(user_cache.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&xdg).unwrap();
+}
+
+/// `setup` refuses a wheel whose sha256 is not the pinned one (here: pip finds only a fake
+/// wheel in a local index), exits 5 naming the package, and leaves nothing half-installed.
+#[test]
+fn setup_refuses_a_wheel_that_is_not_the_pinned_one() {
+    let dir = tmp("fakewheel");
+    let index = dir.join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    // A well-formed wheel of the pinned name and version, with other contents.
+    let wheel = std::fs::File::create(index.join("xla_cpu_pjrt-0.0.1-py3-none-any.whl")).unwrap();
+    let mut zip = zip::ZipWriter::new(wheel);
+    let info = "xla_cpu_pjrt-0.0.1.dist-info";
+    for (name, text) in [
+        (
+            format!("{info}/METADATA"),
+            "Metadata-Version: 2.1\nName: xla-cpu-pjrt\nVersion: 0.0.1\n",
+        ),
+        (
+            format!("{info}/WHEEL"),
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
+        (format!("{info}/RECORD"), ""),
+    ] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut zip, text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+    let cache = dir.join("cache");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kernelgen"))
+        .args(["setup", "--no-model"])
+        .env("KERNELGEN_CACHE", &cache)
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", &index)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("xla-cpu-pjrt==0.0.1") && err.contains("sha256"),
+        "{err}"
+    );
+    let d = &runtime::cache::downloads()[0];
+    assert!(!cache.join(&d.dir).join(".complete").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,9 +7,9 @@
 
 use kernelgen::config::{Dtype, Geometry, KernelConfig, KernelParams};
 use kernelgen::target::Target;
+use kernelgen::tpu::Oracle;
 use kernelgen::tpu::{cached_module, compiler_verdict, oracle_request};
 use kernelgen::vmem::{check, CheckRequest, KernelModel, Verdict};
-use verify::oracle::Oracle;
 
 fn config(heads: (u32, u32, u32), dtype: Dtype, page: u32, q: u32, kv: u32) -> KernelConfig {
     let mut p = KernelParams::with_defaults(

@@ -1,9 +1,34 @@
 //! Capacity rules of a paged-KV serving engine, checked before any compile or device work.
 //!
-//! `kernelgen plan` prints these (plus the kernel's VMEM/SMEM account) and the engine refuses to
-//! start when one fails, with the same message: the knob, its value, and the value that passes.
+//! Two engines are described. kernelgen's own ([`crate::engine`]) has the knobs of
+//! [`EnginePlan`] itself; Levanter's TPU inference engine (the deployments `kernelgen plan`
+//! checks before they reach hardware) also has a fused decode loop of `max_rounds` steps per
+//! device call and a prefill pass of `max_prefill_size` tokens ([`LevanterKnobs`]), which
+//! kernelgen's engine does not have. Each [`Rule`] says which engines it describes
+//! ([`Scope`]). `kernelgen plan` prints them (plus the kernel's VMEM/SMEM account); kernelgen's
+//! engine refuses to start when one of its rules fails, with the same message. Rules and fixes
+//! name the knobs (`max_pages`), not the flags of any command.
 
 use serde::Serialize;
+
+/// Knobs of Levanter's inference engine that kernelgen's engine does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LevanterKnobs {
+    /// Decode steps per fused device call.
+    pub max_rounds: u64,
+    /// Token capacity of one prefill pass (prompts are prefilled whole).
+    pub max_prefill_size: u64,
+}
+
+/// Which engine a rule describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Both kernelgen's engine and Levanter's.
+    Both,
+    /// Levanter's only (it has the knob the rule is about).
+    Levanter,
+}
 
 /// Engine knobs and the workload they must serve.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -20,33 +45,39 @@ pub struct EnginePlan {
     pub num_prompts: u64,
     /// Longest sequence the engine accepts (prompt + generation).
     pub max_seq_len: u64,
-    /// Decode steps per fused device call.
-    pub max_rounds: u64,
-    /// Tokens packed per decode step.
+    /// Tokens packed per step.
     pub max_tokens_per_round: u64,
-    /// Token capacity of one prefill pass, if the engine prefills prompts whole.
-    pub max_prefill_size: Option<u64>,
     /// KV bytes one token occupies across all layers (2 * kv_heads * head_dim * dtype * layers).
     pub kv_bytes_per_token: Option<u64>,
     /// Device memory available to the page pool.
     pub hbm_bytes: Option<u64>,
+    /// Levanter's own knobs, when the plan is for Levanter's engine.
+    pub levanter: Option<LevanterKnobs>,
 }
 
 /// One rule's outcome.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Rule {
     pub name: &'static str,
+    pub scope: Scope,
     pub ok: bool,
     /// What was computed, e.g. "needs 528 pages (16 seqs x 33 pages), have 480".
     pub detail: String,
-    /// For a failed rule: the knob and the value that would pass.
+    /// For a failed rule: the knob and the value that would pass (`max_pages 528`).
     pub fix: Option<String>,
 }
 
 impl Rule {
-    fn new(name: &'static str, ok: bool, detail: String, fix: impl FnOnce() -> String) -> Rule {
+    fn new(
+        name: &'static str,
+        scope: Scope,
+        ok: bool,
+        detail: String,
+        fix: impl FnOnce() -> String,
+    ) -> Rule {
         Rule {
             name,
+            scope,
             ok,
             detail,
             fix: (!ok).then(fix),
@@ -65,24 +96,28 @@ impl EnginePlan {
         self.num_prompts.min(self.max_seqs)
     }
 
-    /// Every rule, in order; an engine must refuse to start if any is not ok.
+    /// Every rule, in order; an engine must refuse to start if any is not ok. Levanter's rules
+    /// are there only when the plan has [`LevanterKnobs`].
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let zero = [
+        let mut zero = vec![
             ("max_seqs", self.max_seqs),
             ("max_pages", self.max_pages),
             ("page_size", self.page_size),
             ("max_new_tokens", self.max_new_tokens),
-            ("max_rounds", self.max_rounds),
             ("max_tokens_per_round", self.max_tokens_per_round),
         ];
+        if let Some(l) = &self.levanter {
+            zero.push(("max_rounds", l.max_rounds));
+        }
         for (knob, v) in zero {
             if v == 0 {
                 rules.push(Rule::new(
                     "positive knobs",
+                    Scope::Both,
                     false,
                     format!("{knob} = 0"),
-                    || format!("--{} 1 or more", knob.replace('_', "-")),
+                    || format!("{knob} 1 or more"),
                 ));
             }
         }
@@ -94,6 +129,7 @@ impl EnginePlan {
         let needed = seqs * per_seq;
         rules.push(Rule::new(
             "kv pages",
+            Scope::Both,
             needed <= self.max_pages,
             format!(
                 "needs {needed} pages ({seqs} seqs x ceil(({} + {}) / {}) = {per_seq} pages), have {}",
@@ -103,61 +139,33 @@ impl EnginePlan {
                 let fit = self.max_pages / per_seq;
                 if fit == 0 {
                     format!(
-                        "--max-pages {needed}, or a shorter --max-seq-len / --max-new-tokens (one sequence needs {per_seq} pages, the pool has {})",
+                        "max_pages {needed}, or a shorter max_seq_len / max_new_tokens (one sequence needs {per_seq} pages, the pool has {})",
                         self.max_pages
                     )
                 } else {
-                    format!("--max-pages {needed}, or --max-seqs {fit} (the most that fit {} pages)", self.max_pages)
+                    format!("max_pages {needed}, or max_seqs {fit} (the most that fit {} pages)", self.max_pages)
                 }
             },
         ));
         let longest = self.max_prompt_len + self.max_new_tokens;
         rules.push(Rule::new(
             "sequence length",
+            Scope::Both,
             longest <= self.max_seq_len,
             format!(
                 "prompt {} + new tokens {} = {longest}, max_seq_len {}",
                 self.max_prompt_len, self.max_new_tokens, self.max_seq_len
             ),
-            || format!("--max-seq-len {longest}"),
+            || format!("max_seq_len {longest}"),
         ));
-        // Decode budget of a fused loop: max_seq_len / max_rounds host iterations, each running
-        // max_rounds steps that emit at most min(max_tokens_per_round, max_seqs) tokens.
-        let per_round = self.max_tokens_per_round.min(self.max_seqs);
-        let budget = (self.max_seq_len / self.max_rounds) * self.max_rounds * per_round;
-        let wanted = self.num_prompts * self.max_new_tokens;
-        rules.push(Rule::new(
-            "decode token budget",
-            budget >= wanted,
-            format!(
-                "floor({} / {}) x {} x min({}, {}) = {budget} tokens, workload needs {} x {} = {wanted}",
-                self.max_seq_len, self.max_rounds, self.max_rounds, self.max_tokens_per_round, self.max_seqs, self.num_prompts, self.max_new_tokens
-            ),
-            || {
-                let rounds = self.max_seq_len / self.max_rounds * self.max_rounds;
-                let need = wanted.div_ceil(rounds.max(1));
-                if need <= self.max_seqs {
-                    format!("--max-tokens-per-round {need}")
-                } else {
-                    format!("--max-seqs {need} and --max-tokens-per-round {need}")
-                }
-            },
-        ));
-        if let Some(prefill) = self.max_prefill_size {
-            rules.push(Rule::new(
-                "prefill capacity",
-                prefill >= self.max_prompt_len,
-                format!(
-                    "max_prefill_size {prefill}, longest prompt {}",
-                    self.max_prompt_len
-                ),
-                || format!("--max-prefill-size {}", self.max_prompt_len),
-            ));
+        if let Some(l) = &self.levanter {
+            rules.extend(self.levanter_rules(l));
         }
         if let (Some(per_token), Some(hbm)) = (self.kv_bytes_per_token, self.hbm_bytes) {
             let pool = self.max_pages * self.page_size * per_token;
             rules.push(Rule::new(
                 "page pool memory",
+                Scope::Both,
                 pool <= hbm,
                 format!(
                     "{} pages x {} tokens x {per_token} B = {:.2} GiB of {:.2} GiB",
@@ -166,10 +174,48 @@ impl EnginePlan {
                     pool as f64 / (1u64 << 30) as f64,
                     hbm as f64 / (1u64 << 30) as f64
                 ),
-                || format!("--max-pages {}", hbm / (self.page_size * per_token)),
+                || format!("max_pages {}", hbm / (self.page_size * per_token)),
             ));
         }
         rules
+    }
+
+    /// Levanter's fused decode budget and whole-prompt prefill.
+    fn levanter_rules(&self, l: &LevanterKnobs) -> Vec<Rule> {
+        // Decode budget of a fused loop: max_seq_len / max_rounds host iterations, each running
+        // max_rounds steps that emit at most min(max_tokens_per_round, max_seqs) tokens.
+        let per_round = self.max_tokens_per_round.min(self.max_seqs);
+        let budget = (self.max_seq_len / l.max_rounds) * l.max_rounds * per_round;
+        let wanted = self.num_prompts * self.max_new_tokens;
+        let decode = Rule::new(
+            "decode token budget",
+            Scope::Levanter,
+            budget >= wanted,
+            format!(
+                "floor({} / {}) x {} x min({}, {}) = {budget} tokens, workload needs {} x {} = {wanted}",
+                self.max_seq_len, l.max_rounds, l.max_rounds, self.max_tokens_per_round, self.max_seqs, self.num_prompts, self.max_new_tokens
+            ),
+            || {
+                let rounds = self.max_seq_len / l.max_rounds * l.max_rounds;
+                let need = wanted.div_ceil(rounds.max(1));
+                if need <= self.max_seqs {
+                    format!("max_tokens_per_round {need}")
+                } else {
+                    format!("max_seqs {need} and max_tokens_per_round {need}")
+                }
+            },
+        );
+        let prefill = Rule::new(
+            "prefill capacity",
+            Scope::Levanter,
+            l.max_prefill_size >= self.max_prompt_len,
+            format!(
+                "max_prefill_size {}, longest prompt {}",
+                l.max_prefill_size, self.max_prompt_len
+            ),
+            || format!("max_prefill_size {}", self.max_prompt_len),
+        );
+        vec![decode, prefill]
     }
 
     /// `Err` with one line per failed rule, for refusing to start.
@@ -208,11 +254,13 @@ mod tests {
             max_new_tokens: 2048,
             num_prompts: seqs,
             max_seq_len: 4096,
-            max_rounds: 32,
             max_tokens_per_round: seqs,
-            max_prefill_size: None,
             kv_bytes_per_token: None,
             hbm_bytes: None,
+            levanter: Some(LevanterKnobs {
+                max_rounds: 32,
+                max_prefill_size: 64,
+            }),
         }
     }
 
@@ -225,7 +273,8 @@ mod tests {
         let r = rule(&plan(16, 480), "kv pages");
         assert!(!r.ok);
         assert!(r.detail.contains("needs 528 pages"), "{}", r.detail);
-        assert!(r.fix.unwrap().contains("--max-pages 528"));
+        assert!(r.fix.unwrap().contains("max_pages 528"));
+        assert_eq!(r.scope, Scope::Both);
         assert!(rule(&plan(16, 528), "kv pages").ok);
     }
 
@@ -234,7 +283,7 @@ mod tests {
         assert!(rule(&plan(124, 4096), "kv pages").ok);
         let r = rule(&plan(125, 4096), "kv pages");
         assert!(!r.ok && r.detail.contains("needs 4125 pages"));
-        assert!(r.fix.unwrap().contains("--max-seqs 124"));
+        assert!(r.fix.unwrap().contains("max_seqs 124"));
     }
 
     #[test]
@@ -244,10 +293,27 @@ mod tests {
         let r = rule(&p, "decode token budget");
         // floor(4096/32)*32*min(4,16) = 16384 < 16 * 2048 = 32768
         assert!(!r.ok, "{}", r.detail);
-        assert_eq!(r.fix.as_deref(), Some("--max-tokens-per-round 8"));
+        assert_eq!(r.fix.as_deref(), Some("max_tokens_per_round 8"));
+        assert_eq!(r.scope, Scope::Levanter);
         p.max_tokens_per_round = 8;
         assert!(rule(&p, "decode token budget").ok);
         assert!(plan(16, 528).validate().is_ok());
         assert!(plan(16, 480).validate().unwrap_err().contains("kv pages"));
+    }
+
+    /// kernelgen's engine has no fused loop or prefill pass: without Levanter's knobs their
+    /// rules are absent, and no fix names a command-line flag.
+    #[test]
+    fn levanter_rules_only_with_levanter_knobs() {
+        let mut p = plan(16, 480);
+        p.levanter = None;
+        let names: Vec<_> = p.rules().iter().map(|r| r.name).collect();
+        assert!(!names.contains(&"decode token budget") && !names.contains(&"prefill capacity"));
+        assert!(p.rules().iter().all(|r| r.scope == Scope::Both));
+        let with = plan(16, 480);
+        assert!(with.rules().iter().any(|r| r.scope == Scope::Levanter));
+        for r in with.rules().iter().chain(&p.rules()) {
+            assert!(r.fix.as_deref().is_none_or(|f| !f.contains("--")), "{r:?}");
+        }
     }
 }

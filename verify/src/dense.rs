@@ -6,32 +6,21 @@
 //! row attends to. [`DenseDecoder`] keeps one contiguous cache per layer for a single sequence;
 //! the host executor keeps a paged pool for a batch of sequences. The math is the same code.
 //!
-//! Per layer, for rows `x` (`[rows, hidden]`):
-//! `h = rmsnorm(x) * attn_norm`; `q, k, v = h @ wq, h @ wk, h @ wv`; rotate-half RoPE on `q`, `k`
-//! at each row's position; store `k`, `v`; causal grouped-query attention with scale
-//! `1/sqrt(head_dim)`; `x += attn @ wo`; `h = rmsnorm(x) * ffn_norm`;
-//! `x += (silu(h @ w_gate) * (h @ w_up)) @ w_down`. Then the final norm and the LM head
-//! (`embed^T` when tied).
+//! Per layer, for rows `x` (`[rows, hidden]`), every weight `W` laid out `[out, in]` so that
+//! `x W^T` is a dot product per output:
+//! `h = rmsnorm(x) * attn_norm`; `[q | k | v] = h wqkv^T`; rotate-half RoPE on `q`, `k` at each
+//! row's position; store `k`, `v`; causal grouped-query attention with scale `1/sqrt(head_dim)`;
+//! `x += attn wo^T`; `h = rmsnorm(x) * ffn_norm`; `[gate | up] = h w_gate_up^T`;
+//! `x += (silu(gate) * up) w_down^T`. Then the final norm and the LM head (`embed` when tied).
 
 use runtime::model::{LayerWeights, Matrix, Model};
 
-/// `out[rows, w.cols] = x[rows, w.rows] @ w`, streaming each weight row once per block of rows.
+/// `out[rows, w.rows] = x[rows, w.cols] w^T`: output `o` of row `r` is `x[r] . w[o]`.
 pub fn matmul(x: &[f32], rows: usize, w: &Matrix) -> Vec<f32> {
-    debug_assert_eq!(x.len(), rows * w.rows);
-    let mut out = vec![0f32; rows * w.cols];
-    // Blocks of rows keep their outputs in cache while the weights stream past.
-    const BLOCK: usize = 8;
-    for r0 in (0..rows).step_by(BLOCK) {
-        let r1 = (r0 + BLOCK).min(rows);
-        for k in 0..w.rows {
-            let w_row = w.row(k);
-            for r in r0..r1 {
-                let a = x[r * w.rows + k];
-                if a != 0.0 {
-                    axpy(a, w_row, &mut out[r * w.cols..(r + 1) * w.cols]);
-                }
-            }
-        }
+    debug_assert_eq!(x.len(), rows * w.cols);
+    let mut out = Vec::with_capacity(rows * w.rows);
+    for xr in x.chunks_exact(w.cols) {
+        out.extend((0..w.rows).map(|o| dot(xr, w.row(o))));
     }
     out
 }
@@ -190,13 +179,20 @@ fn layer_forward(
     let (rope, cos, sin) = rope;
     let half = c.head_dim / 2;
     let h = rms_norm(x, &w.attn_norm, c.rms_norm_eps);
-    let mut q = matmul(&h, rows, &w.wq);
-    let mut k = matmul(&h, rows, &w.wk);
-    let v = matmul(&h, rows, &w.wv);
+    let qkv = matmul(&h, rows, &w.wqkv);
+    let (qd, kvd) = (c.q_dim(), c.kv_dim());
+    let mut q = Vec::with_capacity(rows * qd);
+    let mut k = Vec::with_capacity(rows * kvd);
+    let mut v = Vec::with_capacity(rows * kvd);
+    for row in qkv.chunks_exact(c.qkv_dim()) {
+        q.extend_from_slice(&row[..qd]);
+        k.extend_from_slice(&row[qd..qd + kvd]);
+        v.extend_from_slice(&row[qd + kvd..]);
+    }
     for r in 0..rows {
         let (cs, sn) = (&cos[r * half..][..half], &sin[r * half..][..half]);
-        rope.apply(&mut q[r * w.wq.cols..][..w.wq.cols], cs, sn);
-        rope.apply(&mut k[r * w.wk.cols..][..w.wk.cols], cs, sn);
+        rope.apply(&mut q[r * qd..][..qd], cs, sn);
+        rope.apply(&mut k[r * kvd..][..kvd], cs, sn);
     }
     cache.store(layer, &k, &v);
     let attn = attention(model, layer, &q, rows, cache);
@@ -204,22 +200,19 @@ fn layer_forward(
     x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
 
     let h = rms_norm(x, &w.ffn_norm, c.rms_norm_eps);
-    let mut gate = matmul(&h, rows, &w.w_gate);
-    let up = matmul(&h, rows, &w.w_up);
-    gate.iter_mut()
-        .zip(&up)
-        .for_each(|(g, u)| *g = silu(*g) * u);
-    let down = matmul(&gate, rows, &w.w_down);
+    let f = c.intermediate_size;
+    let gate_up = matmul(&h, rows, &w.w_gate_up);
+    let act: Vec<f32> = gate_up
+        .chunks_exact(2 * f)
+        .flat_map(|gu| gu[..f].iter().zip(&gu[f..]).map(|(&g, &u)| silu(g) * u))
+        .collect();
+    let down = matmul(&act, rows, &w.w_down);
     x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
 }
 
 /// Logits (`[vocab]`) of one final hidden row (already normed).
 pub fn lm_head(model: &Model, h: &[f32]) -> Vec<f32> {
-    let w = &model.weights;
-    match &w.lm_head {
-        Some(head) => matmul(h, 1, head),
-        None => (0..w.embed.rows).map(|t| dot(w.embed.row(t), h)).collect(),
-    }
+    matmul(h, 1, model.weights.head())
 }
 
 /// Runs `tokens` (at `positions`) through the model against `cache`; returns the logits of
@@ -410,15 +403,15 @@ mod tests {
             );
             let x: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Matrix::new(
-                k,
                 m,
+                k,
                 (0..k * m).map(|_| rng.random_range(-1.0..1.0)).collect(),
             );
             let y = matmul(&x, n, &w);
             for r in 0..n {
                 for c in 0..m {
                     let want: f64 = (0..k)
-                        .map(|i| f64::from(x[r * k + i]) * f64::from(w.data[i * m + c]))
+                        .map(|i| f64::from(x[r * k + i]) * f64::from(w.data[c * k + i]))
                         .sum();
                     assert!((f64::from(y[r * m + c]) - want).abs() < 1e-4, "seed {seed}");
                 }

@@ -7,10 +7,10 @@ use rand_chacha::ChaCha8Rng;
 use runtime::engine::{SeqInBatch, StepBatch, StepExecutor};
 use runtime::model::gguf::{load_gguf, GgmlType};
 use runtime::model::safetensors::load_hf_dir;
-use runtime::model::tiny::{write_tiny_llama, write_tiny_llama_gguf, TinyConfig};
 use runtime::model::Model;
 use std::sync::Arc;
 use verify::dense::{argmax, generate_greedy, DenseDecoder};
+use verify::fixtures::tiny::{write_tiny_llama, write_tiny_llama_gguf, TinyConfig};
 use verify::host_executor::HostExecutor;
 
 fn seeded() -> (u64, ChaCha8Rng) {

@@ -13,7 +13,7 @@ use verify::host_executor::HostExecutor;
 
 #[test]
 fn smollm2_greedy_continuation_is_english() {
-    let path = runtime::cache::require_default_model();
+    let path = verify::fixtures::require_default_model();
     let t0 = Instant::now();
     let model = load_gguf(&path).unwrap();
     let tok = Tokenizer::from_gguf(&path).unwrap();

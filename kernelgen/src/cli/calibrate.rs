@@ -1,26 +1,32 @@
-//! `kernelgen calibrate`: refit the spill allowance to committed oracle data.
+//! `kernelgen calibrate`: refit the spill allowance to oracle data and report how the checker's
+//! verdicts agree with the compiler's.
 
-use super::exit;
+use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
-use kernelgen::target::fmt_bytes;
-use kernelgen::vmem::calibrate::{agreement, data_file, fit_all, leave_one_out, render_fitted};
-use kernelgen::vmem::KernelModel;
+use kernelgen::target::{fmt_bytes, Target};
+use kernelgen::tpu::oracle::{parse_points, OraclePoint};
+use kernelgen::vmem::calibrate::{
+    agreement, committed_data, committed_points, fit_all, leave_one_out, render_fitted,
+};
+use kernelgen::vmem::{check, CheckRequest, KernelModel};
 use std::path::PathBuf;
 
 /// Fit the VMEM spill allowance to oracle data and report model/compiler agreement
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Data: JSON lines from verify/oracle/sweep.py (default: verify/data/vmem_oracle_<kernel>.jsonl). \
-Prints the fitted coefficients per target, their worst relative error, and how often the model's verdict at \
-the default limit agrees with the compiler's. --write regenerates kernelgen/src/vmem/spill_fitted.rs (run \
-from the source tree, then rebuild) from every kernel's committed data."
+    after_help = "Data: JSON lines from kernelgen/oracle/sweep.py (default: the committed \
+kernelgen/data/vmem_oracle_<kernel>.jsonl, built into the binary). Prints the fitted coefficients per \
+target, their worst relative error, the points the fit could not use and why, and how often the \
+model's verdict at the default limit agrees with the compiler's. --write FILE regenerates the fitted \
+constants (kernelgen/src/vmem/spill_fitted.rs in the source tree; rebuild to use them) from every \
+kernel's committed data."
 )]
 pub struct CalibrateArgs {
     /// Kernel model: jax-rpa or kernelgen
     #[arg(long, default_value = "jax-rpa")]
     pub kernel: String,
-    /// Oracle data files [default: the committed file for --kernel]
+    /// Oracle data files [default: the committed data for --kernel]
     #[arg(long)]
     pub data: Vec<PathBuf>,
     /// Also judge each point by a model fitted without it (leave-one-out)
@@ -30,60 +36,65 @@ pub struct CalibrateArgs {
     /// limit, beside the checker's estimate and verdict
     #[arg(long)]
     pub per_point: bool,
-    /// Write the fitted constants into kernelgen/src/vmem/spill_fitted.rs
-    #[arg(long)]
-    pub write: bool,
+    /// Write the fitted constants to this file (kernelgen/src/vmem/spill_fitted.rs)
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
-    let kernel = KernelModel::parse(&args.kernel)?;
-    let files = if args.data.is_empty() {
-        vec![data_file(kernel)]
-    } else {
-        args.data
-    };
-    let mut points = Vec::new();
-    for f in &files {
-        points.extend(verify::oracle::read_points(f).map_err(anyhow::Error::msg)?);
+/// The points of `files` (or the committed ones), refusing any line that does not parse.
+fn load(kernel: KernelModel, files: &[PathBuf]) -> anyhow::Result<(Vec<OraclePoint>, String)> {
+    if files.is_empty() {
+        let (name, _) = committed_data(kernel);
+        let (points, bad) = committed_points(kernel);
+        anyhow::ensure!(bad.is_empty(), "{name}: unreadable lines {bad:?}");
+        return Ok((points, name.to_string()));
     }
-    let models = fit_all(&points);
-    if args.write {
+    let mut points = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        let (p, bad) = parse_points(&text);
+        if let Some((line, why)) = bad.first() {
+            anyhow::bail!(
+                "{}:{line}: not an oracle point ({why}); {} such lines",
+                f.display(),
+                bad.len()
+            );
+        }
+        points.extend(p);
+    }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    Ok((points, names.join(", ")))
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let kernel = KernelModel::parse(&args.kernel)?;
+    let (points, source) = load(kernel, &args.data)?;
+    let fit = fit_all(&points);
+    if let Some(path) = &args.write {
         // spill_fitted.rs holds every kernel's models: refit from all committed data.
         let mut all = Vec::new();
         for k in [KernelModel::JaxRpa, KernelModel::Kernelgen] {
-            let f = data_file(k);
-            if f.exists() {
-                all.extend(verify::oracle::read_points(&f).map_err(anyhow::Error::msg)?);
-            }
+            all.extend(load(k, &[])?.0);
         }
-        let models = fit_all(&all);
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vmem/spill_fitted.rs");
-        std::fs::write(&path, render_fitted(&models))
+        std::fs::write(path, render_fitted(&fit_all(&all).models))
             .with_context(|| path.display().to_string())?;
         eprintln!("wrote {} (rebuild to use it)", path.display());
     }
     let agree = agreement(&points);
+    let loo = args.cross_validate.then(|| leave_one_out(&points));
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"models": models, "agreement": agree})
-            )?
-        );
-        return Ok(exit::OK);
+        let out = serde_json::json!({
+            "models": fit.models,
+            "skipped": fit.skipped,
+            "agreement": agree,
+            "leave_one_out": loo,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::Ok);
     }
-    println!(
-        "{} points from {}",
-        points.len(),
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("{} points from {source}", points.len());
     println!(
         "{:<5} {:>6}  {:<62} {:>7} {:>7}",
         "target",
@@ -92,7 +103,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
         "under",
         "over"
     );
-    for (_, t, m) in &models {
+    for (_, t, m) in &fit.models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:.3}")).collect();
         println!(
             "{t:<5} {:>6}  {:<62} {:>6.1}% {:>6.1}%",
@@ -101,6 +112,9 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
             m.under * 100.0,
             m.over * 100.0
         );
+    }
+    for (why, n) in &fit.skipped {
+        println!("not fitted: {n} points: {why}");
     }
     println!(
         "agreement with the compiler (committed constants): {} points, {} agree, {} uncertain ({:.1}%), {} disagree, {} compiler errors not compared",
@@ -111,9 +125,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
         agree.disagree.len(),
         agree.compiler_errors
     );
-    if args.cross_validate {
-        let (a, u, d) = leave_one_out(&points);
-        println!("leave-one-out (each point judged by a fit without it): {a} agree, {u} uncertain, {d} disagree");
+    if let Some(l) = loo {
+        println!(
+            "leave-one-out (each point judged by a fit without it): {} agree, {} uncertain, {} disagree",
+            l.agree, l.uncertain, l.disagree
+        );
     }
     if args.per_point {
         print_points(&points);
@@ -129,14 +145,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<i32> {
             d.oracle_min_limit
         );
     }
-    Ok(exit::OK)
+    Ok(ExitCode::Ok)
 }
 
 /// One line per oracle point: compiler vs checker at the target's default limit.
-fn print_points(points: &[verify::oracle::OraclePoint]) {
-    use kernelgen::target::Target;
-    use kernelgen::vmem::calibrate::config_of;
-    use kernelgen::vmem::{check, CheckRequest};
+fn print_points(points: &[OraclePoint]) {
     let mib =
         |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / 1048576.0));
     println!(
@@ -150,30 +163,29 @@ fn print_points(points: &[verify::oracle::OraclePoint]) {
     );
     for p in points {
         let r = &p.request;
+        let c = &r.config;
+        let g = c.geometry();
         let name = format!(
             "{}/{} d{} P{} q{} kv{} {}",
-            r.num_q_heads,
-            r.num_kv_heads,
-            r.head_dim,
-            r.page_size,
-            r.q_block,
-            r.kv_pages_block,
-            if r.dtype == "float32" { "f32" } else { "bf16" }
+            g.num_q_heads,
+            g.num_kv_heads,
+            g.head_dim,
+            c.page_size(),
+            c.q_block(),
+            c.kv_pages_block(),
+            c.dtype()
         );
-        let checked = match (
-            KernelModel::parse(&r.kernel),
-            Target::find(&r.target),
-            config_of(r),
-        ) {
-            (Ok(kernel), Ok(target), Ok(cfg)) => check(&CheckRequest {
-                cfg: &cfg,
-                target,
-                kernel,
-                vmem_limit: None,
-            })
-            .map_err(|e| e.to_string()),
-            _ => Err("invalid request".to_string()),
-        };
+        let checked = Target::find(&r.target)
+            .map_err(|e| e.to_string())
+            .and_then(|target| {
+                check(&CheckRequest {
+                    cfg: c,
+                    target,
+                    kernel: r.kernel,
+                    vmem_limit: None,
+                })
+                .map_err(|e| e.to_string())
+            });
         let (est, verdict) = match checked {
             Ok(rep) => (Some(rep.total_bytes), rep.verdict.to_string()),
             Err(e) => (None, format!("refused: {e}")),
@@ -182,7 +194,7 @@ fn print_points(points: &[verify::oracle::OraclePoint]) {
             "{:<6} {:<34} {:<9} {:>9} {:>9} {:>9}  {verdict}",
             r.target,
             name,
-            p.response.verdict,
+            p.response.verdict.to_string(),
             mib(p.response.size_bytes),
             mib(p.response.min_limit_bytes),
             mib(est)

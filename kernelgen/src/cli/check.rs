@@ -1,19 +1,18 @@
 //! `kernelgen check`: VMEM/SMEM budget of a kernel config on a TPU target, before any compile.
 
-use super::exit;
-use super::kernel_args::{KernelArgs, TPU_DEFAULTS};
+use super::args::{CheckOpts, KernelArgs};
+use super::print::{print_matrix, print_oracle, print_report, print_suggestions};
+use super::ExitCode;
 use anyhow::Context;
-use clap::{Args, Parser};
-use kernelgen::config::{ConfigError, Geometry, KernelConfig, KernelParams};
-use kernelgen::target::{fmt_bytes, parse_bytes, Target};
+use clap::Args;
+use kernelgen::config::{KernelSpec, TPU_DEFAULTS};
+use kernelgen::target::{parse_bytes, Target};
+use kernelgen::tpu::{checked_config_request, Oracle, OracleResponse};
+use kernelgen::vmem::request::{resolve, Resolved};
 use kernelgen::vmem::suggest::{nearest_fits, Suggestion};
-use kernelgen::vmem::{check, CheckRequest, KernelModel, LimitSource, Verdict, VmemReport};
+use kernelgen::vmem::{check, matrix, KernelModel, Verdict, VmemReport};
 use serde::Serialize;
 use std::path::PathBuf;
-use verify::oracle::{Oracle, OracleRequest, OracleResponse};
-
-pub const EXIT_NO_FIT: i32 = 3;
-pub const EXIT_UNCERTAIN: i32 = 4;
 
 /// Check whether a kernel config fits a TPU's VMEM and SMEM, before any compile
 #[derive(Args, Debug)]
@@ -45,88 +44,8 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-/// Options shared by single checks and matrix entries.
-#[derive(Args, Debug, Clone)]
-pub struct CheckOpts {
-    /// TPU generation: v4, v5e, v5p, v6e, v7x
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Kernel model: jax-rpa (JAX's Pallas TPU ragged_paged_attention) or kernelgen
-    #[arg(long = "kernel", value_name = "KERNEL", default_value = "jax-rpa")]
-    pub kernel_model: String,
-    /// vmem_limit_bytes the kernel is compiled with (e.g. 32MiB) [default: the target's scoped default]
-    #[arg(long)]
-    pub vmem_limit: Option<String>,
-    /// Tensor-parallel degree: heads are divided by it before accounting
-    #[arg(long, default_value_t = 1)]
-    pub tp: u32,
-    /// Also compile with the real TPU compiler (deviceless) and print its verdict
-    #[arg(long)]
-    pub oracle: bool,
-}
-
-/// Heads one device sees under tensor parallelism `tp`.
-pub fn per_device(g: Geometry, tp: u32) -> Result<(Geometry, Option<String>), ConfigError> {
-    if tp == 0 || !g.num_q_heads.is_multiple_of(tp) {
-        return Err(ConfigError::field(
-            "tp",
-            tp,
-            format!("must divide num_q_heads ({})", g.num_q_heads),
-        ));
-    }
-    let (kv, note) = if g.num_kv_heads.is_multiple_of(tp) {
-        (g.num_kv_heads / tp, None)
-    } else if tp.is_multiple_of(g.num_kv_heads) {
-        (
-            1,
-            Some(format!(
-                "tp {tp} > num_kv_heads {}: each device holds 1 replicated KV head",
-                g.num_kv_heads
-            )),
-        )
-    } else {
-        return Err(ConfigError::field(
-            "tp",
-            tp,
-            format!(
-                "must divide num_kv_heads ({}) or be a multiple of it",
-                g.num_kv_heads
-            ),
-        ));
-    };
-    Ok((
-        Geometry {
-            num_q_heads: g.num_q_heads / tp,
-            num_kv_heads: kv,
-            head_dim: g.head_dim,
-        },
-        note,
-    ))
-}
-
-/// A check request resolved from flags: config per device, target, model, limit, and notes on
-/// what was adjusted to match what the kernel sees.
-pub struct Resolved {
-    pub cfg: KernelConfig,
-    pub target: Target,
-    pub model: KernelModel,
-    pub limit: Option<u64>,
-    pub notes: Vec<String>,
-}
-
-impl Resolved {
-    pub fn request(&self) -> CheckRequest<'_> {
-        CheckRequest {
-            cfg: &self.cfg,
-            target: self.target,
-            kernel: self.model,
-            vmem_limit: self.limit,
-        }
-    }
-}
-
-/// Resolves flags into the request: config per device, target, model, limit.
-pub fn request(args: &KernelArgs, opts: &CheckOpts) -> anyhow::Result<Resolved> {
+/// The check `spec` and `opts` ask for, resolved by the library's one rule set.
+pub fn resolve_request(spec: &KernelSpec, opts: &CheckOpts) -> anyhow::Result<Resolved> {
     let target = Target::find(
         opts.target
             .as_deref()
@@ -134,32 +53,21 @@ pub fn request(args: &KernelArgs, opts: &CheckOpts) -> anyhow::Result<Resolved> 
     )?;
     let model = KernelModel::parse(&opts.kernel_model)?;
     let limit = opts.vmem_limit.as_deref().map(parse_bytes).transpose()?;
-    let mut notes = Vec::new();
-    let mut args = args.clone();
-    // jax-rpa call sites clamp kv_pages_block to pages_per_seq (Levanter's min(kv, pages_per_seq)).
-    let pages_per_seq = args.pages_per_seq(&TPU_DEFAULTS);
-    let (_, kv) = args.blocks()?;
-    if model == KernelModel::JaxRpa && kv > pages_per_seq && pages_per_seq > 0 {
-        notes.push(format!(
-            "kv_pages_block {} clamped to pages_per_seq {pages_per_seq}, as jax-rpa call sites must",
-            kv
-        ));
-        args.kv_pages_block = Some(pages_per_seq);
-    }
-    let full = args.to_config(&TPU_DEFAULTS)?;
-    let (geometry, tp_note) = per_device(full.geometry(), opts.tp)?;
-    notes.extend(tp_note);
-    let cfg = KernelConfig::new(KernelParams {
-        geometry,
-        ..full.params().clone()
-    })?;
-    Ok(Resolved {
-        cfg,
+    Ok(resolve(
+        spec.params(&TPU_DEFAULTS)?,
         target,
         model,
         limit,
-        notes,
-    })
+        opts.tp,
+    )?)
+}
+
+pub fn exit_code(v: Verdict) -> ExitCode {
+    match v {
+        Verdict::Fits => ExitCode::Ok,
+        Verdict::DoesNotFit => ExitCode::NoFit,
+        Verdict::Uncertain => ExitCode::Uncertain,
+    }
 }
 
 #[derive(Serialize)]
@@ -171,50 +79,30 @@ struct CheckOutput<'a> {
     oracle: Option<OracleResponse>,
 }
 
-pub fn exit_code(v: Verdict) -> i32 {
-    match v {
-        Verdict::Fits => exit::OK,
-        Verdict::DoesNotFit => EXIT_NO_FIT,
-        Verdict::Uncertain => EXIT_UNCERTAIN,
+fn run_matrix(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let m = matrix::run_file(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print_matrix(&m);
     }
+    Ok(if m.failed() {
+        ExitCode::NoFit
+    } else if m.uncertain() {
+        ExitCode::Uncertain
+    } else {
+        ExitCode::Ok
+    })
 }
 
-/// The oracle request for a checked config (the kernelgen module rendered into the cache).
-pub fn oracle_request(
-    cfg: &KernelConfig,
-    target: &Target,
-    model: KernelModel,
-    limit: Option<u64>,
-) -> anyhow::Result<OracleRequest> {
-    let module = match model {
-        KernelModel::Kernelgen => Some(kernelgen::tpu::cached_module(cfg)?),
-        KernelModel::JaxRpa => None,
-    };
-    Ok(kernelgen::tpu::oracle_request(
-        cfg,
-        target,
-        model,
-        limit,
-        module.as_deref(),
-        None,
-    ))
-}
-
-pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
-    if let Some(matrix) = &args.matrix {
-        return super::matrix::run(matrix, args.json);
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.matrix {
+        return run_matrix(path, args.json);
     }
-    let kargs = &args.kernel;
-    let resolved = request(kargs, &args.opts)?;
+    let resolved = resolve_request(&args.kernel.spec(), &args.opts)?;
     let req = resolved.request();
     let mut report = check(&req)?;
     report.notes.splice(0..0, resolved.notes.iter().cloned());
-    let (cfg, target, model, limit) = (
-        &resolved.cfg,
-        resolved.target,
-        resolved.model,
-        resolved.limit,
-    );
     let suggestions = if report.verdict == Verdict::Fits {
         vec![]
     } else {
@@ -222,7 +110,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     };
     let oracle = if args.opts.oracle {
         let mut oracle = Oracle::start(&mut |msg| eprintln!("{msg}"))?;
-        Some(oracle.compile(&oracle_request(cfg, &target, model, limit)?)?)
+        let r = &resolved;
+        let request = checked_config_request(&r.cfg, &r.target, r.model, r.limit)?;
+        Some(oracle.compile(&request).map_err(super::failed)?)
     } else {
         None
     };
@@ -234,161 +124,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_report(&report, &target);
+        print_report(&report, &resolved.target);
         print_suggestions(&suggestions);
         if let Some(o) = &oracle {
             print_oracle(o, &report);
         }
     }
     Ok(exit_code(report.verdict))
-}
-
-fn dims(v: &[u64]) -> String {
-    v.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x")
-}
-
-pub fn print_report(r: &VmemReport, t: &Target) {
-    println!("{} on {}: {}", r.kernel.name(), t.name, r.config);
-    for n in &r.notes {
-        println!("note: {n}");
-    }
-    println!(
-        "{:<17} {:<22} {:<22} {:>6} {:>12}",
-        "buffer", "shape", "padded", "copies", "bytes"
-    );
-    for b in &r.buffers {
-        let bytes = if b.exact {
-            fmt_bytes(b.bytes)
-        } else {
-            format!("~{}", fmt_bytes(b.bytes))
-        };
-        if b.exact {
-            println!(
-                "{:<17} {:<22} {:<22} {:>6} {:>12}",
-                b.name,
-                format!("{} {}", dims(&b.shape), b.dtype),
-                dims(&b.padded_shape),
-                b.copies,
-                bytes
-            );
-        } else {
-            println!(
-                "{:<17} {:<53} {:>12}",
-                b.name, "(fitted to the TPU compiler)", bytes
-            );
-        }
-    }
-    let upper = r
-        .upper_bytes
-        .map(fmt_bytes)
-        .unwrap_or_else(|| "unbounded (no spill calibration)".into());
-    println!(
-        "{:<17} {} (exact buffers {}; range {} .. {})",
-        "total",
-        fmt_bytes(r.total_bytes),
-        fmt_bytes(r.explicit_bytes),
-        fmt_bytes(r.lower_bytes),
-        upper
-    );
-    let source = match r.limit_source {
-        LimitSource::TargetDefault => format!("{} default scoped limit", t.name),
-        LimitSource::Explicit => "vmem_limit_bytes".to_string(),
-    };
-    println!(
-        "{:<17} {} ({source}; physical VMEM {})",
-        "limit",
-        fmt_bytes(r.limit_bytes),
-        fmt_bytes(t.vmem_bytes)
-    );
-    let margin = if r.margin_bytes >= 0 {
-        fmt_bytes(r.margin_bytes as u64)
-    } else {
-        format!("-{}", fmt_bytes(r.margin_bytes.unsigned_abs()))
-    };
-    println!("{:<17} {margin}", "margin");
-    println!(
-        "{:<17} {} of {} ({})",
-        "smem",
-        fmt_bytes(r.smem.total_bytes),
-        fmt_bytes(r.smem.capacity_bytes),
-        r.smem.verdict
-    );
-    println!(
-        "{:<17} {} of {} HBM ({})",
-        "operands",
-        fmt_bytes(r.hbm.operand_bytes),
-        fmt_bytes(r.hbm.capacity_bytes),
-        r.hbm.verdict
-    );
-    let hint = if r.verdict == Verdict::Uncertain {
-        "  (within the spill model's error: run with --oracle)"
-    } else {
-        ""
-    };
-    println!(
-        "{:<17} {}{hint}",
-        "verdict",
-        r.verdict.to_string().to_uppercase()
-    );
-}
-
-pub fn print_suggestions(s: &[Suggestion]) {
-    if s.is_empty() {
-        return;
-    }
-    println!("nearest configs that fit:");
-    for x in s {
-        println!(
-            "  {:<40} total {} under limit {}",
-            x.change,
-            fmt_bytes(x.total_bytes),
-            fmt_bytes(x.limit_bytes)
-        );
-    }
-}
-
-/// The real compiler's verdict in one phrase: `FITS`, `DOES NOT FIT (scoped VMEM X of limit Y)`
-/// or `ERROR: first line`.
-pub fn describe_compiler(
-    verdict: &str,
-    size: Option<u64>,
-    limit: Option<u64>,
-    message: &str,
-) -> String {
-    match verdict {
-        "fits" => "FITS".to_string(),
-        "vmem_oom" | "smem_oom" => format!(
-            "DOES NOT FIT ({} {} of limit {})",
-            if verdict == "smem_oom" {
-                "SMEM"
-            } else {
-                "scoped VMEM"
-            },
-            size.map(fmt_bytes).unwrap_or_default(),
-            limit.map(fmt_bytes).unwrap_or_default()
-        ),
-        "hbm_oom" => "DOES NOT FIT (HBM)".to_string(),
-        _ => format!("ERROR: {}", message.lines().next().unwrap_or("")),
-    }
-}
-
-fn print_oracle(o: &OracleResponse, r: &VmemReport) {
-    let verdict = describe_compiler(&o.verdict, o.size_bytes, o.limit_bytes, &o.message);
-    println!(
-        "{:<17} {verdict} (real TPU compiler, {:.1} s); model said {}",
-        "oracle", o.compile_s, r.verdict
-    );
-}
-
-/// Parses one matrix entry's flags with the same parser as the command line.
-#[derive(Parser, Debug)]
-#[command(no_binary_name = true)]
-pub struct EntryArgs {
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-    #[command(flatten)]
-    pub opts: CheckOpts,
 }

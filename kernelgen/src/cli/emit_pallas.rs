@@ -1,10 +1,11 @@
 //! `kernelgen emit-pallas` (hidden, for the calibration sweep): render one config's Pallas module
 //! to a file, with no VMEM check (the sweep wants the compiler's verdict on configs that do not fit).
 
-use super::exit;
-use super::kernel_args::{KernelArgs, TPU_DEFAULTS};
+use super::args::KernelArgs;
+use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
+use kernelgen::config::TPU_DEFAULTS;
 use kernelgen::emit::pallas;
 use std::path::PathBuf;
 
@@ -17,9 +18,9 @@ pub struct EmitPallasArgs {
     pub out: PathBuf,
 }
 
-pub fn run(a: EmitPallasArgs) -> anyhow::Result<i32> {
-    let cfg = a.kernel.to_config(&TPU_DEFAULTS)?;
+pub fn run(a: EmitPallasArgs) -> anyhow::Result<ExitCode> {
+    let cfg = a.kernel.spec().config(&TPU_DEFAULTS)?;
     let text = pallas::render(&cfg, &Default::default())?;
     std::fs::write(&a.out, text).with_context(|| a.out.display().to_string())?;
-    Ok(exit::OK)
+    Ok(ExitCode::Ok)
 }

@@ -1,14 +1,14 @@
 //! `kernelgen emit-step` (hidden, for debugging and profiling): write one bucket's linked step
 //! program to a file, for the same model, kernel blocks and engine flags `generate` takes.
 
-use super::exit;
-use super::generate::{EngineArgs, ServedArgs};
+use super::args::{EngineArgs, ServedArgs};
+use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
-use kernelgen::emit::step::emit;
 use kernelgen::serve::kernel_source;
-use runtime::engine::core::validate_config;
-use runtime::step::layout::StepShapes;
+use kernelgen::step::program::emit;
+use kernelgen::step::StepShapes;
+use runtime::engine::validate_config;
 use std::path::PathBuf;
 
 /// Write the model's step program for one token bucket (linked, checked) to a file
@@ -29,11 +29,11 @@ pub struct EmitStepArgs {
     pub engine: EngineArgs,
 }
 
-pub fn run(a: EmitStepArgs) -> anyhow::Result<i32> {
+pub fn run(a: EmitStepArgs) -> anyhow::Result<ExitCode> {
     // The engine's own rules, before the model loads: the same message generate gives.
     let engine = a.engine.config();
     validate_config(&engine)?;
-    let kv = a.engine.kv_dtype()?;
+    let kv = a.engine.kv_dtype;
     let path = a.served.model_path();
     let (model, _) =
         kernelgen::serve::load_model(&path).with_context(|| path.display().to_string())?;
@@ -57,5 +57,5 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<i32> {
         p.module.op_counts.values().sum::<usize>(),
         p.kernel
     );
-    Ok(exit::OK)
+    Ok(ExitCode::Ok)
 }

@@ -1,105 +1,16 @@
 //! `kernelgen generate`: serve a Llama model with a paged KV cache and a generated kernel.
 
-use super::exit;
+use super::args::{EngineArgs, PluginArg, ServedArgs};
+use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kernelgen::serve::{start, ServeOptions};
-use runtime::engine::{EngineConfig, FinishReason, FinishedRequest, SamplingParams};
-use runtime::step::layout::KvDtype;
+use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-
-/// The model and kernel a serving command runs (`generate`, `bench decode`).
-#[derive(Args, Debug)]
-pub struct ServedArgs {
-    /// Model: a .gguf file or a Hugging Face directory [default: cached SmolLM2-135M-Instruct]
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// q_block of the emitted kernel when --kernel is not given
-    #[arg(long = "q", default_value_t = 32)]
-    pub q_block: u32,
-    /// kv_pages_block of the emitted kernel when --kernel is not given
-    #[arg(long = "kv", default_value_t = 4)]
-    pub kv_pages_block: u32,
-}
-
-impl ServedArgs {
-    /// --model, or the cached default model.
-    pub fn model_path(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(runtime::cache::default_model_path)
-    }
-
-    pub fn blocks(&self) -> (u32, u32) {
-        (self.q_block, self.kv_pages_block)
-    }
-}
-
-/// The PJRT plugin the engine runs on (`generate`, `bench decode`).
-#[derive(Args, Debug)]
-pub struct PluginArg {
-    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
-    #[arg(long, env = "PJRT_PLUGIN")]
-    pub plugin: Option<PathBuf>,
-}
-
-impl PluginArg {
-    /// --plugin (or $PJRT_PLUGIN), else the cached serving plugin.
-    pub fn path(&self) -> PathBuf {
-        self.plugin
-            .clone()
-            .unwrap_or_else(runtime::cache::serving_plugin_path)
-    }
-}
-
-/// Engine shape flags: what `generate` serves with and what `emit-step` emits a program for.
-#[derive(Args, Debug)]
-pub struct EngineArgs {
-    /// Sequences per step
-    #[arg(long, default_value_t = 32, help_heading = "Engine")]
-    pub max_seqs: usize,
-    /// KV pages in each layer's pool
-    #[arg(long, default_value_t = 1024, help_heading = "Engine")]
-    pub max_pages: usize,
-    #[arg(long, default_value_t = 16, help_heading = "Engine")]
-    pub page_size: usize,
-    /// Longest sequence (prompt + generation)
-    #[arg(long, default_value_t = 2048, help_heading = "Engine")]
-    pub max_seq_len: usize,
-    /// Token budget of one step (prefill chunk size)
-    #[arg(long, default_value_t = 256, help_heading = "Engine")]
-    pub max_tokens_per_round: usize,
-    /// KV pool dtype: f32 or bf16
-    #[arg(long, default_value = "f32", help_heading = "Engine")]
-    pub kv_dtype: String,
-}
-
-impl EngineArgs {
-    /// The engine configuration these flags describe.
-    pub fn config(&self) -> EngineConfig {
-        EngineConfig {
-            max_seqs: self.max_seqs,
-            max_pages: self.max_pages,
-            page_size: self.page_size,
-            max_seq_len: self.max_seq_len,
-            max_tokens_per_round: self.max_tokens_per_round,
-        }
-    }
-
-    /// --kv-dtype, parsed.
-    pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {
-        Ok(kernelgen::emit::step::kv_dtype(
-            kernelgen::config::Dtype::parse(&self.kv_dtype)?,
-        ))
-    }
-}
 
 /// Generate text with a paged-KV engine running the model's step program through PJRT
 #[derive(Args, Debug)]
@@ -203,7 +114,7 @@ fn params(a: &GenerateArgs, line: Option<&PromptLine>) -> SamplingParams {
     }
 }
 
-pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
+pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     if a.prompt.is_none() && a.prompts.is_none() {
         bail!("give --prompt TEXT or --prompts FILE.jsonl; see kernelgen generate --help");
     }
@@ -231,7 +142,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
         kernel: a.served.kernel.clone(),
         blocks: a.served.blocks(),
         engine: a.engine.config(),
-        kv_dtype: a.engine.kv_dtype()?,
+        kv_dtype: a.engine.kv_dtype,
         plugin: a.plugin.path(),
         buckets: None,
     };
@@ -290,7 +201,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
         );
         let mut results: BTreeMap<usize, FinishedRequest> = BTreeMap::new();
         while served.engine.has_work() {
-            served.engine.step()?;
+            served.engine.step().map_err(super::failed)?;
             for f in served.engine.take_finished() {
                 results.insert(ids[&f.id], f);
                 bar.inc(1);
@@ -339,7 +250,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<i32> {
             println!("{text}");
         }
     }
-    Ok(exit::OK)
+    Ok(ExitCode::Ok)
 }
 
 /// How much of `text` can be shown while generation goes on: all of it except an incomplete
@@ -376,7 +287,7 @@ fn stream(
     let mut printed = 0;
     let mut stdout = std::io::stdout();
     while served.engine.has_work() {
-        for ev in served.engine.step()? {
+        for ev in served.engine.step().map_err(super::failed)? {
             if ev.request != id || ev.sample != 0 {
                 continue;
             }
@@ -407,11 +318,11 @@ fn stream(
     match sample.map(|s| &s.finish_reason) {
         Some(FinishReason::StopString) => eprintln!("[kernelgen] stopped at a stop string"),
         Some(FinishReason::NonFiniteLogits) => {
-            anyhow::bail!(
+            return Err(super::failed(anyhow::anyhow!(
                 "generation stopped after {} tokens: the model produced NaN or infinite logits \
                  (finish reason non_finite_logits)",
                 tokens.len()
-            )
+            )))
         }
         _ => {}
     }

@@ -1,47 +1,115 @@
-//! Command-line interface: argument parsing, dispatch, exit codes.
+//! Command-line interface: argument parsing, dispatch, printing and exit codes. Every command
+//! parses its flags into the library's typed options, calls the library, and prints what it
+//! returns; no kernel, VMEM, benchmark or build logic lives here.
 
+mod args;
 mod bench;
-mod bench_kernel;
 mod build;
 mod calibrate;
 mod check;
 mod emit_pallas;
 mod emit_step;
 mod generate;
-mod kernel_args;
-mod matrix;
 mod plan;
+mod print;
+mod setup;
 mod verify;
 
 use clap::{Parser, Subcommand};
 
 /// Exit codes, shared by every subcommand.
-pub mod exit {
-    pub const OK: i32 = 0;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok,
     /// Bad flags, unreadable input, invalid config: nothing was compiled or run.
-    pub const INPUT: i32 = 1;
+    Input,
     /// `verify`: the kernel's error exceeded the tolerance (or output was not finite).
-    pub const VERIFY_FAILED: i32 = 2;
+    VerifyFailed,
+    /// `check`/`plan`: does not fit; `build --target`: refused, or the TPU compiler ran out of
+    /// memory.
+    NoFit,
+    /// `check`/`plan`: uncertain (within the spill model's error of the limit).
+    Uncertain,
+    /// Work started and then failed: a compile, the device, or generation (e.g. the model
+    /// produced non-finite logits).
+    Failed,
 }
 
-const AFTER_HELP: &str = "\
-Exit codes: 0 success, 1 usage or input error (nothing compiled or run), 2 verification failed.
+impl ExitCode {
+    pub const ALL: [ExitCode; 6] = [
+        ExitCode::Ok,
+        ExitCode::Input,
+        ExitCode::VerifyFailed,
+        ExitCode::NoFit,
+        ExitCode::Uncertain,
+        ExitCode::Failed,
+    ];
 
-Examples:
-  kernelgen build --q 32 --kv 16                         Llama-3-8B geometry, page_size 64, bf16
-  kernelgen build --q 16 --kv 8 --preset smollm2-135m --page-size 16 --dtype f32 --out /tmp/k
-  kernelgen build --q 32 --kv 16 --hf-config path/to/config.json
-  kernelgen verify out/rpa-q32-kv16                      run on the PJRT CPU plugin vs an f64 reference";
+    pub fn code(self) -> i32 {
+        match self {
+            ExitCode::Ok => 0,
+            ExitCode::Input => 1,
+            ExitCode::VerifyFailed => 2,
+            ExitCode::NoFit => 3,
+            ExitCode::Uncertain => 4,
+            ExitCode::Failed => 5,
+        }
+    }
+
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "success",
+            ExitCode::Input => "usage or input error (nothing compiled or run)",
+            ExitCode::VerifyFailed => "verify: an error above tolerance",
+            ExitCode::NoFit => {
+                "check/plan: does not fit; build --target: refused, or the TPU compiler ran out of memory"
+            }
+            ExitCode::Uncertain => "check/plan: uncertain",
+            ExitCode::Failed => {
+                "a run failed after it started (a compile, the device, or generation)"
+            }
+        }
+    }
+}
+
+/// An error after work started (exit 5), rather than an input error (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Failed(pub anyhow::Error);
+
+/// Marks an error as a failure after work started.
+pub fn failed(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    Failed(e.into()).into()
+}
+
+fn after_help() -> String {
+    let codes: Vec<String> = ExitCode::ALL
+        .iter()
+        .map(|c| format!("  {}  {}", c.code(), c.meaning()))
+        .collect();
+    format!(
+        "Exit codes:\n{}\n\nExamples:\n  \
+         kernelgen setup                                        fetch the PJRT plugins and the default model\n  \
+         kernelgen build --q 32 --kv 16                         Llama-3-8B geometry, page_size 64, bf16\n  \
+         kernelgen build --q 16 --kv 8 --preset smollm2-135m --page-size 16 --dtype f32 --out /tmp/k\n  \
+         kernelgen verify out/rpa-q32-kv16                      run on the PJRT CPU plugin vs an f64 reference\n  \
+         kernelgen check --target v5p --q 16 --kv 16            VMEM/SMEM budget on a TPU, before any compile\n  \
+         kernelgen generate --prompt \"Write a haiku.\"           serve the default model with the paged-KV engine",
+        codes.join("\n")
+    )
+}
 
 #[derive(Parser)]
 #[command(
     name = "kernelgen",
     version,
-    about = "Ragged paged attention kernels for XLA devices: emit, verify, check",
+    about = "Ragged paged attention kernels for XLA devices: emit, verify, check, serve",
     long_about = "kernelgen generates ragged paged attention (RPA) kernels parameterized by q_block \
                   (query tokens per block) and kv_pages_block (KV pages per block), emits them as \
-                  StableHLO for any PJRT backend, and verifies them against an f64 reference.",
-    after_help = AFTER_HELP
+                  StableHLO for any PJRT backend and as a Pallas TPU kernel, verifies them against \
+                  an f64 reference, checks them against TPU VMEM budgets before any hardware run, \
+                  and serves Llama-family models with them.",
+    after_help = after_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +118,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Setup(setup::SetupArgs),
     Build(build::BuildArgs),
     Verify(verify::VerifyArgs),
     Check(check::CheckArgs),
@@ -69,15 +138,16 @@ pub fn run() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
-                exit::INPUT
+                ExitCode::Input
             } else {
-                exit::OK
+                ExitCode::Ok
             };
             let _ = e.print();
-            return code;
+            return code.code();
         }
     };
     let result = match cli.command {
+        Command::Setup(args) => setup::run(args),
         Command::Build(args) => build::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
@@ -89,10 +159,14 @@ pub fn run() -> i32 {
         Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) => code.code(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit::INPUT
+            if e.downcast_ref::<Failed>().is_some() {
+                ExitCode::Failed.code()
+            } else {
+                ExitCode::Input.code()
+            }
         }
     }
 }

@@ -1,27 +1,33 @@
 //! `kernelgen plan`: check a whole engine config against a workload before hardware sees it.
 
-use super::check::{exit_code, per_device, request, CheckOpts, EXIT_NO_FIT};
-use super::exit;
-use super::kernel_args::{KernelArgs, TPU_DEFAULTS};
+use super::args::CheckOpts;
+use super::check::{exit_code, resolve_request};
+use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
-use kernelgen::target::fmt_bytes;
+use kernelgen::config::{parse_dtype, KernelSpec, TPU_DEFAULTS};
+use kernelgen::target::{fmt_bytes, Target};
+use kernelgen::vmem::request::per_device;
 use kernelgen::vmem::{check, Verdict, VmemReport};
-use runtime::plan::{EnginePlan, Rule};
+use runtime::plan::{EnginePlan, LevanterKnobs, Rule, Scope};
 use serde::Serialize;
 
 /// Check an engine config (pages, scheduler budget, SMEM, VMEM) against a workload
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Rules (each failure names the knob and a value that passes):
+Rules (each failure names the knob and a value that passes), for both engines unless marked:
   kv pages             min(num_prompts, max_seqs) x ceil((max_prompt_len + max_new_tokens) / page_size) <= max_pages
+                       (kernelgen's engine preempts and recomputes instead of failing; Levanter's fails)
   sequence length      max_prompt_len + max_new_tokens <= max_seq_len
-  decode token budget  floor(max_seq_len / max_rounds) x max_rounds x min(max_tokens_per_round, max_seqs)
-                       >= num_prompts x max_new_tokens
-  prefill capacity     max_prefill_size >= max_prompt_len
+  decode token budget  [levanter] floor(max_seq_len / max_rounds) x max_rounds x min(max_tokens_per_round, max_seqs)
+                       >= num_prompts x max_new_tokens (its fused decode loop)
+  prefill capacity     [levanter] max_prefill_size >= max_prompt_len (it prefills prompts whole)
   page pool memory     max_pages x page_size x KV bytes per token (all layers) <= the target's HBM per device
   kernel SMEM / VMEM   the attention kernel at the prefill shape (max_prefill_size tokens) and the
                        decode shape (max_tokens_per_round tokens), as `kernelgen check` reports them
+
+--max-rounds and --max-prefill-size are Levanter's knobs (kernelgen's engine has neither); give
+--engine kernelgen to check kernelgen's engine, whose prefill is chunked by max_tokens_per_round.
 
 Exit codes: 0 all pass, 3 a rule fails or the kernel does not fit, 4 uncertain, 1 usage error.
 
@@ -47,6 +53,9 @@ pub struct PlanArgs {
     /// Decoder layers [default: from the preset or config.json]
     #[arg(long)]
     pub layers: Option<u32>,
+    /// Which engine serves: levanter (fused decode loop, whole-prompt prefill) or kernelgen
+    #[arg(long, default_value = "levanter", value_parser = ["levanter", "kernelgen"])]
+    pub engine: String,
     /// Sequences decoded concurrently
     #[arg(long)]
     pub max_seqs: u64,
@@ -68,13 +77,13 @@ pub struct PlanArgs {
     /// Longest sequence the engine accepts [default: max-prompt-len + max-new-tokens rounded up to a page]
     #[arg(long)]
     pub max_seq_len: Option<u64>,
-    /// Decode steps per fused device call
+    /// Levanter: decode steps per fused device call
     #[arg(long, default_value_t = 32)]
     pub max_rounds: u64,
-    /// Tokens packed per decode step [default: max-seqs]
+    /// Tokens packed per step [default: max-seqs]
     #[arg(long)]
     pub max_tokens_per_round: Option<u64>,
-    /// Token capacity of one prefill pass [default: max-prompt-len]
+    /// Levanter: token capacity of one prefill pass [default: max-prompt-len]
     #[arg(long)]
     pub max_prefill_size: Option<u64>,
     #[command(flatten)]
@@ -98,46 +107,46 @@ struct PlanOutput {
     verdict: &'static str,
 }
 
-fn kernel_args(a: &PlanArgs, tokens: u64, max_seq_len: u64) -> anyhow::Result<KernelArgs> {
-    let dtype = kernelgen::config::Dtype::parse(&a.dtype)?;
-    Ok(KernelArgs {
+/// The kernel config the engine calls at `tokens` rows.
+fn kernel_spec(a: &PlanArgs, tokens: u64, max_seq_len: u64) -> anyhow::Result<KernelSpec> {
+    let u32_of =
+        |v: u64, what: &str| u32::try_from(v).with_context(|| format!("{what} exceeds u32"));
+    Ok(KernelSpec {
         q_block: Some(a.q_block),
         kv_pages_block: Some(a.kv_pages_block),
         preset: a.preset.clone(),
         hf_config: a.hf_config.clone(),
-        num_q_heads: None,
-        num_kv_heads: None,
-        head_dim: None,
-        page_size: a.page_size,
-        dtype,
-        max_num_tokens: Some(u32::try_from(tokens).context("token count exceeds u32")?),
-        max_num_seqs: Some(u32::try_from(a.max_seqs).context("--max-seqs exceeds u32")?),
-        max_model_len: Some(u32::try_from(max_seq_len).context("--max-seq-len exceeds u32")?),
-        pages_per_seq: None,
-        total_pages: Some(u32::try_from(a.max_pages).context("--max-pages exceeds u32")?),
-        sm_scale: None,
-        sliding_window: None,
-        soft_cap: None,
-        schedule: kernelgen::config::Schedule::Sequential,
+        page_size: Some(a.page_size),
+        dtype: Some(parse_dtype(&a.dtype)?),
+        max_num_tokens: Some(u32_of(tokens, "token count")?),
+        max_num_seqs: Some(u32_of(a.max_seqs, "--max-seqs")?),
+        max_model_len: Some(u32_of(max_seq_len, "--max-seq-len")?),
+        total_pages: Some(u32_of(a.max_pages, "--max-pages")?),
+        ..KernelSpec::default()
     })
 }
 
-pub fn run(a: PlanArgs) -> anyhow::Result<i32> {
+pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let page = a.page_size as u64;
     let max_seq_len = a
         .max_seq_len
         .unwrap_or_else(|| (a.max_prompt_len + a.max_new_tokens).div_ceil(page.max(1)) * page);
     let per_round = a.max_tokens_per_round.unwrap_or(a.max_seqs);
-    let prefill = a.max_prefill_size.unwrap_or(a.max_prompt_len);
-    let probe = kernel_args(&a, prefill.max(1), max_seq_len)?;
-    let cfg = probe.to_config(&TPU_DEFAULTS)?;
+    let levanter = a.engine == "levanter";
+    // kernelgen's engine prefills in chunks of max_tokens_per_round: that is its prefill shape.
+    let prefill = if levanter {
+        a.max_prefill_size.unwrap_or(a.max_prompt_len)
+    } else {
+        per_round
+    };
+    let probe = kernel_spec(&a, prefill.max(1), max_seq_len)?;
+    let cfg = probe.config(&TPU_DEFAULTS)?;
     let (dev, _) = per_device(cfg.geometry(), a.opts.tp)?;
     let layers = match a.layers {
         Some(l) => Some(l),
         None => probe.num_layers()?,
     };
-    let target =
-        kernelgen::target::Target::find(a.opts.target.as_deref().context("--target is required")?)?;
+    let target = Target::find(a.opts.target.as_deref().context("--target is required")?)?;
     let plan = EnginePlan {
         max_seqs: a.max_seqs,
         max_pages: a.max_pages,
@@ -146,19 +155,21 @@ pub fn run(a: PlanArgs) -> anyhow::Result<i32> {
         max_new_tokens: a.max_new_tokens,
         num_prompts: a.num_prompts.unwrap_or(a.max_seqs),
         max_seq_len,
-        max_rounds: a.max_rounds,
         max_tokens_per_round: per_round,
-        max_prefill_size: Some(prefill),
         kv_bytes_per_token: layers.map(|l| {
             2 * dev.num_kv_heads as u64 * dev.head_dim as u64 * cfg.dtype().bytes() * l as u64
         }),
         hbm_bytes: Some(target.hbm_bytes),
+        levanter: levanter.then_some(LevanterKnobs {
+            max_rounds: a.max_rounds,
+            max_prefill_size: prefill,
+        }),
     };
     let rules = plan.rules();
     let mut kernel = Vec::new();
     for (shape, tokens) in [("prefill", prefill), ("decode", per_round)] {
-        let args = kernel_args(&a, tokens.max(a.q_block as u64), max_seq_len)?;
-        let resolved = request(&args, &a.opts)?;
+        let spec = kernel_spec(&a, tokens.max(a.q_block as u64), max_seq_len)?;
+        let resolved = resolve_request(&spec, &a.opts)?;
         let mut report = check(&resolved.request())?;
         report.notes.splice(0..0, resolved.notes.iter().cloned());
         kernel.push(KernelCheck {
@@ -171,30 +182,32 @@ pub fn run(a: PlanArgs) -> anyhow::Result<i32> {
     let verdicts: Vec<Verdict> = kernel.iter().map(|k| k.report.verdict).collect();
     let worst = kernelgen::vmem::worst(&verdicts);
     let code = if !rules_ok {
-        EXIT_NO_FIT
+        ExitCode::NoFit
     } else {
         exit_code(worst)
     };
     let verdict = match code {
-        exit::OK => "ok",
-        EXIT_NO_FIT => "rejected",
+        ExitCode::Ok => "ok",
+        ExitCode::NoFit => "rejected",
         _ => "uncertain",
     };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&PlanOutput {
-                plan,
-                rules,
-                kernel,
-                verdict
-            })?
-        );
+        let out = PlanOutput {
+            plan,
+            rules,
+            kernel,
+            verdict,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(code);
     }
     for r in &rules {
+        let scope = match r.scope {
+            Scope::Both => "",
+            Scope::Levanter => " [levanter]",
+        };
         println!(
-            "{} {:<20} {}",
+            "{} {:<20} {}{scope}",
             if r.ok { "ok  " } else { "FAIL" },
             r.name,
             r.detail

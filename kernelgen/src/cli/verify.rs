@@ -1,6 +1,6 @@
 //! `kernelgen verify`: run an artifact through PJRT against the f64 reference.
 
-use super::exit;
+use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,7 +71,7 @@ fn kernel_file_for(artifact: &Artifact, platform: &str) -> anyhow::Result<String
         })
 }
 
-pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::open(&args.artifact)?;
     let cfg = artifact.manifest.config.clone();
     let plugin = args.plugin.clone().unwrap_or_else(default_plugin_path);
@@ -86,7 +86,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
     let platform = client.platform_name()?;
     let kernel_file = kernel_file_for(&artifact, &platform)?;
     let mlir = artifact.read_text(&kernel_file)?;
-    let runner = KernelRunner::compile(client, &cfg, &mlir).context("compiling the kernel")?;
+    let runner = KernelRunner::compile(client, &cfg, &mlir)
+        .context("compiling the kernel")
+        .map_err(super::failed)?;
     let tol = tolerance(cfg.dtype());
     if !args.json {
         println!("artifact {} ({cfg})", args.artifact.display());
@@ -102,7 +104,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
     let mut outcomes = Vec::new();
     for i in 0..args.batches {
         let spec = &specs[i as usize % specs.len()];
-        let o = runner.check_batch(spec, args.seed + i, poison_of(i))?;
+        let o = runner
+            .check_batch(spec, args.seed + i, poison_of(i))
+            .map_err(super::failed)?;
         if !args.json {
             bar.suspend(|| print_batch(i, &o, tol));
         }
@@ -136,9 +140,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(if passed {
-        exit::OK
+        ExitCode::Ok
     } else {
-        exit::VERIFY_FAILED
+        ExitCode::VerifyFailed
     })
 }
 

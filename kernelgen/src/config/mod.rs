@@ -7,54 +7,21 @@
 
 mod hf;
 mod preset;
+pub mod spec;
 
 pub use hf::{geometry_from_hf_config, HfAttention};
 pub use preset::{Preset, PRESETS};
+pub use spec::{CallDefaults, KernelSpec, CPU_DEFAULTS, TPU_DEFAULTS};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Element type of q, kv_pages and the output (accumulation is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    F32,
-    Bf16,
-}
+pub use runtime::dtype::Dtype;
 
-impl Dtype {
-    pub fn bytes(self) -> u64 {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::Bf16 => 2,
-        }
-    }
-
-    /// MLIR element type name.
-    pub fn mlir(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Dtype, ConfigError> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(Dtype::F32),
-            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(ConfigError::field(
-                "dtype",
-                s,
-                "one of f32, bf16 (float32, bfloat16)",
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.mlir())
-    }
+/// Parses a dtype flag or field, naming the field on error.
+pub fn parse_dtype(s: &str) -> Result<Dtype, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::field("dtype", s, "one of f32, bf16 (float32, bfloat16)"))
 }
 
 /// Loop nest of the StableHLO kernel (same results, different speed profile).

@@ -71,13 +71,6 @@ pub struct VmemBuffer {
 }
 
 /// The `jax.numpy` name of `dtype`.
-pub fn jnp_dtype(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::F32 => "float32",
-        Dtype::Bf16 => "bfloat16",
-    }
-}
-
 /// KV heads per grid step: the fewest whose K/V rows (`2 * heads`) fill whole sublane tiles
 /// (8 rows for f32, 16 for bf16) and divide the heads evenly, because the kernel DMAs that slice
 /// of each page's head axis and Mosaic slices tiled HBM axes only at tile boundaries; all heads
@@ -110,7 +103,7 @@ impl PallasDims {
             group: g.group(),
             head_dim: g.head_dim,
             head_dim_padded: g.head_dim,
-            dtype: jnp_dtype(cfg.dtype()),
+            dtype: cfg.dtype().numpy(),
             page_size: cfg.page_size(),
             q_block: cfg.q_block(),
             kv_pages_block: cfg.kv_pages_block(),

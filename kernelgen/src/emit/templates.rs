@@ -25,6 +25,22 @@ const TEMPLATES: &[(&str, &str)] = &[
         "rpa_batched.stablehlo.mlir.tera",
         include_str!("../../../templates/rpa_batched.stablehlo.mlir.tera"),
     ),
+    (
+        "step_matmuls.stablehlo.mlir.tera",
+        include_str!("../../../templates/step_matmuls.stablehlo.mlir.tera"),
+    ),
+    (
+        "kernel_chain.stablehlo.mlir.tera",
+        include_str!("../../../templates/kernel_chain.stablehlo.mlir.tera"),
+    ),
+    (
+        "probe_bandwidth.stablehlo.mlir.tera",
+        include_str!("../../../templates/probe_bandwidth.stablehlo.mlir.tera"),
+    ),
+    (
+        "probe_matmul.stablehlo.mlir.tera",
+        include_str!("../../../templates/probe_matmul.stablehlo.mlir.tera"),
+    ),
 ];
 
 /// Renders template `name` with `context`.

@@ -3,97 +3,99 @@
 
 use super::spill::{self, Observation, SpillModel};
 use super::{check, CheckRequest, KernelModel, Verdict};
-use crate::config::{Dtype, Geometry, KernelConfig, KernelParams};
 use crate::target::Target;
+use crate::tpu::oracle::{parse_points, OraclePoint, Unreadable};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use verify::oracle::{OraclePoint, OracleRequest};
 
-/// Measurements are bisected in 64 KiB steps (verify/oracle/tpu_oracle.py).
+/// Measurements are bisected in 64 KiB steps (kernelgen/oracle/tpu_oracle.py).
 pub const BISECT_STEP: f64 = 65536.0;
 
-/// The committed data file of each kernel model.
-pub fn data_file(kernel: KernelModel) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../verify/data")
-        .join(format!(
-            "vmem_oracle_{}.jsonl",
-            kernel.name().replace('-', "_")
-        ))
+/// The committed data of each kernel model (`kernelgen/data/`), embedded so `kernelgen
+/// calibrate` runs from any directory.
+pub fn committed_data(kernel: KernelModel) -> (&'static str, &'static str) {
+    match kernel {
+        KernelModel::JaxRpa => (
+            "kernelgen/data/vmem_oracle_jax_rpa.jsonl",
+            include_str!("../../data/vmem_oracle_jax_rpa.jsonl"),
+        ),
+        KernelModel::Kernelgen => (
+            "kernelgen/data/vmem_oracle_kernelgen.jsonl",
+            include_str!("../../data/vmem_oracle_kernelgen.jsonl"),
+        ),
+    }
 }
 
-/// The config an oracle request describes.
-pub fn config_of(r: &OracleRequest) -> Result<KernelConfig, String> {
-    let dtype = Dtype::parse(&r.dtype).map_err(|e| e.to_string())?;
-    KernelConfig::new(KernelParams {
-        geometry: Geometry {
-            num_q_heads: r.num_q_heads,
-            num_kv_heads: r.num_kv_heads,
-            head_dim: r.head_dim,
-        },
-        dtype,
-        page_size: r.page_size,
-        q_block: r.q_block,
-        kv_pages_block: r.kv_pages_block,
-        max_num_tokens: r.max_num_tokens,
-        max_num_seqs: r.max_num_seqs,
-        pages_per_seq: r.pages_per_seq,
-        total_pages: r.total_pages,
-        sm_scale: None,
-        sliding_window: None,
-        soft_cap: None,
-        schedule: Default::default(),
-    })
-    .map_err(|e| e.to_string())
+/// The committed points of `kernel` (every line parses: `vmem_agreement` checks it).
+pub fn committed_points(kernel: KernelModel) -> (Vec<OraclePoint>, Unreadable) {
+    parse_points(committed_data(kernel).1)
 }
 
-fn kernel_of(p: &OraclePoint) -> Option<KernelModel> {
-    KernelModel::parse(&p.request.kernel).ok()
+/// The fitted models, and the points the fit could not use, counted by reason.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fit {
+    pub models: Vec<(KernelModel, &'static str, SpillModel)>,
+    pub skipped: BTreeMap<String, usize>,
 }
 
-/// Fits one spill model per (kernel, target) from points with a measured minimum limit.
-pub fn fit_all(points: &[OraclePoint]) -> Vec<(spill::Kernel, &'static str, SpillModel)> {
-    let mut groups: BTreeMap<(&'static str, &'static str), (spill::Kernel, Vec<Observation>)> =
-        BTreeMap::new();
+/// Fits one spill model per (kernel, target) from the points with a measured minimum limit;
+/// the others are counted in [`Fit::skipped`] with the reason.
+pub fn fit_all(points: &[OraclePoint]) -> Fit {
+    let mut groups: BTreeMap<(KernelModel, &'static str), Vec<Observation>> = BTreeMap::new();
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
     for p in points {
-        let (Some(kernel), Some(min_limit)) = (kernel_of(p), p.response.min_limit_bytes) else {
+        let r = &p.request;
+        let Some(min_limit) = p.response.min_limit_bytes else {
+            let why = format!(
+                "no measured minimum limit (compiler: {})",
+                p.response.verdict
+            );
+            *skipped.entry(why).or_default() += 1;
             continue;
         };
-        let (Ok(t), Ok(cfg)) = (Target::find(&p.request.target), config_of(&p.request)) else {
-            continue;
+        let t = match Target::find(&r.target) {
+            Ok(t) => t,
+            Err(e) => {
+                *skipped.entry(e.to_string()).or_default() += 1;
+                continue;
+            }
         };
-        let Ok(a) = kernel.account(&cfg, &t) else {
-            continue;
+        let a = match r.kernel.account(&r.config, &t) {
+            Ok(a) => a,
+            Err(e) => {
+                *skipped.entry(format!("not accounted: {e}")).or_default() += 1;
+                continue;
+            }
         };
         let explicit: u64 = a.buffers.iter().map(|b| b.bytes).sum();
         groups
-            .entry((kernel.name(), t.name))
-            .or_insert_with(|| (a.spill_kernel, Vec::new()))
-            .1
+            .entry((r.kernel, t.name))
+            .or_default()
             .push(Observation {
                 features: a.features,
                 explicit: explicit as f64,
                 min_limit: min_limit as f64,
             });
     }
-    groups
+    let models = groups
         .into_iter()
-        .filter_map(|((_, target), (k, obs))| spill::fit(&obs, BISECT_STEP).map(|m| (k, target, m)))
-        .collect()
+        .filter_map(|((k, target), obs)| spill::fit(&obs, BISECT_STEP).map(|m| (k, target, m)))
+        .collect();
+    Fit { models, skipped }
 }
 
 /// Rust source of `spill_fitted.rs` for `models`.
-pub fn render_fitted(models: &[(spill::Kernel, &'static str, SpillModel)]) -> String {
+pub fn render_fitted(models: &[(KernelModel, &'static str, SpillModel)]) -> String {
     let mut s = String::from(
-        "//! Fitted spill models, written by `kernelgen calibrate --write` from the committed oracle data.\n\
+        "//! Fitted spill models, written by `kernelgen calibrate --write kernelgen/src/vmem/spill_fitted.rs` from the committed oracle data.\n\
          //! Do not edit by hand: `spill_constants_match_a_refit_of_the_data` keeps them equal to a refit.\n\n\
-         use super::spill::{Kernel, SpillModel};\n\n\
-         pub const FITTED: &[(Kernel, &str, SpillModel)] = &[\n",
+         use super::spill::SpillModel;\nuse super::KernelModel;\n\n\
+         pub const FITTED: &[(KernelModel, &str, SpillModel)] = &[\n",
     );
     for (k, t, m) in models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:e}")).collect();
         s.push_str(&format!(
-            "    (\n        Kernel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
+            "    (\n        KernelModel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
             coef.join(", "),
             m.under,
             m.over,
@@ -139,18 +141,15 @@ pub struct Agreement {
 pub fn agreement(points: &[OraclePoint]) -> Agreement {
     let mut a = Agreement::default();
     for p in points {
-        let (Some(kernel), Some(oracle)) = (kernel_of(p), oracle_verdict(p)) else {
+        let r = &p.request;
+        let (Some(oracle), Ok(t)) = (oracle_verdict(p), Target::find(&r.target)) else {
             a.compiler_errors += 1;
             continue;
         };
-        let (Ok(t), Ok(cfg)) = (Target::find(&p.request.target), config_of(&p.request)) else {
-            a.compiler_errors += 1;
-            continue;
-        };
-        let Ok(r) = check(&CheckRequest {
-            cfg: &cfg,
+        let Ok(rep) = check(&CheckRequest {
+            cfg: &r.config,
             target: t,
-            kernel,
+            kernel: r.kernel,
             vmem_limit: None,
         }) else {
             a.compiler_errors += 1;
@@ -158,15 +157,15 @@ pub fn agreement(points: &[OraclePoint]) -> Agreement {
         };
         a.points += 1;
         *a.targets.entry(t.name.to_string()).or_default() += 1;
-        match r.verdict {
+        match rep.verdict {
             Verdict::Uncertain => a.uncertain += 1,
             v if v == oracle => a.agree += 1,
             v => a.disagree.push(Disagreement {
                 target: t.name.into(),
-                config: cfg.to_string(),
+                config: r.config.to_string(),
                 model: v,
                 oracle,
-                model_total: r.total_bytes,
+                model_total: rep.total_bytes,
                 oracle_min_limit: p.response.min_limit_bytes,
             }),
         }
@@ -174,43 +173,47 @@ pub fn agreement(points: &[OraclePoint]) -> Agreement {
     a
 }
 
+/// Leave-one-out tallies: each point judged by a model fitted without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeaveOneOut {
+    pub agree: usize,
+    pub uncertain: usize,
+    pub disagree: usize,
+}
+
 /// Leave-one-out: each point judged by a model fitted without it (an estimate of how the
-/// checker does on configs it was not calibrated on). Returns (agree, uncertain, disagree).
-pub fn leave_one_out(points: &[OraclePoint]) -> (usize, usize, usize) {
-    let (mut agree, mut uncertain, mut disagree) = (0, 0, 0);
+/// checker does on configs it was not calibrated on).
+pub fn leave_one_out(points: &[OraclePoint]) -> LeaveOneOut {
+    let mut out = LeaveOneOut::default();
     for (i, p) in points.iter().enumerate() {
-        let (Some(kernel), Some(oracle)) = (kernel_of(p), oracle_verdict(p)) else {
+        let r = &p.request;
+        let (Some(oracle), Ok(t)) = (oracle_verdict(p), Target::find(&r.target)) else {
             continue;
         };
-        let (Ok(t), Ok(cfg)) = (Target::find(&p.request.target), config_of(&p.request)) else {
-            continue;
-        };
-        let Ok(a) = kernel.account(&cfg, &t) else {
+        let Ok(a) = r.kernel.account(&r.config, &t) else {
             continue;
         };
         let others: Vec<OraclePoint> = points
             .iter()
             .enumerate()
             .filter(|(j, q)| {
-                *j != i
-                    && q.request.target == p.request.target
-                    && q.request.kernel == p.request.kernel
+                *j != i && q.request.target == r.target && q.request.kernel == r.kernel
             })
             .map(|(_, q)| q.clone())
             .collect();
-        let Some((_, _, m)) = fit_all(&others).into_iter().next() else {
+        let Some((_, _, m)) = fit_all(&others).models.into_iter().next() else {
             continue;
         };
         let explicit: u64 = a.buffers.iter().map(|b| b.bytes).sum();
         let total = explicit as f64 + m.predict(&a.features);
         let (lower, upper) = m.band(total, explicit as f64);
         let vmem = super::verdict(lower, Some(upper), t.default_scoped_vmem_bytes);
-        let smem = super::smem::account(&cfg, &t, kernel).verdict;
+        let smem = super::smem::account(&r.config, &t, r.kernel).verdict;
         match super::worst(&[vmem, smem]) {
-            Verdict::Uncertain => uncertain += 1,
-            v if v == oracle => agree += 1,
-            _ => disagree += 1,
+            Verdict::Uncertain => out.uncertain += 1,
+            v if v == oracle => out.agree += 1,
+            _ => out.disagree += 1,
         }
     }
-    (agree, uncertain, disagree)
+    out
 }

@@ -16,7 +16,7 @@
 //! sublane tile ([`Target::sublane_tile`]). Verified byte for byte against the compiler's
 //! allocation listing (`padding_matches_compiler_dumps` in `vmem/mod.rs`).
 
-use super::spill::{self, SpillFeatures};
+use super::spill::SpillFeatures;
 use super::{buffer, ModelAccount, VmemError};
 use crate::config::{Dtype, KernelConfig};
 use crate::target::Target;
@@ -166,7 +166,6 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
     };
     Ok(ModelAccount {
         buffers,
-        spill_kernel: spill::Kernel::JaxRpa,
         features,
         notes,
     })

@@ -19,7 +19,7 @@
 //! The shapes are taken from [`PallasDims::vmem_buffers`], the Rust mirror of the module's
 //! `VMEM_BUFFERS`, which the interpret-mode test checks against the rendered module.
 
-use super::spill::{self, SpillFeatures};
+use super::spill::SpillFeatures;
 use super::{buffer, Buffer, ModelAccount, VmemError};
 use crate::config::{Dtype, KernelConfig};
 use crate::emit::pallas::{PallasDims, VmemBuffer};
@@ -43,7 +43,10 @@ fn describe(name: &str) -> (&'static str, &'static str) {
 
 fn to_buffer(t: &Target, b: &VmemBuffer) -> Buffer {
     let (name, what) = describe(&b.name);
-    let dtype = Dtype::parse(&b.dtype).expect("PallasDims names its dtypes");
+    let dtype = b
+        .dtype
+        .parse::<Dtype>()
+        .expect("PallasDims names its dtypes");
     // kv_buf's two copies are one scratch array with a leading axis of 2; the pipelined
     // windows are two separate allocations.
     if b.name == "kv_buf" {
@@ -90,7 +93,6 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
     };
     Ok(ModelAccount {
         buffers,
-        spill_kernel: spill::Kernel::Kernelgen,
         features,
         notes,
     })

@@ -5,12 +5,14 @@
 //! `ragged_paged_attention`) and [`kernelgen_rpa`] (the Pallas kernel kernelgen emits). Each
 //! buffer there carries its kernel buffer name, shape and padding rule. Register spills, which
 //! the compiler also allocates in scoped VMEM, are not a closed form: [`spill`] holds the
-//! allowance fitted to the real TPU compiler (data in `verify/data/`), with its measured error,
+//! allowance fitted to the real TPU compiler (data in `kernelgen/data/`), with its measured error,
 //! which becomes the `uncertain` band around the limit.
 
 pub mod calibrate;
 pub mod jax_rpa;
 pub mod kernelgen_rpa;
+pub mod matrix;
+pub mod request;
 pub mod smem;
 pub mod spill;
 mod spill_fitted;
@@ -18,11 +20,12 @@ pub mod suggest;
 
 use crate::config::{Dtype, KernelConfig};
 use crate::target::{fmt_bytes, Target};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Which kernel's allocations to account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// Which kernel's allocations to account (and to fit register spills for, and to compile with
+/// the TPU compiler): the one kernel enum of the checker, the calibration and the oracle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelModel {
     /// `jax.experimental.pallas.ops.tpu.ragged_paged_attention` (jax 0.12).
@@ -227,7 +230,6 @@ pub enum VmemError {
 /// What a kernel model contributes: its exact buffers and the features of its spills.
 pub struct ModelAccount {
     pub buffers: Vec<Buffer>,
-    pub spill_kernel: spill::Kernel,
     pub features: spill::SpillFeatures,
     pub notes: Vec<String>,
 }
@@ -270,7 +272,7 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
     let mut notes = account.notes;
     let mut buffers = account.buffers;
     let explicit_bytes: u64 = buffers.iter().map(|b| b.bytes).sum();
-    let spill = spill::estimate_with(account.spill_kernel, t, &account.features, explicit_bytes);
+    let spill = spill::estimate_with(req.kernel, t, &account.features, explicit_bytes);
     if spill.outside_domain {
         let m = spill.model.expect("a domain comes with a model");
         notes.push(format!(

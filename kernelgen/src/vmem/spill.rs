@@ -2,7 +2,7 @@
 //! explicit buffers (vector temporaries that do not fit the register file).
 //!
 //! It has no closed form, so it is fitted to the real compiler: for every committed oracle point
-//! (`verify/data/vmem_oracle_<kernel>.jsonl`) the smallest `vmem_limit_bytes` that compiles was
+//! (`kernelgen/data/vmem_oracle_<kernel>.jsonl`) the smallest `vmem_limit_bytes` that compiles was
 //! found by bisection (64 KiB steps); the spill is that minus the explicit buffers. What the
 //! inner loop materializes per KV head is a `[rows, keys]` f32 score tile and `[keys, head_dim]`
 //! K/V tiles, for each of the block's KV heads (the loop over them is unrolled); the compiler
@@ -21,15 +21,9 @@
 //! largest relative under-/over-estimates of the fit on its calibration points and `abs` the
 //! bisection step. So no committed point is ever on the wrong side of a non-uncertain verdict.
 
+use super::KernelModel;
 use crate::target::Target;
 use serde::Serialize;
-
-/// Whose inner loop the features describe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Kernel {
-    JaxRpa,
-    Kernelgen,
-}
 
 /// Sizes of the inner loop's per-head temporaries.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -108,7 +102,7 @@ impl SpillModel {
 }
 
 /// The committed model for `kernel` on `t`, if calibrated (see `spill_fitted.rs`).
-pub fn model(kernel: Kernel, t: &Target) -> Option<SpillModel> {
+pub fn model(kernel: KernelModel, t: &Target) -> Option<SpillModel> {
     super::spill_fitted::FITTED
         .iter()
         .find(|(k, name, _)| *k == kernel && *name == t.name)
@@ -117,7 +111,7 @@ pub fn model(kernel: Kernel, t: &Target) -> Option<SpillModel> {
 
 /// The spill allowance for `f` given the exact buffers' sum `explicit`.
 pub fn estimate_with(
-    kernel: Kernel,
+    kernel: KernelModel,
     t: &Target,
     f: &SpillFeatures,
     explicit: u64,
@@ -309,7 +303,7 @@ mod tests {
     #[test]
     fn outside_the_calibrated_domain_there_is_no_upper_bound() {
         let t = Target::find("v5p").unwrap();
-        let m = model(Kernel::JaxRpa, &t).expect("committed model");
+        let m = model(KernelModel::JaxRpa, &t).expect("committed model");
         let inside = SpillFeatures {
             rows: m.max_rows,
             keys: m.max_keys,
@@ -318,7 +312,7 @@ mod tests {
             kv_dtype_bytes: 2,
             group: 4,
         };
-        let e = estimate_with(Kernel::JaxRpa, &t, &inside, 1 << 20);
+        let e = estimate_with(KernelModel::JaxRpa, &t, &inside, 1 << 20);
         assert!(!e.outside_domain && e.upper.is_some());
         for f in [
             SpillFeatures {
@@ -330,7 +324,7 @@ mod tests {
                 ..inside
             },
         ] {
-            let e = estimate_with(Kernel::JaxRpa, &t, &f, 1 << 20);
+            let e = estimate_with(KernelModel::JaxRpa, &t, &f, 1 << 20);
             assert!(e.outside_domain && e.upper.is_none(), "{f:?}");
             assert_eq!(e.lower, 1 << 20);
         }

@@ -1,11 +1,12 @@
-//! Fitted spill models, written by `kernelgen calibrate --write` from the committed oracle data.
+//! Fitted spill models, written by `kernelgen calibrate --write kernelgen/src/vmem/spill_fitted.rs` from the committed oracle data.
 //! Do not edit by hand: `spill_constants_match_a_refit_of_the_data` keeps them equal to a refit.
 
-use super::spill::{Kernel, SpillModel};
+use super::spill::SpillModel;
+use super::KernelModel;
 
-pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
+pub const FITTED: &[(KernelModel, &str, SpillModel)] = &[
     (
-        Kernel::JaxRpa,
+        KernelModel::JaxRpa,
         "v4",
         SpillModel {
             coef: [
@@ -26,7 +27,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::JaxRpa,
+        KernelModel::JaxRpa,
         "v5e",
         SpillModel {
             coef: [
@@ -47,7 +48,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::JaxRpa,
+        KernelModel::JaxRpa,
         "v5p",
         SpillModel {
             coef: [
@@ -68,7 +69,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::JaxRpa,
+        KernelModel::JaxRpa,
         "v6e",
         SpillModel {
             coef: [
@@ -89,7 +90,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::JaxRpa,
+        KernelModel::JaxRpa,
         "v7x",
         SpillModel {
             coef: [
@@ -110,7 +111,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::Kernelgen,
+        KernelModel::Kernelgen,
         "v5e",
         SpillModel {
             coef: [
@@ -131,7 +132,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::Kernelgen,
+        KernelModel::Kernelgen,
         "v5p",
         SpillModel {
             coef: [
@@ -152,7 +153,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::Kernelgen,
+        KernelModel::Kernelgen,
         "v6e",
         SpillModel {
             coef: [
@@ -173,7 +174,7 @@ pub const FITTED: &[(Kernel, &str, SpillModel)] = &[
         },
     ),
     (
-        Kernel::Kernelgen,
+        KernelModel::Kernelgen,
         "v7x",
         SpillModel {
             coef: [

@@ -10,13 +10,15 @@
 //! equals the number of page-table entries naming it; a page is in two page tables only when
 //! shared by refcount (n > 1 samples of one prompt); a finished sequence holds no pages.
 
-pub mod core;
+pub mod driver;
 pub mod metrics;
 pub mod page_allocator;
 pub mod sampler;
 pub mod scheduler;
 
-pub use self::core::{DecodeStats, Detokenizer, Engine, FinishedRequest, SampleOutput};
+pub use driver::{
+    validate_config, DecodeStats, Detokenizer, Engine, FinishedRequest, SampleOutput,
+};
 pub use metrics::{Metrics, MetricsReport};
 pub use page_allocator::{PageAllocator, PageError};
 pub use scheduler::{PageTable, SeqView};

@@ -1,22 +1,28 @@
 //! Llama-family decoder models: configuration, weights (dequantized to f32 at load), tokenizer.
 //!
-//! Weights are stored in one canonical layout whatever the source file, so the step program, the
-//! dense reference decoder and every loader agree:
-//! - every projection is `[in_features, out_features]` row-major (x @ W), i.e. transposed from
-//!   PyTorch's `[out, in]`;
-//! - Q and K projections use Hugging Face's head layout and rotate-half RoPE: GGUF files, whose
+//! Weights are loaded once, in the layout the step program reads them, whatever the source
+//! file, so the step program, the dense reference decoder and every loader agree:
+//! - every projection is `[out_features, in_features]` row-major (PyTorch's `nn.Linear` and
+//!   GGUF's own order): output `o` is a dot product over the contiguous row `o`, which XLA CPU
+//!   reads faster than `[in, out]` (`kernelgen bench decode`); nothing is transposed at load;
+//! - projections that read the same input are stacked: `wqkv` holds the q, k and v rows, and
+//!   `w_gate_up` the gate and up rows, so a step runs one matmul for each pair;
+//! - Q and K rows use Hugging Face's head layout and rotate-half RoPE: GGUF files, whose
 //!   converter permutes Q/K rows for llama.cpp's adjacent-pair RoPE, are un-permuted at load.
 //!
-//! Loaders: [`gguf`] (F32/F16/BF16/Q8_0/Q4_0/Q4_1), [`safetensors`] (+ config.json), [`tiny`]
-//! (a deterministic random model for tests). Tokenizer: [`tokenizer`].
+//! Loaders: [`gguf`] (F32/F16/BF16, Q8_0/Q4_0/Q4_1 and the K-quants), [`safetensors`] (+
+//! `config.json`, read by [`hf_config`]). Tokenizer: [`tokenizer`].
 
 pub mod gguf;
+pub mod hf_config;
 pub mod safetensors;
-pub mod tiny;
 pub mod tokenizer;
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Tokens that end a chat turn, added to `eos_token_ids` when the vocabulary has them.
+pub const END_OF_TURN_TOKENS: [&str; 2] = ["<|im_end|>", "<|eot_id|>"];
 
 /// Architecture hyperparameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +48,19 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// Whether the LM head is the embedding matrix.
-    pub fn lm_head_tied(&self) -> bool {
-        self.tie_word_embeddings
+    /// Output features of the q projection: `num_q_heads * head_dim`.
+    pub fn q_dim(&self) -> usize {
+        self.num_q_heads * self.head_dim
+    }
+
+    /// Output features of the k (and v) projection: `num_kv_heads * head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Rows of the stacked q, k, v projection.
+    pub fn qkv_dim(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
     }
 }
 
@@ -67,33 +83,37 @@ impl Matrix {
         Matrix { rows, cols, data }
     }
 
+    pub fn zeros(rows: usize, cols: usize) -> Matrix {
+        Matrix::new(rows, cols, vec![0.0; rows * cols])
+    }
+
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
 
-    /// The transpose, `[cols, rows]`, row-major.
-    pub fn transposed(&self) -> Matrix {
-        let mut data = vec![0.0; self.data.len()];
-        for (r, row) in self.data.chunks_exact(self.cols.max(1)).enumerate() {
-            for (c, &x) in row.iter().enumerate() {
-                data[c * self.rows + r] = x;
-            }
-        }
-        Matrix::new(self.cols, self.rows, data)
+    /// Rows `lo..hi`, contiguous.
+    pub fn rows_range(&self, lo: usize, hi: usize) -> &[f32] {
+        &self.data[lo * self.cols..hi * self.cols]
+    }
+
+    /// Rows `lo..hi`, contiguous and writable (loaders fill stacked projections part by part).
+    pub fn rows_range_mut(&mut self, lo: usize, hi: usize) -> &mut [f32] {
+        &mut self.data[lo * self.cols..hi * self.cols]
     }
 }
 
-/// One decoder layer. Projections are `[in, out]`: `wq` is `[hidden, num_q_heads * head_dim]`.
+/// One decoder layer, every projection `[out, in]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
-    pub wq: Matrix,
-    pub wk: Matrix,
-    pub wv: Matrix,
+    /// `[q_dim + 2 kv_dim, hidden]`: the q rows, then k, then v.
+    pub wqkv: Matrix,
+    /// `[hidden, q_dim]`.
     pub wo: Matrix,
     pub ffn_norm: Vec<f32>,
-    pub w_gate: Matrix,
-    pub w_up: Matrix,
+    /// `[2 intermediate, hidden]`: the gate rows, then the up rows.
+    pub w_gate_up: Matrix,
+    /// `[hidden, intermediate]`.
     pub w_down: Matrix,
 }
 
@@ -104,8 +124,90 @@ pub struct LlamaWeights {
     pub embed: Matrix,
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,
-    /// `[hidden, vocab]`; `None` when tied to `embed`.
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
     pub lm_head: Option<Matrix>,
+}
+
+impl LlamaWeights {
+    /// The LM head, `[vocab, hidden]`: `lm_head`, or `embed` when tied.
+    pub fn head(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Builds the weights of `c` tensor by tensor: `read(t, out)` writes tensor `t` (as the
+    /// source file stores it, `[out, in]`) into `out`, exactly its rows of the model's (stacked)
+    /// layout. Every loader goes through here, so the layout is decided in one place.
+    pub fn assemble(c: &LlamaConfig, read: &mut ReadTensor) -> Result<LlamaWeights, ModelError> {
+        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let embed = Matrix::read(Tensor::Embed, v, h, read)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let mut wqkv = Matrix::zeros(c.qkv_dim(), h);
+            read(Tensor::Q(i), wqkv.rows_range_mut(0, qd))?;
+            read(Tensor::K(i), wqkv.rows_range_mut(qd, qd + kvd))?;
+            read(Tensor::V(i), wqkv.rows_range_mut(qd + kvd, qd + 2 * kvd))?;
+            let mut w_gate_up = Matrix::zeros(2 * f, h);
+            read(Tensor::Gate(i), w_gate_up.rows_range_mut(0, f))?;
+            read(Tensor::Up(i), w_gate_up.rows_range_mut(f, 2 * f))?;
+            layers.push(LayerWeights {
+                attn_norm: Matrix::read(Tensor::AttnNorm(i), 1, h, read)?.data,
+                wqkv,
+                wo: Matrix::read(Tensor::O(i), h, qd, read)?,
+                ffn_norm: Matrix::read(Tensor::FfnNorm(i), 1, h, read)?.data,
+                w_gate_up,
+                w_down: Matrix::read(Tensor::Down(i), h, f, read)?,
+            });
+        }
+        let final_norm = Matrix::read(Tensor::FinalNorm, 1, h, read)?.data;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(Matrix::read(Tensor::LmHead, v, h, read)?)
+        };
+        Ok(LlamaWeights {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+}
+
+impl Matrix {
+    /// A `[rows, cols]` matrix filled by `read`.
+    fn read(
+        t: Tensor,
+        rows: usize,
+        cols: usize,
+        read: &mut ReadTensor,
+    ) -> Result<Matrix, ModelError> {
+        let mut m = Matrix::zeros(rows, cols);
+        read(t, &mut m.data)?;
+        Ok(m)
+    }
+}
+
+/// How a loader writes one tensor into its rows of the model's layout (see
+/// [`LlamaWeights::assemble`]).
+pub type ReadTensor<'a> = dyn FnMut(Tensor, &mut [f32]) -> Result<(), ModelError> + 'a;
+
+/// One tensor of a llama model, as its files name them apart (layer index inside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tensor {
+    Embed,
+    FinalNorm,
+    LmHead,
+    AttnNorm(usize),
+    /// The q projection: the first rows of `wqkv`, then `K` and `V`.
+    Q(usize),
+    K(usize),
+    V(usize),
+    O(usize),
+    FfnNorm(usize),
+    Gate(usize),
+    Up(usize),
+    Down(usize),
 }
 
 /// A loaded model: configuration, weights and where they came from.
@@ -136,4 +238,30 @@ pub enum ModelError {
     Unsupported { path: PathBuf, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+}
+
+impl ModelError {
+    /// An I/O failure on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> ModelError {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A malformed file, with what is wrong in it.
+    pub fn format(path: &Path, reason: impl Into<String>) -> ModelError {
+        ModelError::Format {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A well-formed file this loader does not support, with what it does not support.
+    pub fn unsupported(path: &Path, reason: impl Into<String>) -> ModelError {
+        ModelError::Unsupported {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
 }

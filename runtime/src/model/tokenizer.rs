@@ -26,7 +26,7 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 
 /// How text is split before BPE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PreTokenizerKind {
+pub enum PreTokenizerKind {
     /// GPT-2's regex (contractions, letters, numbers, punctuation, spaces).
     Gpt2,
     /// Each digit alone, then GPT-2's regex (SmolLM, StarCoder).
@@ -49,7 +49,7 @@ impl PreTokenizerKind {
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A byte-level BPE: `tokens[id]` is token `id`'s string in GPT-2's byte-to-character alphabet.
-pub(crate) struct ByteLevelBpe<'a> {
+pub struct ByteLevelBpe<'a> {
     pub tokens: &'a [String],
     pub merges: Vec<(String, String)>,
     /// (id, special): tokens matched whole in the input; special ones are skipped on decode.
@@ -60,7 +60,7 @@ pub(crate) struct ByteLevelBpe<'a> {
 }
 
 impl ByteLevelBpe<'_> {
-    pub(crate) fn build(&self) -> Result<tokenizers::Tokenizer, ModelError> {
+    pub fn build(&self) -> Result<tokenizers::Tokenizer, ModelError> {
         let mut vocab = Vocab::default();
         for (id, t) in self.tokens.iter().enumerate() {
             // Duplicate strings (padding entries in some vocabularies) keep their first id.
@@ -132,7 +132,7 @@ impl ByteLevelBpe<'_> {
 
 /// GPT-2's reversible map from bytes to printable characters (printable Latin-1 bytes map to
 /// themselves, the rest to code points from U+0100 upward, in byte order).
-pub(crate) fn byte_to_char(b: u8) -> char {
+pub fn byte_to_char(b: u8) -> char {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     if printable(b) {
         return char::from(b);

@@ -11,15 +11,7 @@ use pjrt_sys::{self as sys, PjrtArgs};
 
 use super::error::{ErrorCode, PjrtError, Result};
 
-/// Where `scripts/setup.sh` unpacks the CPU plugin wheel, relative to the cache root.
-const CPU_PLUGIN_REL_PATH: &str =
-    "pjrt/xla-cpu-pjrt-0.0.1/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so";
-
-/// The plugin to use when the caller does not name one: `$PJRT_PLUGIN` if set, else the CPU
-/// plugin in the cache (`$KERNELGEN_CACHE`, else `<workspace>/.cache`).
-pub fn default_plugin_path() -> PathBuf {
-    crate::cache::plugin_or_env(CPU_PLUGIN_REL_PATH)
-}
+pub use crate::cache::default_plugin_path;
 
 /// A loaded PJRT plugin: the shared library and its `PJRT_Api` function table.
 ///

@@ -9,7 +9,7 @@ use pjrt_sys::{self as sys, PjrtArgs};
 use super::api::{lossy_string, Api};
 use super::buffer::Buffer;
 use super::compile_options::{CompileOptions, OptionValue};
-use super::element::Element;
+use super::element::{Element, ElementType};
 use super::error::{PjrtError, Result};
 use super::event::Event;
 use super::executable::Executable;
@@ -247,6 +247,27 @@ impl Client {
             done.wait("PJRT_Client_BufferFromHostBuffer")?;
         }
         Ok(buffer)
+    }
+}
+
+impl Client {
+    /// A new buffer of `ty` and shape `dims` on device 0 whose contents are undefined (no host
+    /// copy, no fill): for state the device program writes before reading, like a KV pool,
+    /// whose kernels ignore every slot they have not written.
+    pub fn uninitialized_buffer(&self, ty: ElementType, dims: &[i64]) -> Result<Buffer> {
+        element_count(dims)?;
+        let mut args = sys::PJRT_Client_CreateUninitializedBuffer_Args::new();
+        args.client = self.inner.raw.as_ptr();
+        args.shape_dims = dims.as_ptr();
+        args.shape_num_dims = dims.len();
+        args.shape_element_type = ty.to_raw();
+        args.device = self.inner.device0.as_ptr();
+        // SAFETY: `dims` outlives the call; a null layout asks for the default one.
+        unsafe { pjrt_call!(self.api(), PJRT_Client_CreateUninitializedBuffer, &mut args) }?;
+        let raw = NonNull::new(args.buffer).ok_or_else(|| {
+            invalid("PJRT_Client_CreateUninitializedBuffer returned no buffer".into())
+        })?;
+        Buffer::from_raw(self.inner.clone(), raw)
     }
 }
 

@@ -405,3 +405,29 @@ fn default_plugin_path_points_into_the_cache() {
         );
     }
 }
+
+/// Both CPU plugins create uninitialized buffers (the KV pools are made this way): right shape
+/// and type, and a donated program can write them.
+#[test]
+fn uninitialized_buffers_exist_on_both_cpu_plugins() {
+    let serving = Client::new(Api::load(&crate::cache::serving_plugin_path()).unwrap()).unwrap();
+    for c in [client(), &serving] {
+        for ty in [ElementType::F32, ElementType::Bf16] {
+            let b = c.uninitialized_buffer(ty, &[3, 4, 2]).unwrap();
+            assert_eq!(b.dims(), &[3, 4, 2]);
+            assert_eq!(b.element_type(), ty);
+        }
+        let exe = c
+            .compile(ACCUMULATE_ALIASED, &CompileOptions::new())
+            .unwrap();
+        let zero = c.buffer_from_host(&[0.0f32; 4], &[4]).unwrap();
+        let pool = c.uninitialized_buffer(ElementType::F32, &[4]).unwrap();
+        let out = exe
+            .execute(vec![Arg::Donated(pool), Arg::Borrowed(&zero)])
+            .unwrap();
+        assert_eq!(out[0].dims(), &[4]);
+    }
+    assert!(client()
+        .uninitialized_buffer(ElementType::F32, &[-1])
+        .is_err());
+}

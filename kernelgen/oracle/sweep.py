@@ -1,0 +1,156 @@
+"""Calibration sweep: compile many kernel configs with the real TPU compiler and record, for each,
+the verdict at the chip's default scoped-VMEM limit and the smallest vmem_limit_bytes that
+compiles (bisection, 64 KiB steps). The output (JSON lines) is committed under kernelgen/data/ and
+is what the VMEM model is fitted to and tested against.
+
+    .cache/venv/tpu-oracle/bin/python kernelgen/oracle/sweep.py --kernel jax-rpa \
+        --out kernelgen/data/vmem_oracle_jax_rpa.jsonl [--points 260] [--shard 0/2]
+    .cache/venv/tpu-oracle/bin/python kernelgen/oracle/sweep.py --kernel kernelgen \
+        --kernelgen target/release/kernelgen --targets v5e,v5p,v6e,v7x \
+        --out kernelgen/data/vmem_oracle_kernelgen.jsonl --points 120 [--shard 0/2]
+
+For --kernel kernelgen each point's module is rendered by `kernelgen emit-pallas` (the module bakes
+the config in) into .cache/sweep-modules/.
+
+Resumable: points already in --out are skipped. Points are drawn deterministically (seeded) from
+the grid below, mostly near the limit (where the verdict is in doubt), some far from it.
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tpu_oracle  # noqa: E402
+
+# Default scoped-VMEM limit per target (measured with this oracle: the limit in the
+# CompileTimeScopedVmemOom message; v4 reports a 16 MiB capacity error instead).
+DEFAULT_LIMIT = {"v4": 16 << 20, "v5e": 16 << 20, "v5p": 16 << 20, "v6e": 32 << 20, "v7x": 32 << 20}
+# Bisection ceiling: physical VMEM per core (jax/_src/tpu_info.py).
+CAPACITY = {"v4": 16 << 20, "v5e": 128 << 20, "v5p": 64 << 20, "v6e": 128 << 20, "v7x": 64 << 20}
+
+# Per-device (q heads, kv heads): GQA ratios 1, 2, 3, 4, 8 and MHA with several head blocks.
+HEADS = [(8, 8), (16, 16), (32, 32), (16, 8), (24, 8), (32, 8), (64, 8), (32, 4), (8, 1), (4, 1), (8, 2), (16, 2)]
+PAGE_SIZES = [16, 32, 64, 128, 256]
+Q_BLOCKS = [8, 16, 32, 64, 128]
+KV_BLOCKS = [1, 2, 4, 8, 16, 32, 64]
+
+# kernelgen's kernel computes a [rows, keys] f32 score tile per KV head at once: past these sizes
+# one compile takes minutes and >10 GB (measured: page 256 x 64 pages), so its calibration stops
+# here and the checker says `uncertain` outside (see SpillModel's domain).
+MAX_KEYS = 4096
+MAX_ROWS = 512
+
+
+def kv_heads_per_block(hq, hkv, packing):
+    tile = 8 * packing
+    return tile if (2 * hkv) % tile == 0 else 2 * hkv
+
+
+def key(p):
+    return tuple(p[k] for k in ("kernel", "target", "num_q_heads", "num_kv_heads", "head_dim", "page_size",
+                                "dtype", "q_block", "kv_pages_block"))
+
+
+def draw(kernel, n, seed, targets):
+    rng = random.Random(seed)
+    points, seen = [], set()
+    while len(points) < n:
+        target = targets[len(points) % len(targets)]
+        hq, hkv = rng.choice(HEADS)
+        head_dim = 128
+        if kernel == "kernelgen" and rng.random() < 0.15:
+            hq, hkv, head_dim = 9, 3, 64  # SmolLM2-135M's attention
+        dtype = "float32" if rng.random() < 0.1 else "bfloat16"
+        packing = 1 if dtype == "float32" else 2
+        p, bq, bkv = rng.choice(PAGE_SIZES), rng.choice(Q_BLOCKS), rng.choice(KV_BLOCKS)
+        if kernel == "kernelgen" and (bkv * p > MAX_KEYS or bq * (hq // hkv) > MAX_ROWS):
+            continue
+        kv_buf = 2 * bkv * p * kv_heads_per_block(hq, hkv, packing) * 128 * (4 // packing)
+        ratio = kv_buf / DEFAULT_LIMIT[target]
+        # Keep mostly configs whose KV double buffer alone is 5%..150% of the limit.
+        if not (0.05 <= ratio <= 1.5) and rng.random() > 0.12:
+            continue
+        pt = {
+            "kernel": kernel, "target": target, "num_q_heads": hq, "num_kv_heads": hkv, "head_dim": head_dim,
+            "page_size": p, "dtype": dtype, "q_block": bq, "kv_pages_block": bkv,
+            "max_num_tokens": 2048, "max_num_seqs": 64, "pages_per_seq": 64, "total_pages": 4096,
+        }
+        if key(pt) in seen:
+            continue
+        seen.add(key(pt))
+        points.append(pt)
+    return points
+
+
+def render_module(binary, p):
+    """Renders the kernelgen module for point p; returns its path."""
+    if not binary:
+        sys.exit("--kernel kernelgen needs --kernelgen PATH (the kernelgen binary)")
+    out_dir = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "sweep-modules")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(out_dir, "_".join(str(x) for x in key(p)) + ".py"))
+    dtype = "f32" if p["dtype"] == "float32" else "bf16"
+    subprocess.run([binary, "emit-pallas", "--q", str(p["q_block"]), "--kv", str(p["kv_pages_block"]),
+                    "--num-q-heads", str(p["num_q_heads"]), "--num-kv-heads", str(p["num_kv_heads"]),
+                    "--head-dim", str(p["head_dim"]), "--page-size", str(p["page_size"]), "--dtype", dtype,
+                    "--max-tokens", str(p["max_num_tokens"]), "--max-seqs", str(p["max_num_seqs"]),
+                    "--pages-per-seq", str(p["pages_per_seq"]), "--total-pages", str(p["total_pages"]),
+                    "--out", path], check=True)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", default="jax-rpa")
+    ap.add_argument("--kernelgen", help="kernelgen binary that renders modules for --kernel kernelgen")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--points", type=int, default=260)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--targets", default="v5e,v5p,v6e,v7x,v4")
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per point (incl. bisection)")
+    args = ap.parse_args()
+    i, n = map(int, args.shard.split("/"))
+    done = set()
+    if os.path.exists(args.out):
+        with open(args.out) as fh:
+            done = {key(json.loads(line)["request"]) for line in fh if line.strip()}
+    versions = {k: importlib.metadata.version(k) for k in ("jax", "jaxlib", "libtpu")}
+    points = draw(args.kernel, args.points, args.seed, args.targets.split(","))
+    todo = [p for j, p in enumerate(points) if j % n == i and key(p) not in done]
+    print(f"{len(todo)} points to compile ({len(done)} already in {args.out})", file=sys.stderr)
+    for j, p in enumerate(todo):
+        extra = {"module": render_module(args.kernelgen, p)} if p["kernel"] == "kernelgen" else {}
+        req = dict(p, **extra, min_limit=True, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
+                   min_limit_cap=CAPACITY[p["target"]])
+        # A compile stuck inside libtpu cannot be interrupted from Python: record the point as a
+        # timeout and exit; rerunning the sweep resumes after it.
+        def give_up(p=p):
+            rec = {"request": p, "default_limit_bytes": DEFAULT_LIMIT[p["target"]], "versions": versions,
+                   "response": {"verdict": "timeout", "message": f"no verdict within {args.timeout} s"}}
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            print(f"timeout on {p}", file=sys.stderr, flush=True)
+            os._exit(3)
+        watchdog = threading.Timer(args.timeout, give_up)
+        watchdog.start()
+        resp = tpu_oracle.handle(req)
+        watchdog.cancel()
+        rec = {"request": p, "default_limit_bytes": DEFAULT_LIMIT[p["target"]], "response": resp,
+               "versions": versions}
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        print(f"[{j + 1}/{len(todo)}] {p['target']} {p['num_q_heads']}/{p['num_kv_heads']} P{p['page_size']} "
+              f"q{p['q_block']} kv{p['kv_pages_block']} {p['dtype']}: {resp['verdict']} "
+              f"min={resp.get('min_limit_bytes')} ({resp['compile_s'] + resp.get('bisect_s', 0):.0f}s)",
+              file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

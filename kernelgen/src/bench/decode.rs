@@ -1,0 +1,336 @@
+//! `kernelgen bench decode`: the serving engine's decode tokens/s at several batch sizes and its
+//! prefill tokens/s, each beside the bound the bandwidth and matmul rate measured in the same
+//! run imply, and each decode step taken apart (engine host work, input upload, the step's
+//! matmuls alone on the same weight buffers, the rest of the program).
+
+use super::{pjrt, probes, run_times, spread, BenchError};
+use crate::serve::{load_model, start, ServeOptions, Served};
+use crate::step::profile::matmul_chain;
+use crate::step::weights::pack_weights_dims;
+use runtime::dtype::Dtype;
+use runtime::engine::{EngineConfig, SamplingParams};
+use runtime::model::LlamaConfig;
+use runtime::pjrt::{Api, Client, CompileOptions};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct DecodeBench {
+    /// A `.gguf` file or a Hugging Face directory.
+    pub model: PathBuf,
+    /// A kernel artifact; `None` emits one with `blocks`.
+    pub kernel: Option<PathBuf>,
+    pub blocks: (u32, u32),
+    pub plugin: PathBuf,
+    pub batches: Vec<usize>,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Measured rounds of each workload, after one warm-up round.
+    pub repeats: usize,
+    pub prefill_len: usize,
+    pub page_size: usize,
+    /// Batch-1 step time is also measured at these pool sizes (it must not grow with them).
+    pub pool_pages: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DecodeReport {
+    pub plugin: String,
+    /// Measured rounds behind each figure.
+    pub repeats: usize,
+    pub bandwidth_gbs: f64,
+    pub matmul_gflops: f64,
+    pub weight_bytes: u64,
+    pub params: u64,
+    pub decode: Vec<Figure>,
+    pub prefill: Option<Figure>,
+    /// (pool pages, batch-1 step ms).
+    pub pool_scaling: Vec<(usize, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    pub batch: usize,
+    /// Median over the measured rounds.
+    pub tokens_per_s: f64,
+    /// Lowest and highest over the measured rounds.
+    pub tokens_per_s_range: (f64, f64),
+    pub bound_tokens_per_s: f64,
+    pub ratio: f64,
+    pub step_ms: f64,
+    /// Where a decode step's time goes (decode figures only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Breakdown>,
+}
+
+/// A mean decode step taken apart, in milliseconds. The parts sum to `step_ms`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Breakdown {
+    /// The engine on the host: scheduling, building the batch, sampling.
+    pub engine_host_ms: f64,
+    /// Building and uploading the step's small inputs.
+    pub inputs_ms: f64,
+    /// The step's projections (QKV, O, gate/up, down, LM head) run alone as one program on the
+    /// same weight buffers (`step::profile`), median of 10.
+    pub matmuls_ms: f64,
+    /// The rest of the program: attention kernel, norms, RoPE, KV writes, and the logits copy.
+    pub rest_of_program_ms: f64,
+    /// Weight bytes per step over `matmuls_ms`: the read rate the matmuls reach.
+    pub matmul_read_gbs: f64,
+}
+
+fn options(
+    b: &DecodeBench,
+    max_seqs: usize,
+    max_pages: usize,
+    max_seq_len: usize,
+    budget: usize,
+) -> ServeOptions {
+    ServeOptions {
+        model: b.model.clone(),
+        kernel: b.kernel.clone(),
+        blocks: b.blocks,
+        engine: EngineConfig {
+            max_seqs,
+            max_pages,
+            page_size: b.page_size,
+            max_seq_len,
+            max_tokens_per_round: budget,
+        },
+        kv_dtype: Dtype::F32,
+        plugin: b.plugin.clone(),
+        buckets: None,
+    }
+}
+
+/// What one measured round of a workload gave, from the engine's own metrics.
+#[derive(Clone, Copy)]
+struct Round {
+    /// Tokens sampled in decode-only steps per second of those steps.
+    decode_tokens_per_s: f64,
+    /// Mean decode-only step, seconds.
+    decode_step_s: f64,
+    /// Prompt tokens per second of the steps that held prompt work.
+    prefill_tokens_per_s: f64,
+    /// Mean decode step's input building and upload, seconds.
+    inputs_s: f64,
+    /// Mean decode step's program execution and logits download, seconds.
+    program_s: f64,
+}
+
+/// What one workload measured over its rounds: the median round (by decode step time) and the
+/// spread of every round.
+struct BatchFigures {
+    median: Round,
+    /// Lowest and highest decode tokens/s of the rounds.
+    decode_range: (f64, f64),
+    /// Median, lowest and highest prefill tokens/s of the rounds.
+    prefill: (f64, (f64, f64)),
+    /// The median round's decode step taken apart, when asked for.
+    breakdown: Option<Breakdown>,
+}
+
+/// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
+fn time_matmuls(served: &Served, rows: usize) -> Result<f64, BenchError> {
+    let exec = served.engine.executor();
+    let m = &served.model;
+    let chain = matmul_chain(m, rows).map_err(crate::Error::from)?;
+    let exe = exec
+        .client()
+        .compile(&chain.generic_text, &CompileOptions::new())
+        .map_err(pjrt("compiling the matmul chain"))?;
+    let x: Vec<f32> = (0..rows * m.hidden_size)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+        .collect();
+    let x = exec
+        .client()
+        .buffer_from_host(&x, &[rows as i64, m.hidden_size as i64])
+        .map_err(pjrt("uploading the matmul chain's input"))?;
+    let mut args = vec![&x];
+    args.extend(exec.weights());
+    let times = run_times(&exe, &args, 3, 10).map_err(pjrt("running the matmul chain"))?;
+    Ok(times[times.len() / 2])
+}
+
+/// Submits `batch` prompts of `prompt_len` tokens for `new_tokens` each and steps the engine
+/// until all finish; returns that round's figures.
+fn run_round(
+    served: &mut Served,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<Round, BenchError> {
+    let vocab = served.model.vocab_size as u32;
+    served.engine.reset_metrics();
+    served.engine.executor_mut().times = Default::default();
+    for i in 0..batch {
+        let prompt: Vec<u32> = (0..prompt_len)
+            .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: new_tokens,
+            stop_token_ids: vec![],
+            ..SamplingParams::default()
+        };
+        served.engine.submit(prompt, params)?;
+    }
+    while served.engine.has_work() {
+        served.engine.step()?;
+    }
+    served.engine.take_finished();
+    let m = served.engine.metrics().report();
+    let d = &served.engine.executor().times.decode;
+    let per_step = |s: f64| s / d.steps.max(1) as f64;
+    Ok(Round {
+        decode_tokens_per_s: m.decode_tokens_per_s,
+        decode_step_s: m.decode_only_time_s / m.decode_only_steps.max(1) as f64,
+        prefill_tokens_per_s: m.prefill_tokens as f64 / m.prefill_time_s,
+        inputs_s: per_step(d.host_s),
+        program_s: per_step(d.execute_s + d.download_s),
+    })
+}
+
+/// The median round's decode step taken apart: its engine, input and program times, and the
+/// step's matmuls timed alone on the same weights.
+fn take_apart(served: &Served, batch: usize, r: &Round) -> Result<Breakdown, BenchError> {
+    let matmuls = time_matmuls(served, batch)?;
+    let weight_bytes = decode_weight_bytes(&served.model);
+    let ms = |s: f64| s * 1e3;
+    Ok(Breakdown {
+        engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
+        inputs_ms: ms(r.inputs_s),
+        matmuls_ms: ms(matmuls),
+        rest_of_program_ms: ms(r.program_s - matmuls),
+        matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
+    })
+}
+
+/// Runs one workload `1 + b.repeats` times on one engine: the first round compiles every bucket
+/// the workload uses and touches every buffer; the others are measured. With `breakdown`, the
+/// median round's decode step is also taken apart (it compiles and times the matmul chain).
+fn run_batch(
+    b: &DecodeBench,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    max_pages: usize,
+    breakdown: bool,
+) -> Result<BatchFigures, BenchError> {
+    let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(b.page_size) * b.page_size;
+    let per_seq = max_seq_len / b.page_size;
+    let pages = max_pages.max(per_seq * batch);
+    let budget = (batch * prompt_len).clamp(batch, 512);
+    let mut served = start(&options(b, batch, pages, max_seq_len, budget))?;
+    served.engine.set_stop_token_ids(vec![]);
+    run_round(&mut served, batch, prompt_len, new_tokens)?;
+    let mut rounds = Vec::with_capacity(b.repeats);
+    for _ in 0..b.repeats {
+        rounds.push(run_round(&mut served, batch, prompt_len, new_tokens)?);
+    }
+    rounds.sort_by(|x, y| x.decode_step_s.total_cmp(&y.decode_step_s));
+    let median = rounds[rounds.len() / 2];
+    Ok(BatchFigures {
+        median,
+        decode_range: spread(rounds.iter().map(|r| r.decode_tokens_per_s).collect()).1,
+        prefill: spread(rounds.iter().map(|r| r.prefill_tokens_per_s).collect()),
+        breakdown: if breakdown {
+            Some(take_apart(&served, batch, &median)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Parameters of the step program's weights.
+pub fn num_params(c: &LlamaConfig) -> u64 {
+    pack_weights_dims(c)
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Bytes a decode step reads: every weight except the embedding table (one row is gathered),
+/// plus the embedding once more when it is the (tied) LM head.
+pub fn decode_weight_bytes(c: &LlamaConfig) -> u64 {
+    let embed = (c.vocab_size * c.hidden_size) as u64;
+    4 * (num_params(c) - embed + if c.tie_word_embeddings { embed } else { 0 })
+}
+
+/// Checks `b` before any work: every count positive and the prompt fits the model.
+fn validate(b: &DecodeBench) -> Result<(), BenchError> {
+    let bad = |m: &str| Err(BenchError::Options(m.to_string()));
+    if b.batches.is_empty() || b.batches.contains(&0) {
+        return bad("--batches: give batch sizes >= 1, e.g. --batches 1,8,32");
+    }
+    if b.repeats == 0 {
+        return bad("--repeats must be >= 1");
+    }
+    if b.prompt_len == 0 || b.new_tokens == 0 || b.prefill_len == 0 || b.page_size == 0 {
+        return bad("--prompt-len, --new-tokens, --prefill-len and --page-size must be >= 1");
+    }
+    Ok(())
+}
+
+/// Runs every measurement; `progress` hears what is being measured.
+pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeReport, BenchError> {
+    validate(b)?;
+    let (model, _) = load_model(&b.model)?;
+    let c = &model.config;
+    let plugin_err = pjrt(format!("loading the PJRT plugin {}", b.plugin.display()));
+    let client = Client::new(Api::load(&b.plugin).map_err(plugin_err)?)
+        .map_err(pjrt("creating a PJRT client"))?;
+    let weight_bytes = decode_weight_bytes(c);
+    let mut r = DecodeReport {
+        plugin: b.plugin.display().to_string(),
+        repeats: b.repeats,
+        weight_bytes,
+        params: num_params(c),
+        ..DecodeReport::default()
+    };
+    progress("measuring bandwidth and matmul rate ...");
+    r.bandwidth_gbs = probes::bandwidth(&client)?;
+    let f2 = 2 * c.intermediate_size;
+    r.matmul_gflops = probes::matmul(&client, 32, c.hidden_size, f2)?.max(probes::matmul(
+        &client,
+        256,
+        c.hidden_size,
+        f2,
+    )?);
+    drop(client);
+    let bw_bound = r.bandwidth_gbs * 1e9 / weight_bytes as f64;
+    let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
+    for &batch in &b.batches {
+        progress(&format!("decode batch {batch} ..."));
+        let f = run_batch(b, batch, b.prompt_len, b.new_tokens, 0, true)?;
+        let bound = (bw_bound * batch as f64).min(flop_bound);
+        r.decode.push(Figure {
+            batch,
+            tokens_per_s: f.median.decode_tokens_per_s,
+            tokens_per_s_range: f.decode_range,
+            bound_tokens_per_s: bound,
+            ratio: f.median.decode_tokens_per_s / bound,
+            step_ms: f.median.decode_step_s * 1e3,
+            breakdown: f.breakdown,
+        });
+    }
+    progress("prefill ...");
+    let (pps, pps_range) = run_batch(b, 1, b.prefill_len, 2, 0, false)?.prefill;
+    r.prefill = Some(Figure {
+        batch: 1,
+        tokens_per_s: pps,
+        tokens_per_s_range: pps_range,
+        bound_tokens_per_s: flop_bound,
+        ratio: pps / flop_bound,
+        step_ms: b.prefill_len as f64 / pps * 1e3,
+        breakdown: None,
+    });
+    for &pages in &b.pool_pages {
+        progress(&format!("pool of {pages} pages ..."));
+        let step = run_batch(b, 1, b.prompt_len, 16, pages, false)?
+            .median
+            .decode_step_s;
+        r.pool_scaling.push((pages, step * 1e3));
+    }
+    Ok(r)
+}

@@ -1,0 +1,249 @@
+//! `kernelgen bench kernel`: built kernel artifacts timed against each other on one decode
+//! batch, the way a step program calls them: linked into
+//! `templates/kernel_chain.stablehlo.mlir.tera`, one call per layer, each layer's output
+//! feeding the next, each with a page table of its own.
+
+use super::{pjrt, spread, BenchError};
+use crate::artifact::Artifact;
+use crate::config::KernelConfig;
+use crate::emit::{self, link::link, stablehlo};
+use crate::numerics::{upload_batch, PAGE_INDICES_INPUT};
+use runtime::dtype::Dtype;
+use runtime::pjrt::{Api, Client, CompileOptions};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use verify::{BatchSpec, RaggedBatch};
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct KernelBench {
+    /// Artifact directories; ratios are against the first.
+    pub artifacts: Vec<PathBuf>,
+    /// Decode sequences in the batch (`None`: as many as the artifacts hold).
+    pub seqs: Option<usize>,
+    /// KV length of every sequence (`None`: drawn from the seed).
+    pub kv_len: Option<usize>,
+    /// Kernel calls chained per run (one per model layer).
+    pub layers: u32,
+    /// Measured rounds, after 3 warm-up rounds.
+    pub repeats: u32,
+    pub seed: u64,
+    pub plugin: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub artifact: String,
+    pub config: String,
+    /// Median milliseconds of one chain of `layers` calls.
+    pub chain_ms: f64,
+    pub chain_ms_range: (f64, f64),
+    /// `chain_ms / layers`, in microseconds.
+    pub per_call_us: f64,
+    /// `chain_ms` over the first artifact's.
+    pub ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    pub plugin: String,
+    pub layers: u32,
+    pub repeats: u32,
+    pub seed: u64,
+    /// (q_len, kv_len) of each sequence of the batch.
+    pub seqs: Vec<(usize, usize)>,
+    pub rows: Vec<Row>,
+}
+
+/// Sizes the chain template spells (names follow the template).
+#[derive(Serialize)]
+struct ChainDims {
+    dtype: &'static str,
+    t: u32,
+    hq: u32,
+    d: u32,
+    np: u32,
+    ps: u32,
+    hkv2: u32,
+    s: u32,
+    s1: u32,
+    pps: u32,
+    layers: u32,
+}
+
+/// The chain program for `cfg`'s call shapes, declaring the kernel as `@rpa_attention`.
+fn chain_program(cfg: &KernelConfig, layers: u32) -> Result<String, crate::Error> {
+    let g = cfg.geometry();
+    let dims = ChainDims {
+        dtype: cfg.dtype().mlir(),
+        t: cfg.max_num_tokens(),
+        hq: g.num_q_heads,
+        d: g.head_dim,
+        np: cfg.total_pages(),
+        ps: cfg.page_size(),
+        hkv2: 2 * g.num_kv_heads,
+        s: cfg.max_num_seqs(),
+        s1: cfg.max_num_seqs() + 1,
+        pps: cfg.pages_per_seq(),
+        layers,
+    };
+    let mut ctx = tera::Context::new();
+    ctx.insert("p", &dims);
+    ctx.insert("header", &emit::header("bench kernel chain"));
+    Ok(emit::templates::render(
+        "kernel_chain.stablehlo.mlir.tera",
+        &ctx,
+    )?)
+}
+
+/// `page_indices` for call `layer` of the chain: every page id moved by `layer` (mod
+/// `total_pages`), so each call reads other pages, as each layer of a step reads its own pool.
+fn layer_page_table(page_indices: &[i32], layer: u32, total_pages: u32) -> Vec<i32> {
+    page_indices
+        .iter()
+        .map(|&p| ((p as i64 + layer as i64) % total_pages as i64) as i32)
+        .collect()
+}
+
+/// The artifacts, opened and checked to share their call shapes.
+fn open_artifacts(b: &KernelBench) -> Result<Vec<Artifact>, BenchError> {
+    let artifacts = b
+        .artifacts
+        .iter()
+        .map(|d| Artifact::open(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(crate::Error::from)?;
+    let first = &artifacts[0].manifest.config;
+    for (art, dir) in artifacts.iter().zip(&b.artifacts).skip(1) {
+        if art.manifest.config.problem() != first.problem() {
+            return Err(BenchError::Options(format!(
+                "{} has other call shapes than {} ({} vs {}): build both with the same heads, \
+                 head_dim, --page-size, --dtype, --max-tokens, --max-seqs, --pages-per-seq and \
+                 --total-pages",
+                dir.display(),
+                b.artifacts[0].display(),
+                art.manifest.config,
+                first
+            )));
+        }
+    }
+    Ok(artifacts)
+}
+
+/// The decode batch every artifact runs, after checking `--seqs` and `--kv-len` against the
+/// artifacts' shapes.
+fn draw_batch(b: &KernelBench, cfg: &KernelConfig) -> Result<RaggedBatch, BenchError> {
+    let problem = cfg.problem();
+    let capacity = problem.max_batch_seqs();
+    let seqs = b.seqs.unwrap_or(capacity);
+    if seqs == 0 || seqs > capacity {
+        return Err(BenchError::Options(format!(
+            "--seqs {seqs}: the artifacts hold 1 to {capacity} decode sequences (min of max-seqs, \
+             max-tokens and total pages); pass --seqs in that range or rebuild with more"
+        )));
+    }
+    if let Some(len) = b.kv_len {
+        let max = problem
+            .max_kv_len()
+            .min(problem.total_pages / seqs * problem.page_size);
+        if len == 0 || len > max {
+            return Err(BenchError::Options(format!(
+                "--kv-len {len}: {seqs} sequences hold 1 to {max} tokens each here (pages-per-seq \
+                 x page size, and total pages shared out); pass --kv-len in that range, fewer \
+                 --seqs, or rebuild with more pages"
+            )));
+        }
+    }
+    let spec = BatchSpec {
+        kv_len: b.kv_len,
+        ..BatchSpec::decode_only(seqs)
+    };
+    Ok(RaggedBatch::generate(
+        &problem,
+        &spec,
+        b.seed,
+        cfg.dtype() == Dtype::Bf16,
+    ))
+}
+
+/// Times every artifact's chain, interleaved round by round.
+pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
+    if b.artifacts.is_empty() || b.layers == 0 || b.repeats == 0 {
+        return Err(BenchError::Options(
+            "give at least one artifact, --layers >= 1 and --repeats >= 1".into(),
+        ));
+    }
+    let artifacts = open_artifacts(b)?;
+    let first = &artifacts[0].manifest.config;
+    let batch = draw_batch(b, first)?;
+    let plugin_err = pjrt(format!(
+        "loading the PJRT plugin {} (run scripts/setup.sh, or pass --plugin)",
+        b.plugin.display()
+    ));
+    let client = Client::new(Api::load(&b.plugin).map_err(plugin_err)?)
+        .map_err(pjrt("creating a PJRT client"))?;
+    // The kernel's inputs minus its page table, in the chain's order: q, kv, lens, cu, n; then
+    // one page table per call.
+    let mut buffers = upload_batch(&client, first, &batch).map_err(pjrt("uploading the batch"))?;
+    buffers.remove(PAGE_INDICES_INPUT);
+    for layer in 0..b.layers {
+        let table = layer_page_table(&batch.page_indices, layer, first.total_pages());
+        let dims = [first.max_num_seqs() as i64, first.pages_per_seq() as i64];
+        let buffer = client
+            .buffer_from_host(&table, &dims)
+            .map_err(pjrt("uploading a page table"))?;
+        buffers.push(buffer);
+    }
+    let inputs: Vec<_> = buffers.iter().collect();
+    let program = chain_program(first, b.layers)?;
+    let mut exes = Vec::new();
+    for (art, dir) in artifacts.iter().zip(&b.artifacts) {
+        let kernel = art
+            .read_text(stablehlo::FILE_NAME)
+            .map_err(crate::Error::from)?;
+        let linked = link(&program, &kernel, "rpa_attention").map_err(crate::Error::from)?;
+        let exe = client
+            .compile(&linked.generic_text, &CompileOptions::new())
+            .map_err(pjrt(format!("compiling {}", dir.display())))?;
+        exes.push(exe);
+    }
+    let warmup = 3;
+    let mut times = vec![Vec::with_capacity(b.repeats as usize); exes.len()];
+    for round in 0..warmup + b.repeats {
+        for (exe, t) in exes.iter().zip(&mut times) {
+            let start = Instant::now();
+            let out = exe
+                .execute_borrowed(&inputs)
+                .map_err(pjrt("running a chain"))?;
+            out[0]
+                .block_until_ready()
+                .map_err(pjrt("running a chain"))?;
+            if round >= warmup {
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let medians: Vec<_> = times.into_iter().map(spread).collect();
+    let base = medians[0].0;
+    let rows = medians
+        .iter()
+        .zip(artifacts.iter().zip(&b.artifacts))
+        .map(|(&(ms, range), (art, dir))| Row {
+            artifact: dir.display().to_string(),
+            config: art.manifest.config.to_string(),
+            chain_ms: ms,
+            chain_ms_range: range,
+            per_call_us: ms * 1e3 / b.layers as f64,
+            ratio: ms / base,
+        })
+        .collect();
+    Ok(KernelReport {
+        plugin: b.plugin.display().to_string(),
+        layers: b.layers,
+        repeats: b.repeats,
+        seed: b.seed,
+        seqs: batch.seq_lens(),
+        rows,
+    })
+}

@@ -1,0 +1,207 @@
+//! Flag groups shared by several subcommands, each flattened into the commands that take it:
+//! [`KernelArgs`] (a kernel config), [`CheckOpts`] (a VMEM check's target, kernel model, limit,
+//! tensor parallelism), [`ServedArgs`] and [`PluginArg`] (the model, kernel and plugin a
+//! serving command runs), [`EngineArgs`] (the engine's shape).
+
+use clap::Args;
+use kernelgen::config::{defaults, Dtype, KernelSpec, Schedule};
+use runtime::engine::EngineConfig;
+use std::path::PathBuf;
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    Schedule::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    kernelgen::config::parse_dtype(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct KernelArgs {
+    /// q_block: query tokens per block (required)
+    #[arg(long = "q", value_name = "Q_BLOCK", allow_negative_numbers = true)]
+    pub q_block: Option<u32>,
+    /// kv_pages_block: KV pages per block (required)
+    #[arg(
+        long = "kv",
+        value_name = "KV_PAGES_BLOCK",
+        allow_negative_numbers = true
+    )]
+    pub kv_pages_block: Option<u32>,
+    /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b]
+    #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]
+    pub preset: Option<String>,
+    /// Take heads, KV heads, head_dim, sliding window and soft cap from a Hugging Face config.json
+    #[arg(long, value_name = "PATH", help_heading = "Geometry")]
+    pub hf_config: Option<PathBuf>,
+    /// Override the number of query heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_q_heads: Option<u32>,
+    /// Override the number of KV heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_kv_heads: Option<u32>,
+    /// Override head_dim
+    #[arg(long, help_heading = "Geometry")]
+    pub head_dim: Option<u32>,
+    /// Tokens per KV page
+    #[arg(long, default_value_t = defaults::PAGE_SIZE, help_heading = "Call shapes")]
+    pub page_size: u32,
+    /// Element type of q, kv_pages and the output: bf16 or f32 (accumulation is always f32)
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype, help_heading = "Call shapes")]
+    pub dtype: Dtype,
+    /// Rows of q: all sequences' new tokens per call, padded [default: 256 for build, 2048 for check]
+    #[arg(long = "max-tokens", help_heading = "Call shapes")]
+    pub max_num_tokens: Option<u32>,
+    /// Sequences per call (rows of kv_lens and page_indices) [default: 16 for build, 128 for check]
+    #[arg(long = "max-seqs", help_heading = "Call shapes")]
+    pub max_num_seqs: Option<u32>,
+    /// Longest sequence; sets pages_per_seq = ceil(max_model_len / page_size) [default: 1024 for build, 4096 for check]
+    #[arg(long, conflicts_with = "pages_per_seq", help_heading = "Call shapes")]
+    pub max_model_len: Option<u32>,
+    /// Columns of page_indices (instead of --max-model-len)
+    #[arg(long, help_heading = "Call shapes")]
+    pub pages_per_seq: Option<u32>,
+    /// Pages in the KV pool [default: max_seqs * pages_per_seq]
+    #[arg(long, help_heading = "Call shapes")]
+    pub total_pages: Option<u32>,
+    /// Logit scale [default: 1/sqrt(head_dim)]
+    #[arg(long, help_heading = "Attention")]
+    pub sm_scale: Option<f32>,
+    /// Keys further back than this many positions are masked
+    #[arg(long, help_heading = "Attention")]
+    pub sliding_window: Option<u32>,
+    /// Loop nest of the StableHLO kernel: sequential (per sequence) or batched (all sequences in lockstep; best for decode batches)
+    #[arg(long, default_value = "sequential", value_parser = parse_schedule, help_heading = "Attention")]
+    pub schedule: Schedule,
+    /// Logit soft cap: cap * tanh(logit / cap), applied before the mask
+    #[arg(long, help_heading = "Attention")]
+    pub soft_cap: Option<f32>,
+}
+
+impl KernelArgs {
+    /// The flags as the library's spec of a kernel config.
+    pub fn spec(&self) -> KernelSpec {
+        KernelSpec {
+            q_block: self.q_block,
+            kv_pages_block: self.kv_pages_block,
+            preset: self.preset.clone(),
+            hf_config: self.hf_config.clone(),
+            num_q_heads: self.num_q_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            page_size: Some(self.page_size),
+            dtype: Some(self.dtype),
+            max_num_tokens: self.max_num_tokens,
+            max_num_seqs: self.max_num_seqs,
+            max_model_len: self.max_model_len,
+            pages_per_seq: self.pages_per_seq,
+            total_pages: self.total_pages,
+            sm_scale: self.sm_scale,
+            sliding_window: self.sliding_window,
+            soft_cap: self.soft_cap,
+            schedule: Some(self.schedule),
+        }
+    }
+}
+
+/// A VMEM check's options, shared by `check` and `plan`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckOpts {
+    /// TPU generation: v4, v5e, v5p, v6e, v7x
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Kernel model: jax-rpa (JAX's Pallas TPU ragged_paged_attention) or kernelgen
+    #[arg(long = "kernel", value_name = "KERNEL", default_value = "jax-rpa")]
+    pub kernel_model: String,
+    /// vmem_limit_bytes the kernel is compiled with (e.g. 32MiB) [default: the target's scoped default]
+    #[arg(long)]
+    pub vmem_limit: Option<String>,
+    /// Tensor-parallel degree: heads are divided by it before accounting
+    #[arg(long, default_value_t = 1)]
+    pub tp: u32,
+    /// Also compile with the real TPU compiler (deviceless) and print its verdict
+    #[arg(long)]
+    pub oracle: bool,
+}
+
+/// The model and kernel a serving command runs (`generate`, `bench decode`, `emit-step`).
+#[derive(Args, Debug)]
+pub struct ServedArgs {
+    /// Model: a .gguf file or a Hugging Face directory [default: cached SmolLM2-135M-Instruct]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// q_block of the emitted kernel when --kernel is not given
+    #[arg(long = "q", default_value_t = 32)]
+    pub q_block: u32,
+    /// kv_pages_block of the emitted kernel when --kernel is not given
+    #[arg(long = "kv", default_value_t = 4)]
+    pub kv_pages_block: u32,
+}
+
+impl ServedArgs {
+    /// --model, or the cached default model.
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(runtime::cache::default_model_path)
+    }
+
+    pub fn blocks(&self) -> (u32, u32) {
+        (self.q_block, self.kv_pages_block)
+    }
+}
+
+/// The PJRT plugin the engine runs on (`generate`, `bench decode`, `bench kernel`).
+#[derive(Args, Debug)]
+pub struct PluginArg {
+    /// PJRT plugin [default: the cached lammps-jax-pjrt-cpu 0.11.2 CPU plugin, whose XLA updates the KV pool in place]
+    #[arg(long, env = "PJRT_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+}
+
+impl PluginArg {
+    /// --plugin (or $PJRT_PLUGIN), else the cached serving plugin.
+    pub fn path(&self) -> PathBuf {
+        self.plugin
+            .clone()
+            .unwrap_or_else(runtime::cache::serving_plugin_path)
+    }
+}
+
+/// Engine shape flags: what `generate` serves with and what `emit-step` emits a program for.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Sequences per step
+    #[arg(long, default_value_t = 32, help_heading = "Engine")]
+    pub max_seqs: usize,
+    /// KV pages in each layer's pool
+    #[arg(long, default_value_t = 1024, help_heading = "Engine")]
+    pub max_pages: usize,
+    #[arg(long, default_value_t = 16, help_heading = "Engine")]
+    pub page_size: usize,
+    /// Longest sequence (prompt + generation)
+    #[arg(long, default_value_t = 2048, help_heading = "Engine")]
+    pub max_seq_len: usize,
+    /// Token budget of one step (prefill chunk size)
+    #[arg(long, default_value_t = 256, help_heading = "Engine")]
+    pub max_tokens_per_round: usize,
+    /// KV pool dtype: f32 or bf16
+    #[arg(long, default_value = "f32", value_parser = parse_dtype, help_heading = "Engine")]
+    pub kv_dtype: Dtype,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            max_seqs: self.max_seqs,
+            max_pages: self.max_pages,
+            page_size: self.page_size,
+            max_seq_len: self.max_seq_len,
+            max_tokens_per_round: self.max_tokens_per_round,
+        }
+    }
+}

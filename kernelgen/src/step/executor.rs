@@ -1,0 +1,282 @@
+//! [`DeviceExecutor`]: the engine's [`StepExecutor`] on a PJRT device.
+//!
+//! Weights are uploaded once, straight from the model's own buffers, and borrowed by every step.
+//! Each layer's KV pool is created on the device uninitialized (never uploaded, never filled:
+//! the kernels ignore every slot a sequence has not written, whatever it holds) and donated to
+//! every step, whose program aliases it to an output: the pool is updated in place and never
+//! copied or moved back to the host. Programs are compiled once per token-count bucket, on first
+//! use, and cached.
+
+use super::weights::pack_weights;
+use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
+use runtime::dtype::Dtype;
+use runtime::engine::{EngineConfig, EngineError, StepBatch, StepExecutor};
+use runtime::model::Model;
+use runtime::pjrt::{Arg, Buffer, Client, CompileOptions, ElementType, Executable};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn exec_err(what: &str) -> impl Fn(runtime::pjrt::PjrtError) -> EngineError + '_ {
+    move |e| EngineError::Executor(format!("{what}: {e}"))
+}
+
+/// Where the executor's part of some steps went.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PhaseTimes {
+    pub steps: usize,
+    /// Host-side time building and uploading step inputs.
+    pub host_s: f64,
+    /// Time inside execute (the plugin may return before the device work is done).
+    pub execute_s: f64,
+    /// Time copying logits back (waits for the program to finish).
+    pub download_s: f64,
+}
+
+impl PhaseTimes {
+    fn add(&mut self, host: f64, execute: f64, download: f64) {
+        self.steps += 1;
+        self.host_s += host;
+        self.execute_s += execute;
+        self.download_s += download;
+    }
+}
+
+/// Timings the executor records.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ExecutorTimes {
+    /// Per program ("t16", "t16-decode"): emission + compile time in seconds.
+    pub compile: BTreeMap<String, f64>,
+    /// Every step.
+    pub all: PhaseTimes,
+    /// Steps that ran a decode-only program (one new token per sequence).
+    pub decode: PhaseTimes,
+}
+
+pub struct DeviceExecutor {
+    client: Client,
+    engine: EngineConfig,
+    kv_dtype: Dtype,
+    vocab: usize,
+    buckets: Vec<usize>,
+    /// Compiled programs by (token bucket, decode-only).
+    programs: BTreeMap<(usize, bool), Executable>,
+    source: StepSource,
+    weights: Vec<Buffer>,
+    pools: Vec<Buffer>,
+    pub times: ExecutorTimes,
+    /// Compile time not yet handed to the engine (see `take_setup_time`).
+    unreported_setup: Duration,
+}
+
+impl DeviceExecutor {
+    /// Uploads `model`'s weights and creates the KV pools on `client`'s device.
+    pub fn new(
+        client: Client,
+        model: &Model,
+        engine: &EngineConfig,
+        kv_dtype: Dtype,
+        buckets: Vec<usize>,
+        source: StepSource,
+    ) -> Result<DeviceExecutor, EngineError> {
+        if buckets.is_empty() || buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EngineError::Config(format!(
+                "token buckets must be ascending and non-empty: {buckets:?}"
+            )));
+        }
+        let weights = pack_weights(&model.config, &model.weights)
+            .into_iter()
+            .map(|w| {
+                client
+                    .buffer_from_host(&w.data, &w.dims)
+                    .map_err(exec_err(&w.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes = StepShapes::new(engine, buckets[0], kv_dtype);
+        let pool_dims = shapes.pool_dims(&model.config);
+        let pool_type = match kv_dtype {
+            Dtype::F32 => ElementType::F32,
+            Dtype::Bf16 => ElementType::Bf16,
+        };
+        let pools = (0..model.config.num_layers)
+            .map(|_| {
+                client
+                    .uninitialized_buffer(pool_type, &pool_dims)
+                    .map_err(exec_err("creating a KV pool"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DeviceExecutor {
+            client,
+            engine: engine.clone(),
+            kv_dtype,
+            vocab: model.config.vocab_size,
+            buckets,
+            programs: BTreeMap::new(),
+            source,
+            weights,
+            pools,
+            times: ExecutorTimes::default(),
+            unreported_setup: Duration::ZERO,
+        })
+    }
+
+    /// The client the weights and pools live on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The uploaded weights, in [`pack_weights`] order.
+    pub fn weights(&self) -> &[Buffer] {
+        &self.weights
+    }
+
+    /// The shapes of a program: decode-only ones hold one row per sequence.
+    pub fn shapes(&self, bucket: usize, decode: bool) -> StepShapes {
+        if decode {
+            StepShapes::decode(&self.engine, bucket, self.kv_dtype)
+        } else {
+            StepShapes::new(&self.engine, bucket, self.kv_dtype)
+        }
+    }
+
+    /// Compiles (once) the program for `bucket` tokens (decode-only or general).
+    pub fn compile_bucket(
+        &mut self,
+        bucket: usize,
+        decode: bool,
+    ) -> Result<&Executable, EngineError> {
+        if !self.programs.contains_key(&(bucket, decode)) {
+            let start = Instant::now();
+            let shapes = self.shapes(bucket, decode);
+            let text = self
+                .source
+                .program(&shapes)
+                .map_err(|e| EngineError::Executor(e.to_string()))?;
+            let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
+            let exe = self
+                .client
+                .compile(&text, &CompileOptions::new())
+                .map_err(exec_err(&format!("compiling the step program {name}")))?;
+            self.times
+                .compile
+                .insert(name, start.elapsed().as_secs_f64());
+            self.unreported_setup += start.elapsed();
+            self.programs.insert((bucket, decode), exe);
+        }
+        Ok(&self.programs[&(bucket, decode)])
+    }
+
+    fn bucket_for(&self, tokens: usize) -> Result<usize, EngineError> {
+        self.buckets
+            .iter()
+            .copied()
+            .find(|&b| b >= tokens)
+            .ok_or_else(|| {
+                EngineError::Executor(format!(
+                    "{tokens} tokens in one step exceed the largest bucket {}",
+                    self.buckets.last().copied().unwrap_or(0)
+                ))
+            })
+    }
+
+    /// The step's small inputs, padded to `shapes`.
+    fn inputs(&self, batch: &StepBatch, shapes: &StepShapes) -> Result<Vec<Buffer>, EngineError> {
+        let (t, s, r) = (shapes.tokens, shapes.seqs, shapes.logits_rows);
+        let pps = shapes.pages_per_seq;
+        if batch.seqs.len() > s || batch.logits_rows.len() > r {
+            return Err(EngineError::Executor(format!(
+                "batch of {} seqs / {} logits rows exceeds the bucket's {s} / {r}",
+                batch.seqs.len(),
+                batch.logits_rows.len()
+            )));
+        }
+        let pad = |v: &[u32], fill: i32, n: usize| -> Vec<i32> {
+            let mut out: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+            out.resize(n, fill);
+            out
+        };
+        let scratch = (shapes.scratch_page() * shapes.page_size) as i32;
+        let tokens = pad(&batch.token_ids, 0, t);
+        let positions = pad(&batch.positions, 0, t);
+        let slots = pad(&batch.slot_mapping, scratch, t);
+        let mut kv_lens = vec![0i32; s];
+        let mut pages = vec![0i32; s * pps];
+        let mut cu = vec![0i32; s + 1];
+        for (i, q) in batch.seqs.iter().enumerate() {
+            kv_lens[i] = q.kv_len as i32;
+            for (j, &p) in q.pages.iter().take(pps).enumerate() {
+                pages[i * pps + j] = p as i32;
+            }
+            cu[i + 1] = (q.q_start + q.q_len) as i32;
+        }
+        let total = cu[batch.seqs.len()];
+        cu[batch.seqs.len() + 1..]
+            .iter_mut()
+            .for_each(|c| *c = total);
+        let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
+        let rows = pad(&rows, 0, r);
+        let c = &self.client;
+        let up = |v: &[i32], dims: &[i64]| {
+            c.buffer_from_host(v, dims)
+                .map_err(exec_err("uploading step inputs"))
+        };
+        Ok(vec![
+            up(&tokens, &[t as i64])?,
+            up(&positions, &[t as i64])?,
+            up(&slots, &[t as i64])?,
+            up(&kv_lens, &[s as i64])?,
+            up(&pages, &[s as i64, pps as i64])?,
+            up(&cu, &[s as i64 + 1])?,
+            up(&[batch.seqs.len() as i32], &[1])?,
+            up(&rows, &[r as i64])?,
+        ])
+    }
+}
+
+impl StepExecutor for DeviceExecutor {
+    fn step(&mut self, batch: &StepBatch) -> Result<Vec<f32>, EngineError> {
+        let host_start = Instant::now();
+        let bucket = self.bucket_for(batch.token_ids.len())?;
+        // One new token per sequence: the decode program, whose kernel advances all sequences in
+        // lockstep (the scheduler never packs more than max_seqs; `inputs` checks the bucket).
+        let decode = batch.seqs.iter().all(|q| q.q_len == 1);
+        self.compile_bucket(bucket, decode)?;
+        let shapes = self.shapes(bucket, decode);
+        let inputs = self.inputs(batch, &shapes)?;
+        debug_assert_eq!(inputs.len(), NUM_STEP_INPUTS);
+        let pools = std::mem::take(&mut self.pools);
+        let mut args: Vec<Arg> = inputs.iter().map(Arg::Borrowed).collect();
+        args.extend(pools.into_iter().map(Arg::Donated));
+        args.extend(self.weights.iter().map(Arg::Borrowed));
+        let exec_start = Instant::now();
+        let mut out = self.programs[&(bucket, decode)]
+            .execute(args)
+            .map_err(exec_err(
+                "executing the step (the KV pools were donated and are lost)",
+            ))?;
+        let dl_start = Instant::now();
+        let logits_buf = out.remove(0);
+        self.pools = out;
+        let mut logits = logits_buf
+            .to_host::<f32>()
+            .map_err(exec_err("reading logits"))?;
+        logits.truncate(batch.logits_rows.len() * self.vocab);
+        let (host, execute, download) = (
+            (exec_start - host_start).as_secs_f64(),
+            (dl_start - exec_start).as_secs_f64(),
+            dl_start.elapsed().as_secs_f64(),
+        );
+        self.times.all.add(host, execute, download);
+        if decode {
+            self.times.decode.add(host, execute, download);
+        }
+        Ok(logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn take_setup_time(&mut self) -> Duration {
+        std::mem::take(&mut self.unreported_setup)
+    }
+}

@@ -1,0 +1,75 @@
+//! The step program taken apart, for `kernelgen bench decode`'s breakdown of where a step's time
+//! goes: [`matmul_chain`] is the step's projections alone
+//! (`templates/step_matmuls.stablehlo.mlir.tera`), in order and dependent on each other as in
+//! the model (QKV, O, gate/up, down per layer, then the LM head), reading the very weight
+//! buffers the step reads. Its parameters are `x f32[rows, H]` followed by every weight of
+//! [`super::weights::pack_weights`] in order, so it runs against
+//! [`super::DeviceExecutor::weights`] without another upload.
+
+use super::weights::pack_weights_dims;
+use crate::emit::mlir::CheckedModule;
+use crate::emit::{self, EmitError};
+use runtime::model::LlamaConfig;
+use serde::Serialize;
+
+/// Sizes the matmul-chain template spells (names follow the template).
+#[derive(Serialize)]
+struct MatmulChain {
+    rows: usize,
+    h: usize,
+    qd: usize,
+    qkv: usize,
+    f: usize,
+    f2: usize,
+    v: usize,
+    layers: usize,
+    tied: bool,
+}
+
+/// The step's matmuls at `rows` token rows, as one checked program returning the logits.
+pub fn matmul_chain(m: &LlamaConfig, rows: usize) -> Result<CheckedModule, EmitError> {
+    let p = MatmulChain {
+        rows,
+        h: m.hidden_size,
+        qd: m.q_dim(),
+        qkv: m.qkv_dim(),
+        f: m.intermediate_size,
+        f2: 2 * m.intermediate_size,
+        v: m.vocab_size,
+        layers: m.num_layers,
+        tied: m.tie_word_embeddings,
+    };
+    let mut ctx = tera::Context::new();
+    ctx.insert("p", &p);
+    ctx.insert("params", &pack_weights_dims(m));
+    ctx.insert(
+        "header",
+        &emit::header(&format!(
+            "the step's matmuls alone: {} layers, {rows} rows",
+            m.num_layers
+        )),
+    );
+    emit::render_checked("step_matmuls.stablehlo.mlir.tera", &ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verify::fixtures::tiny::TinyConfig;
+
+    /// One dot per projection per layer, plus the LM head; every weight is a parameter.
+    #[test]
+    fn the_chain_has_the_steps_matmuls() {
+        for tied in [true, false] {
+            let m = TinyConfig {
+                tie_word_embeddings: tied,
+                ..Default::default()
+            }
+            .llama_config();
+            let c = matmul_chain(&m, 3).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.op_counts["stablehlo.dot_general"], 4 * m.num_layers + 1);
+            let params = pack_weights_dims(&m).len() + 1;
+            assert!(c.generic_text.matches("tensor<").count() > params);
+        }
+    }
+}

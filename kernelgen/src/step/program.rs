@@ -1,0 +1,239 @@
+//! The model's step program (`templates/step.stablehlo.mlir.tera`) with the ragged paged attention
+//! kernel linked in: one StableHLO module per token-count bucket.
+//!
+//! The kernel comes from an artifact ([`KernelSource::Artifact`]): its config (block sizes, dtype,
+//! page size, geometry, sm_scale) is instantiated at each bucket's call shapes in linkable form
+//! (the kernel also returns the kv_pages its loops carried, so the program's updated pool has one
+//! consumer and XLA never copies it) and linked in with melior. The runtime refuses an artifact
+//! whose geometry, page size or dtype differ from the model's before calling this.
+
+use super::StepShapes;
+use crate::artifact::Artifact;
+use crate::config::{Geometry, KernelConfig, KernelParams, Schedule};
+use crate::emit::link::link;
+use crate::emit::mlir::CheckedModule;
+use crate::emit::stablehlo::hex_f32;
+use crate::emit::{self, stablehlo, templates, EmitError};
+use crate::Error;
+use runtime::model::LlamaConfig;
+use serde::Serialize;
+
+/// Symbol the step program calls the kernel by.
+pub const KERNEL_SYMBOL: &str = "rpa_attention";
+
+/// Where the attention kernel comes from.
+#[derive(Clone, Debug)]
+pub enum KernelSource {
+    /// A built artifact directory.
+    Artifact(Box<Artifact>),
+    /// Block sizes only: a kernel is emitted for each bucket (used when no --kernel is given).
+    Blocks { q_block: u32, kv_pages_block: u32 },
+}
+
+/// Sizes the step template spells into MLIR types (names follow the template).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepDims {
+    pub module_name: String,
+    pub t: usize,
+    pub s: usize,
+    pub s1: usize,
+    pub r: usize,
+    pub pps: usize,
+    pub np: usize,
+    pub np_p: usize,
+    pub p: usize,
+    pub h: usize,
+    pub v: usize,
+    pub f: usize,
+    pub f2: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub hkv2: usize,
+    pub hd: usize,
+    pub hd2: usize,
+    pub qd: usize,
+    pub kvd: usize,
+    pub qkv: usize,
+    pub layers: usize,
+    pub kv: &'static str,
+    pub tied: bool,
+    /// f32 constants as exact hex bit patterns.
+    pub eps: String,
+    pub inv_h: String,
+}
+
+impl StepDims {
+    pub fn new(m: &LlamaConfig, s: &StepShapes) -> StepDims {
+        StepDims {
+            module_name: format!("step_t{}", s.tokens),
+            t: s.tokens,
+            s: s.seqs,
+            s1: s.seqs + 1,
+            r: s.logits_rows,
+            pps: s.pages_per_seq,
+            np: s.pool_pages,
+            np_p: s.pool_pages * s.page_size,
+            p: s.page_size,
+            h: m.hidden_size,
+            v: m.vocab_size,
+            f: m.intermediate_size,
+            f2: 2 * m.intermediate_size,
+            hq: m.num_q_heads,
+            hkv: m.num_kv_heads,
+            hkv2: 2 * m.num_kv_heads,
+            hd: m.head_dim,
+            hd2: m.head_dim / 2,
+            qd: m.num_q_heads * m.head_dim,
+            kvd: m.num_kv_heads * m.head_dim,
+            qkv: (m.num_q_heads + 2 * m.num_kv_heads) * m.head_dim,
+            layers: m.num_layers,
+            kv: s.kv_dtype.mlir(),
+            tied: m.tie_word_embeddings,
+            eps: hex_f32(m.rms_norm_eps),
+            inv_h: hex_f32(1.0 / m.hidden_size as f32),
+        }
+    }
+}
+
+/// A checked, linked step program and where its kernel came from.
+pub struct StepProgram {
+    pub module: CheckedModule,
+    /// The kernel config linked in (at the bucket's shapes).
+    pub kernel: KernelConfig,
+}
+
+/// The kernel config for a bucket: the source's block sizes, dtype and geometry at the bucket's
+/// shapes (q_block and kv_pages_block clamped to what the shapes allow).
+pub fn bucket_kernel(
+    m: &LlamaConfig,
+    s: &StepShapes,
+    source: &KernelSource,
+) -> Result<KernelConfig, Error> {
+    let (q, kv, dtype, schedule) = match source {
+        KernelSource::Artifact(a) => {
+            let c = &a.manifest.config;
+            (c.q_block(), c.kv_pages_block(), c.dtype(), c.schedule())
+        }
+        KernelSource::Blocks {
+            q_block,
+            kv_pages_block,
+        } => (*q_block, *kv_pages_block, s.kv_dtype, Schedule::Sequential),
+    };
+    Ok(KernelConfig::new(KernelParams {
+        geometry: Geometry {
+            num_q_heads: m.num_q_heads as u32,
+            num_kv_heads: m.num_kv_heads as u32,
+            head_dim: m.head_dim as u32,
+        },
+        dtype,
+        page_size: s.page_size as u32,
+        // Decode programs hold one row per sequence: the batched schedule with q_block 1.
+        q_block: if s.decode { 1 } else { q.min(s.tokens as u32) },
+        kv_pages_block: kv.min(s.pages_per_seq as u32),
+        max_num_tokens: s.tokens as u32,
+        max_num_seqs: s.seqs as u32,
+        pages_per_seq: s.pages_per_seq as u32,
+        total_pages: s.pool_pages as u32,
+        sm_scale: None,
+        sliding_window: None,
+        soft_cap: None,
+        schedule: if s.decode {
+            Schedule::Batched
+        } else {
+            schedule
+        },
+    })?)
+}
+
+/// Renders the step template for `m` at `shapes` (unlinked: it declares `@rpa_attention`).
+pub fn render(m: &LlamaConfig, shapes: &StepShapes) -> Result<String, EmitError> {
+    let mut ctx = tera::Context::new();
+    ctx.insert("d", &StepDims::new(m, shapes));
+    let mut header = emit::header("Llama step program");
+    header.push(format!(
+        "bucket: {} tokens, {} seqs, {} logits rows, {} pool pages of {} tokens",
+        shapes.tokens, shapes.seqs, shapes.logits_rows, shapes.pool_pages, shapes.page_size
+    ));
+    ctx.insert("header", &header);
+    templates::render("step.stablehlo.mlir.tera", &ctx)
+}
+
+/// What the executor compiles its programs from: the model's config and where the kernel comes
+/// from; [`StepSource::program`] emits and links one bucket's program on demand.
+#[derive(Clone, Debug)]
+pub struct StepSource {
+    pub model: LlamaConfig,
+    pub kernel: KernelSource,
+}
+
+impl StepSource {
+    /// The checked, linked program text for `shapes`.
+    pub fn program(&self, shapes: &StepShapes) -> Result<String, Error> {
+        emit(&self.model, shapes, &self.kernel).map(|p| p.module.generic_text)
+    }
+}
+
+/// Emits the step program for one bucket with the kernel linked in.
+pub fn emit(
+    m: &LlamaConfig,
+    shapes: &StepShapes,
+    source: &KernelSource,
+) -> Result<StepProgram, Error> {
+    let kernel = bucket_kernel(m, shapes, source)?;
+    let kernel_text = stablehlo::emit_linkable(&kernel)?.text;
+    let program = render(m, shapes)?;
+    let module = link(&program, &kernel_text, KERNEL_SYMBOL)?;
+    Ok(StepProgram { module, kernel })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::dtype::Dtype;
+    use runtime::engine::EngineConfig;
+
+    fn tiny_config() -> LlamaConfig {
+        verify::fixtures::tiny::TinyConfig {
+            tie_word_embeddings: true,
+            ..Default::default()
+        }
+        .llama_config()
+    }
+
+    #[test]
+    fn step_program_links_the_kernel_once_and_calls_it_per_layer() {
+        let engine = EngineConfig {
+            max_seqs: 4,
+            max_pages: 16,
+            page_size: 4,
+            max_seq_len: 32,
+            max_tokens_per_round: 8,
+        };
+        for (tokens, dtype) in [(1, Dtype::F32), (8, Dtype::Bf16)] {
+            let shapes = StepShapes::new(&engine, tokens, dtype);
+            let p = emit(
+                &tiny_config(),
+                &shapes,
+                &KernelSource::Blocks {
+                    q_block: 4,
+                    kv_pages_block: 2,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let c = &p.module.op_counts;
+            assert_eq!(c["func.call"], 2, "{c:?}");
+            assert_eq!(c["func.func"], 2);
+            assert_eq!(c["stablehlo.scatter"], 2);
+            assert_eq!(
+                c["stablehlo.while"], 3,
+                "one kernel body with its three loops"
+            );
+            assert_eq!(p.kernel.max_num_tokens(), tokens as u32);
+            assert_eq!(p.kernel.q_block(), 4.min(tokens as u32));
+            assert!(p
+                .module
+                .generic_text
+                .contains("tf.aliasing_output = 1 : i32"));
+        }
+    }
+}
