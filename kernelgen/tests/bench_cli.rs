@@ -2,8 +2,7 @@
 //! the measured rounds and lies inside the spread printed beside it; bad options are refused
 //! before any work.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn decode_figures_are_medians_inside_their_spread() {

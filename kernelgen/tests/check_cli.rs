@@ -1,8 +1,7 @@
 //! `kernelgen check` and `kernelgen plan` as users run them: exit codes (0 fits, 3 does not fit,
 //! 4 uncertain, 1 input error), the itemized JSON report, suggestions, and the CI matrix gate.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn reported_oom_does_not_fit_and_suggests_what_fits() {

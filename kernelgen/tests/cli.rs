@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Asserts exit 1, a single stderr line containing every `needle`, and no output directory.
 fn assert_rejected(args: &[&str], out: &Path, needles: &[&str]) {

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A fresh, existing scratch directory.
 fn tmp(name: &str) -> PathBuf {

@@ -1,6 +1,4 @@
-//! Helpers shared by the CLI integration tests (each test file is its own crate, so not every
-//! file uses every helper).
-#![allow(dead_code)]
+//! Helpers shared by the CLI integration tests.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,13 @@
+//! kernelgen's integration tests, one binary (each links MLIR statically: one link instead of
+//! one per file, and the long tests run side by side). Each module is one area; run one with
+//! `cargo test -p kernelgen --test kernelgen MODULE::`.
+
+mod bench_cli;
+mod build_tpu;
+mod check_cli;
+mod cli;
+mod common;
+mod generate_cli;
+mod oracle_live;
+mod tpu_compile;
+mod vmem_agreement;
