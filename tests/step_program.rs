@@ -48,7 +48,7 @@ fn run(client: Client, seed: u64, tied: bool, kv: Dtype, blocks: (u32, u32), tol
         },
     };
     let mut device =
-        DeviceExecutor::new(client, &model, &engine, kv, default_buckets(16), source).unwrap();
+        DeviceExecutor::new(client, &*model, &engine, kv, default_buckets(16), source).unwrap();
     let mut host = HostExecutor::from_engine_config(model.clone(), &engine);
     let mut script = BatchScript::new(
         seed,
@@ -157,7 +157,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         };
         let device = DeviceExecutor::new(
             client(),
-            &model,
+            &*model,
             &engine,
             Dtype::F32,
             default_buckets(4),

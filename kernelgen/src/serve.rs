@@ -70,9 +70,10 @@ pub fn check_artifact(
 }
 
 use crate::artifact::ArtifactError;
-use runtime::engine::validate_config;
+use runtime::engine::{engine_plan, validate_config};
 use runtime::engine::{Engine, EngineConfig, EngineError};
-use runtime::model::{gguf, safetensors, tokenizer::Tokenizer, Model, ModelError};
+use runtime::mem::MemTrace;
+use runtime::model::{tokenizer::Tokenizer, ModelError, ModelFile};
 use runtime::pjrt::{Api, Client, PjrtError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,10 +108,11 @@ pub enum ServeError {
     Plugin { path: PathBuf, source: PjrtError },
 }
 
-/// A model and its tokenizer, from a `.gguf` file or a Hugging Face directory.
-pub fn load_model(path: &Path) -> Result<(Model, Tokenizer), ModelError> {
+/// A model file opened (config now, weights read as they are uploaded) and its tokenizer, from
+/// a `.gguf` file or a Hugging Face directory.
+pub fn open_model(path: &Path) -> Result<(ModelFile, Tokenizer), ModelError> {
+    let model = ModelFile::open(path)?;
     if path.is_dir() {
-        let model = safetensors::load_hf_dir(path)?;
         let tok_path = path.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(ModelError::Tokenizer(format!(
@@ -120,7 +122,6 @@ pub fn load_model(path: &Path) -> Result<(Model, Tokenizer), ModelError> {
         }
         Ok((model, Tokenizer::from_file(&tok_path)?))
     } else {
-        let model = gguf::load_gguf(path)?;
         Ok((model, Tokenizer::from_gguf(path)?))
     }
 }
@@ -152,6 +153,22 @@ pub fn kernel_source(
     })
 }
 
+/// Refuses, before the weights are read, an engine whose weights + KV pool + runtime headroom
+/// do not fit the host's available memory (a CPU plugin's device memory is the host's): the
+/// "host memory" rule of [`runtime::plan`], naming the figures and the pages that would fit.
+fn check_host_memory(
+    m: &LlamaConfig,
+    engine: &EngineConfig,
+    kv_dtype: Dtype,
+) -> Result<(), EngineError> {
+    let mut plan = engine_plan(engine);
+    plan.kv_bytes_per_token =
+        Some((2 * m.num_kv_heads * m.head_dim * kv_dtype.bytes() as usize * m.num_layers) as u64);
+    plan.weight_bytes = Some(4 * crate::step::weights::num_params(m));
+    plan.host_bytes = runtime::mem::available_host_bytes();
+    plan.validate().map_err(EngineError::Config)
+}
+
 /// A started server: engine on the device, tokenizer, and what was loaded.
 pub struct Served {
     pub engine: Engine<DeviceExecutor>,
@@ -167,7 +184,10 @@ pub struct Served {
 pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
     let t0 = Instant::now();
     validate_config(&opts.engine)?;
-    let (model, tokenizer) = load_model(&opts.model)?;
+    let mut memory = MemTrace::default();
+    memory.record("start");
+    let (model, tokenizer) = open_model(&opts.model)?;
+    memory.record("model opened");
     let (kernel, desc) = kernel_source(
         opts.kernel.as_deref(),
         opts.blocks,
@@ -180,6 +200,10 @@ pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
         source,
     };
     let client = Client::new(Api::load(&opts.plugin).map_err(plugin_err)?).map_err(plugin_err)?;
+    memory.record("plugin loaded");
+    if client.platform_name().map_err(plugin_err)? == "cpu" {
+        check_host_memory(&model.config, &opts.engine, opts.kv_dtype)?;
+    }
     let buckets = opts
         .buckets
         .clone()
@@ -188,7 +212,10 @@ pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
         model: model.config.clone(),
         kernel,
     };
-    let exec = DeviceExecutor::new(client, &model, &opts.engine, opts.kv_dtype, buckets, source)?;
+    let mut exec =
+        DeviceExecutor::new(client, &model, &opts.engine, opts.kv_dtype, buckets, source)?;
+    memory.stages.append(&mut exec.memory.stages);
+    exec.memory = memory;
     let mut engine = Engine::new(opts.engine.clone(), exec)?;
     engine.set_stop_token_ids(model.config.eos_token_ids.clone());
     let tok = tokenizer.clone();

@@ -52,6 +52,12 @@ fn decode_figures_are_medians_inside_their_spread() {
         assert!((ratio - median / bound).abs() <= 1e-9 * ratio.abs().max(1.0));
     }
     assert_eq!(r["pool_scaling"][0][0], 64);
+    let memory = &r["memory"];
+    assert!(memory["peak_rss_bytes"].as_u64().unwrap() > 0, "{memory}");
+    assert!(
+        !memory["compiled"].as_object().unwrap().is_empty(),
+        "{memory}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -166,4 +172,77 @@ fn kernel_bench_refuses_what_it_cannot_compare() {
             stderr(&o)
         );
     }
+}
+
+/// `bench memory` on the default model (538 MB of f32 weights): the weights are streamed to the
+/// device part by part, so uploading them adds one copy to the resident set, not two; every
+/// start-up stage and both waves of requests are reported; each program's memory plan takes the
+/// weights as arguments and updates the KV pool in place (its outputs alias the pool).
+#[test]
+fn memory_bench_reports_one_copy_of_the_weights() {
+    let model = verify::fixtures::require_default_model();
+    let o = kernelgen(&[
+        "bench",
+        "memory",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        "3",
+        "--max-seqs",
+        "2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "6",
+        "--warm-steps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap();
+    let weights = u(&r["weight_bytes"]);
+    let stages = r["memory"]["stages"].as_array().unwrap();
+    let stage = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap_or_else(|| panic!("no stage '{name}' in {stages:?}"))
+    };
+    let uploaded = u(&stage("weights uploaded")["anon_bytes"]) as f64
+        - u(&stage("plugin loaded")["anon_bytes"]) as f64;
+    assert!(
+        uploaded > 0.9 * weights as f64 && uploaded < 1.25 * weights as f64,
+        "uploading {weights} bytes of weights added {uploaded} anonymous bytes"
+    );
+    stage("KV pools created");
+    stage("first step");
+    let peak = u(&r["memory"]["peak_rss_bytes"]);
+    assert!(stages.iter().all(|s| u(&s["rss_bytes"]) <= peak));
+    let waves: Vec<u64> = r["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| u(&w[0]))
+        .collect();
+    assert_eq!(waves, vec![2, 3]);
+    let compiled = r["memory"]["compiled"].as_object().unwrap();
+    assert!(!compiled.is_empty());
+    for (name, c) in compiled {
+        assert!(u(&c["argument_bytes"]) >= weights, "{name}: {c}");
+        assert_eq!(u(&c["alias_bytes"]), u(&r["pool_bytes"]), "{name}: {c}");
+        assert!(
+            stages
+                .iter()
+                .any(|s| s["stage"] == format!("compiled {name}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn memory_bench_refuses_zero_counts_naming_the_flag() {
+    let o = kernelgen(&["bench", "memory", "--warm-steps", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--warm-steps"));
 }

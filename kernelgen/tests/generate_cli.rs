@@ -161,6 +161,11 @@ fn bad_inputs_fail_with_one_clear_error() {
             vec!["--kernel", other.to_str().unwrap()],
             "num_q_heads is 32 in the kernel but 9 in the model",
         ),
+        // 2M pages of 16 tokens x 46 KB: a 1.5 TB pool, refused before the weights are read.
+        (
+            vec!["--max-pages", "2000000"],
+            "host memory: 0.50 GiB of weights",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "--prompt", "Hi", "--max-new-tokens", "4"];

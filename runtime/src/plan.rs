@@ -20,6 +20,12 @@ pub struct LevanterKnobs {
     pub max_prefill_size: u64,
 }
 
+/// Host memory a served model needs beyond its weights and KV pool: the PJRT plugin's code,
+/// the compiler's working memory while a step program compiles, the tokenizer and the engine.
+/// `kernelgen bench memory` measured a peak 378-584 MB above weights + pool for SmolLM2-135M on
+/// the CPU plugin (the most with a full 1.5 GB pool, while a program compiled); this rounds up.
+pub const HOST_HEADROOM_BYTES: u64 = 640 << 20;
+
 /// Which engine a rule describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,8 +55,13 @@ pub struct EnginePlan {
     pub max_tokens_per_round: u64,
     /// KV bytes one token occupies across all layers (2 * kv_heads * head_dim * dtype * layers).
     pub kv_bytes_per_token: Option<u64>,
-    /// Device memory available to the page pool.
+    /// Device memory available to the weights and the page pool.
     pub hbm_bytes: Option<u64>,
+    /// The model's weights as the engine holds them (params x bytes per value).
+    pub weight_bytes: Option<u64>,
+    /// Host memory available, when the device's memory is the host's (a CPU plugin): the
+    /// weights, the pool and [`HOST_HEADROOM_BYTES`] must fit in it.
+    pub host_bytes: Option<u64>,
     /// Levanter's own knobs, when the plan is for Levanter's engine.
     pub levanter: Option<LevanterKnobs>,
 }
@@ -162,22 +173,56 @@ impl EnginePlan {
             rules.extend(self.levanter_rules(l));
         }
         if let (Some(per_token), Some(hbm)) = (self.kv_bytes_per_token, self.hbm_bytes) {
-            let pool = self.max_pages * self.page_size * per_token;
-            rules.push(Rule::new(
-                "page pool memory",
-                Scope::Both,
-                pool <= hbm,
-                format!(
-                    "{} pages x {} tokens x {per_token} B = {:.2} GiB of {:.2} GiB",
-                    self.max_pages,
-                    self.page_size,
-                    pool as f64 / (1u64 << 30) as f64,
-                    hbm as f64 / (1u64 << 30) as f64
-                ),
-                || format!("max_pages {}", hbm / (self.page_size * per_token)),
-            ));
+            rules.push(self.memory_rule("device memory", per_token, hbm, 0));
+        }
+        if let (Some(per_token), Some(host)) = (self.kv_bytes_per_token, self.host_bytes) {
+            rules.push(self.memory_rule("host memory", per_token, host, HOST_HEADROOM_BYTES));
         }
         rules
+    }
+
+    /// Weights (when known) + the page pool + `headroom` within `capacity` bytes.
+    fn memory_rule(
+        &self,
+        name: &'static str,
+        per_token: u64,
+        capacity: u64,
+        headroom: u64,
+    ) -> Rule {
+        let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+        let weights = self.weight_bytes.unwrap_or(0);
+        let pool = self.max_pages * self.page_size * per_token;
+        let mut parts = vec![format!(
+            "{} pages x {} tokens x {per_token} B = {} of pool",
+            self.max_pages,
+            self.page_size,
+            gib(pool)
+        )];
+        if self.weight_bytes.is_some() {
+            parts.insert(0, format!("{} of weights", gib(weights)));
+        }
+        if headroom > 0 {
+            parts.push(format!("{} of runtime headroom", gib(headroom)));
+        }
+        let need = weights + pool + headroom;
+        Rule::new(
+            name,
+            Scope::Both,
+            need <= capacity,
+            format!("{} = {} of {}", parts.join(" + "), gib(need), gib(capacity)),
+            || {
+                let left = capacity.saturating_sub(weights + headroom);
+                match left / (self.page_size * per_token).max(1) {
+                    0 => format!(
+                        "a smaller model or more memory: the weights{} alone take {} of {}",
+                        if headroom > 0 { " and headroom" } else { "" },
+                        gib(weights + headroom),
+                        gib(capacity)
+                    ),
+                    pages => format!("max_pages {pages}"),
+                }
+            },
+        )
     }
 
     /// Levanter's fused decode budget and whole-prompt prefill.
@@ -257,6 +302,8 @@ mod tests {
             max_tokens_per_round: seqs,
             kv_bytes_per_token: None,
             hbm_bytes: None,
+            weight_bytes: None,
+            host_bytes: None,
             levanter: Some(LevanterKnobs {
                 max_rounds: 32,
                 max_prefill_size: 64,
@@ -299,6 +346,35 @@ mod tests {
         assert!(rule(&p, "decode token budget").ok);
         assert!(plan(16, 528).validate().is_ok());
         assert!(plan(16, 480).validate().unwrap_err().contains("kv pages"));
+    }
+
+    /// Weights, pool and headroom are added against the capacity; the fix names the pages that
+    /// fit, or says the weights alone do not.
+    #[test]
+    fn memory_rules_count_weights_pool_and_headroom() {
+        let mut p = plan(16, 1024);
+        p.kv_bytes_per_token = Some(1 << 20);
+        p.weight_bytes = Some(4 << 30);
+        p.hbm_bytes = Some(16 << 30);
+        // 4 GiB + 1024 x 64 x 1 MiB = 68 GiB > 16 GiB: (16 - 4) GiB / 64 MiB = 192 pages fit.
+        let r = rule(&p, "device memory");
+        assert!(!r.ok, "{}", r.detail);
+        assert!(r.detail.contains("4.00 GiB of weights"), "{}", r.detail);
+        assert_eq!(r.fix.as_deref(), Some("max_pages 192"));
+        p.max_pages = 192;
+        assert!(rule(&p, "device memory").ok);
+        p.host_bytes = Some(4 << 30);
+        let r = rule(&p, "host memory");
+        assert!(
+            !r.ok && r.detail.contains("runtime headroom"),
+            "{}",
+            r.detail
+        );
+        assert!(r.fix.unwrap().contains("weights and headroom alone"));
+        p.host_bytes = Some((4 << 30) + HOST_HEADROOM_BYTES + 192 * 64 * (1 << 20));
+        assert!(rule(&p, "host memory").ok);
+        p.host_bytes = None;
+        assert!(p.rules().iter().all(|r| r.name != "host memory"));
     }
 
     /// kernelgen's engine has no fused loop or prefill pass: without Levanter's knobs their

@@ -554,7 +554,7 @@ proptest! {
             max_prompt_len: max_seq_len.saturating_sub(1) as u64, max_new_tokens: 1,
             num_prompts: 1, max_seq_len: max_seq_len as u64,
             max_tokens_per_round: mtpr as u64,
-            kv_bytes_per_token: None, hbm_bytes: None, levanter: None,
+            kv_bytes_per_token: None, hbm_bytes: None, weight_bytes: None, host_bytes: None, levanter: None,
         };
         let fits = max_seqs > 0 && max_pages > 0 && page_size > 0 && max_seq_len > 0 && mtpr > 0
             && max_seq_len.div_ceil(page_size) <= max_pages;

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime::model::gguf::{load_gguf, read_metadata, GgmlType};
 use runtime::model::safetensors::load_hf_dir;
-use runtime::model::{LlamaWeights, Matrix, ModelError};
+use runtime::model::{LlamaWeights, Matrix, ModelError, ModelFile, Part, WeightSource};
 use std::path::Path;
 use verify::fixtures::tiny::{
     tiny_weights, write_tiny_llama, write_tiny_llama_gguf, TinyConfig, TinyDtype,
@@ -208,6 +208,41 @@ fn a_k_quant_mix_loads_tensor_by_tensor() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// An opened file hands out each part exactly as loading the whole model gives it, for every
+/// loader and type: streaming the weights to a device changes no value.
+#[test]
+fn parts_read_on_demand_equal_the_loaded_weights() {
+    use verify::fixtures::tiny::{q4_k_m, write_tiny_llama_gguf_typed};
+    let seed = fresh_seed();
+    let dir = tmp("parts");
+    let tied = TinyConfig {
+        tie_word_embeddings: true,
+        dtype: TinyDtype::BF16,
+        ..TinyConfig::default()
+    };
+    write_tiny_llama(&dir, seed, &tied).unwrap();
+    let q8 = dir.join("q8.gguf");
+    write_tiny_llama_gguf(&q8, seed, &TinyConfig::default(), GgmlType::Q8_0).unwrap();
+    let kq = dir.join("kq.gguf");
+    write_tiny_llama_gguf_typed(&kq, seed, &TinyConfig::k_quant(), &q4_k_m).unwrap();
+    for path in [dir.clone(), q8, kq] {
+        let file = ModelFile::open(&path).unwrap();
+        let loaded = ModelFile::open(&path).unwrap().load().unwrap();
+        let parts = Part::all(&file.config);
+        assert_eq!(
+            parts.contains(&Part::LmHead),
+            !file.config.tie_word_embeddings
+        );
+        for p in parts {
+            let streamed = file.part(p).unwrap();
+            assert_eq!(&streamed[..], loaded.part(p).unwrap().as_ref(), "{p:?}");
+            let n: usize = p.dims(&file.config).iter().product();
+            assert_eq!(streamed.len(), n, "{p:?} holds what its dims say");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn assert_names(err: &ModelError, path: &Path) {
     assert!(
         err.to_string().contains(&path.display().to_string()),
@@ -247,7 +282,8 @@ fn truncated_and_corrupt_gguf_are_errors_naming_the_path() {
     cuts.extend((0..12).map(|_| rng.random_range(0..bytes.len())));
     for cut in cuts {
         std::fs::write(&bad, &bytes[..cut]).unwrap();
-        let err = load_gguf(&bad).unwrap_err();
+        // Refused when opened, before any tensor is read or uploaded.
+        let err = ModelFile::open(&bad).unwrap_err();
         assert!(
             matches!(err, ModelError::Format { .. } | ModelError::Tensor { .. }),
             "cut {cut}: {err}"
@@ -304,7 +340,7 @@ fn unsupported_type_and_architecture_are_named() {
     let mut b = bytes.clone();
     set_tensor_type(&mut b, "blk.1.ffn_up.weight", 16);
     std::fs::write(&bad, &b).unwrap();
-    let err = load_gguf(&bad).unwrap_err();
+    let err = ModelFile::open(&bad).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
     assert!(

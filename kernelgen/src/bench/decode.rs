@@ -4,9 +4,10 @@
 //! matmuls alone on the same weight buffers, the rest of the program).
 
 use super::{pjrt, probes, run_times, spread, BenchError};
-use crate::serve::{load_model, start, ServeOptions, Served};
+use crate::serve::{open_model, start, ServeOptions, Served};
 use crate::step::profile::matmul_chain;
-use crate::step::weights::pack_weights_dims;
+use crate::step::weights::num_params;
+use crate::step::MemoryReport;
 use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, SamplingParams};
 use runtime::model::LlamaConfig;
@@ -47,6 +48,9 @@ pub struct DecodeReport {
     pub prefill: Option<Figure>,
     /// (pool pages, batch-1 step ms).
     pub pool_scaling: Vec<(usize, f64)>,
+    /// The largest decode batch's engine: start-up stages and each program's memory plan; the
+    /// peak is the whole run's.
+    pub memory: Option<MemoryReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,6 +133,7 @@ struct BatchFigures {
     prefill: (f64, (f64, f64)),
     /// The median round's decode step taken apart, when asked for.
     breakdown: Option<Breakdown>,
+    memory: MemoryReport,
 }
 
 /// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
@@ -239,15 +244,8 @@ fn run_batch(
         } else {
             None
         },
+        memory: served.engine.executor().memory_report(),
     })
-}
-
-/// Parameters of the step program's weights.
-pub fn num_params(c: &LlamaConfig) -> u64 {
-    pack_weights_dims(c)
-        .iter()
-        .map(|(_, d)| d.iter().product::<usize>() as u64)
-        .sum()
 }
 
 /// Bytes a decode step reads: every weight except the embedding table (one row is gathered),
@@ -275,7 +273,7 @@ fn validate(b: &DecodeBench) -> Result<(), BenchError> {
 /// Runs every measurement; `progress` hears what is being measured.
 pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeReport, BenchError> {
     validate(b)?;
-    let (model, _) = load_model(&b.model)?;
+    let (model, _) = open_model(&b.model)?;
     let c = &model.config;
     let plugin_err = pjrt(format!("loading the PJRT plugin {}", b.plugin.display()));
     let client = Client::new(Api::load(&b.plugin).map_err(plugin_err)?)
@@ -313,6 +311,7 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
             step_ms: f.median.decode_step_s * 1e3,
             breakdown: f.breakdown,
         });
+        r.memory = Some(f.memory);
     }
     progress("prefill ...");
     let (pps, pps_range) = run_batch(b, 1, b.prefill_len, 2, 0, false)?.prefill;
@@ -331,6 +330,9 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
             .median
             .decode_step_s;
         r.pool_scaling.push((pages, step * 1e3));
+    }
+    if let Some(m) = &mut r.memory {
+        m.peak_rss_bytes = runtime::mem::MemTrace::peak_rss_bytes();
     }
     Ok(r)
 }

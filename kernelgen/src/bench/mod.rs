@@ -6,12 +6,14 @@
 //! - [`decode`]: the serving engine's decode and prefill tokens/s beside the bandwidth and
 //!   matmul-rate bounds, with each decode step taken apart;
 //! - [`kernel`]: kernel artifacts timed against each other on one decode batch;
+//! - [`memory`]: serving's peak and long-run resident memory beside the weights + KV pool;
 //! - [`check`]: the VMEM checker's configs/s;
 //! - [`probes`]: the bandwidth and matmul-rate probes.
 
 pub mod check;
 pub mod decode;
 pub mod kernel;
+pub mod memory;
 pub mod probes;
 
 use runtime::pjrt::{Buffer, Executable, PjrtError};
@@ -31,7 +33,8 @@ pub enum BenchError {
     Engine(#[from] runtime::engine::EngineError),
     #[error(transparent)]
     Model(#[from] runtime::model::ModelError),
-    #[error("{what}: {source}")]
+    /// What was being done; the PJRT error is its source (printed after it by the CLI).
+    #[error("{what}")]
     Pjrt { what: String, source: PjrtError },
 }
 

@@ -4,7 +4,9 @@
 use super::args::{PluginArg, ServedArgs};
 use super::ExitCode;
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use kernelgen::bench::decode::{DecodeReport, Figure};
+use kernelgen::bench::memory::MemoryBenchReport;
 use kernelgen::bench::{self, check::CheckReport, kernel::KernelReport};
 use std::path::PathBuf;
 
@@ -18,8 +20,52 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
     Decode(DecodeArgs),
+    Memory(MemoryArgs),
     Kernel(KernelBenchArgs),
     Check(CheckBenchArgs),
+}
+
+/// Host memory of serving: peak resident set beside weights + KV pool, and growth over a long run
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Serves --requests requests of --prompt-len prompt tokens, --max-seqs at a time, each decoding \
+--new-tokens tokens (stop tokens off), on one engine. The process's resident memory \
+(/proc/self/status: VmRSS, RssAnon, RssFile, VmHWM) is read after each start-up stage (model \
+opened, plugin loaded, weights uploaded, KV pools created, each program compiled, first step), \
+after --warm-steps steps and after the last step. It prints the peak beside the floor every \
+server of this model must hold (weights as the step program reads them + the KV pool), and the \
+growth from the warm figure to the last (a leak per step or per request shows there). The \
+compiler's memory plan of each program (PJRT_Executable_GetCompiledMemoryStats) is printed too.
+
+Example (about 2,000 decode steps):
+  kernelgen bench memory --requests 64 --max-seqs 32 --new-tokens 1000")]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    pub served: ServedArgs,
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    /// Requests served
+    #[arg(long, default_value_t = 64)]
+    pub requests: usize,
+    /// Sequences decoded at once
+    #[arg(long, default_value_t = 32)]
+    pub max_seqs: usize,
+    /// Prompt tokens per request
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Tokens decoded per request
+    #[arg(long, default_value_t = 1000)]
+    pub new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// KV pages in the pool [default: enough for --max-seqs whole requests]
+    #[arg(long)]
+    pub max_pages: Option<usize>,
+    /// Steps after which the run counts as warm
+    #[arg(long, default_value_t = 100)]
+    pub warm_steps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Throughput of the analytic VMEM checker (configs per second)
@@ -138,6 +184,7 @@ fn classify(e: bench::BenchError) -> anyhow::Error {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Decode(a) => run_decode(a),
+        BenchWhat::Memory(a) => run_memory(a),
         BenchWhat::Kernel(k) => run_kernel(k),
         BenchWhat::Check(c) => run_check(c),
     }
@@ -164,6 +211,108 @@ fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         print_decode(&r, a.prefill_len);
     }
     Ok(ExitCode::Ok)
+}
+
+fn run_memory(a: MemoryArgs) -> anyhow::Result<ExitCode> {
+    let b = bench::memory::MemoryBench {
+        model: a.served.model_path(),
+        kernel: a.served.kernel.clone(),
+        blocks: a.served.blocks(),
+        plugin: a.plugin.path(),
+        requests: a.requests,
+        max_seqs: a.max_seqs,
+        prompt_len: a.prompt_len,
+        new_tokens: a.new_tokens,
+        page_size: a.page_size,
+        max_pages: a.max_pages,
+        warm_steps: a.warm_steps,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/~{len} steps, {elapsed} ({eta} left)")
+            .expect("a valid template"),
+    );
+    let r = bench::memory::run(&b, &mut |done, expected| {
+        bar.set_length(expected.max(done) as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let r = r.map_err(classify)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_memory(&r);
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn print_memory(r: &MemoryBenchReport) {
+    let mb = |b: u64| b as f64 / 1e6;
+    println!("plugin {}", r.plugin);
+    println!(
+        "floor: weights {:.0} MB + KV pool {:.0} MB = {:.0} MB; loaded in {:.2} s",
+        mb(r.weight_bytes),
+        mb(r.pool_bytes),
+        mb(r.weight_bytes + r.pool_bytes),
+        r.load_time_s
+    );
+    println!(
+        "\n{:<24} {:>8} {:>9} {:>8} {:>9}   (MB)",
+        "stage", "rss", "anon", "file", "peak"
+    );
+    let row = |name: &str, m: &runtime::mem::MemSnapshot| {
+        println!(
+            "{name:<24} {:>8.1} {:>9.1} {:>8.1} {:>9.1}",
+            mb(m.rss_bytes),
+            mb(m.anon_bytes),
+            mb(m.file_bytes),
+            mb(m.peak_rss_bytes)
+        )
+    };
+    for s in &r.memory.stages {
+        row(&s.stage, &s.mem);
+    }
+    row(&format!("after step {}", r.warm_steps), &r.warm);
+    for (requests, steps, m) in &r.waves {
+        row(&format!("{requests} done, step {steps}"), m);
+    }
+    println!("\nprogram        args MB  outputs MB  aliased MB  temp MB  (the compiler's plan)");
+    for (name, c) in &r.memory.compiled {
+        println!(
+            "{name:<14} {:>7.1} {:>11.1} {:>11.1} {:>8.1}",
+            mb(c.argument_bytes),
+            mb(c.output_bytes),
+            mb(c.alias_bytes),
+            mb(c.temp_bytes)
+        );
+    }
+    let peak = r.memory.peak_rss_bytes.unwrap_or(0);
+    println!(
+        "\npeak resident {:.0} MB = floor + {:.0} MB ({:.2}x the floor)",
+        mb(peak),
+        r.overhead_bytes() as f64 / 1e6,
+        peak as f64 / (r.weight_bytes + r.pool_bytes).max(1) as f64
+    );
+    if let Some(g) = r.growth_after_first_wave() {
+        println!(
+            "resident after the last wave vs after the first (every KV slot written): {:+.1}%",
+            100.0 * g
+        );
+    }
+    println!(
+        "resident after step {} vs after step {} (the KV pool fills in between): {:+.1}%{}",
+        r.steps,
+        r.warm_steps,
+        100.0 * r.growth(),
+        if r.compiled_after_warm.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (programs compiled after the warm-up: {})",
+                r.compiled_after_warm.join(", ")
+            )
+        }
+    );
 }
 
 fn print_decode(r: &DecodeReport, prefill_len: usize) {
@@ -227,6 +376,13 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
     );
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
+    }
+    if let Some(peak) = r.memory.as_ref().and_then(|m| m.peak_rss_bytes) {
+        println!(
+            "peak resident memory of the run: {:.0} MB ({:.0} MB of weights)",
+            peak as f64 / 1e6,
+            r.params as f64 * 4.0 / 1e6
+        );
     }
 }
 

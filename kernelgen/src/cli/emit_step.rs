@@ -36,7 +36,7 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<ExitCode> {
     let kv = a.engine.kv_dtype;
     let path = a.served.model_path();
     let (model, _) =
-        kernelgen::serve::load_model(&path).with_context(|| path.display().to_string())?;
+        kernelgen::serve::open_model(&path).with_context(|| path.display().to_string())?;
     let shapes = if a.decode {
         StepShapes::decode(&engine, a.tokens, kv)
     } else {

@@ -242,6 +242,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             "executor": served.engine.executor().times,
             "kernel": served.kernel,
             "load_time_s": served.load_time.as_secs_f64(),
+            "memory": served.engine.executor().memory_report(),
         });
         let text = serde_json::to_string_pretty(&report)?;
         if a.prompts.is_some() && a.out.is_none() {

@@ -22,7 +22,8 @@ Rules (each failure names the knob and a value that passes), for both engines un
   decode token budget  [levanter] floor(max_seq_len / max_rounds) x max_rounds x min(max_tokens_per_round, max_seqs)
                        >= num_prompts x max_new_tokens (its fused decode loop)
   prefill capacity     [levanter] max_prefill_size >= max_prompt_len (it prefills prompts whole)
-  page pool memory     max_pages x page_size x KV bytes per token (all layers) <= the target's HBM per device
+  device memory        [weights of --model +] max_pages x page_size x KV bytes per token (all layers)
+                       <= the target's HBM per device (weights as kernelgen's runtime holds them: f32, unsharded)
   kernel SMEM / VMEM   the attention kernel at the prefill shape (max_prefill_size tokens) and the
                        decode shape (max_tokens_per_round tokens), as `kernelgen check` reports them
 
@@ -77,6 +78,10 @@ pub struct PlanArgs {
     /// Longest sequence the engine accepts [default: max-prompt-len + max-new-tokens rounded up to a page]
     #[arg(long)]
     pub max_seq_len: Option<u64>,
+    /// A .gguf file or Hugging Face directory whose weights (f32, as kernelgen holds them) count
+    /// against device memory; the geometry still comes from --preset or --hf-config
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<std::path::PathBuf>,
     /// Levanter: decode steps per fused device call
     #[arg(long, default_value_t = 32)]
     pub max_rounds: u64,
@@ -160,6 +165,15 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
             2 * dev.num_kv_heads as u64 * dev.head_dim as u64 * cfg.dtype().bytes() * l as u64
         }),
         hbm_bytes: Some(target.hbm_bytes),
+        weight_bytes: match &a.model {
+            Some(path) => {
+                let file = runtime::model::ModelFile::open(path)
+                    .with_context(|| format!("--model {}", path.display()))?;
+                Some(4 * kernelgen::step::weights::num_params(&file.config))
+            }
+            None => None,
+        },
+        host_bytes: None,
         levanter: levanter.then_some(LevanterKnobs {
             max_rounds: a.max_rounds,
             max_prefill_size: prefill,

@@ -7,12 +7,15 @@
 //! copied or moved back to the host. Programs are compiled once per token-count bucket, on first
 //! use, and cached.
 
-use super::weights::pack_weights;
+use super::weights::upload_weights;
 use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
 use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, EngineError, StepBatch, StepExecutor};
-use runtime::model::Model;
-use runtime::pjrt::{Arg, Buffer, Client, CompileOptions, ElementType, Executable};
+use runtime::mem::MemTrace;
+use runtime::model::WeightSource;
+use runtime::pjrt::{
+    Arg, Buffer, Client, CompileOptions, CompiledMemoryStats, ElementType, Executable,
+};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -52,6 +55,15 @@ pub struct ExecutorTimes {
     pub decode: PhaseTimes,
 }
 
+/// Where a served model's memory went: the process's peak resident set, the resident memory at
+/// each stage, and the compiler's memory plan of each program.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryReport {
+    pub peak_rss_bytes: Option<u64>,
+    pub stages: Vec<runtime::mem::Stage>,
+    pub compiled: BTreeMap<String, CompiledMemoryStats>,
+}
+
 pub struct DeviceExecutor {
     client: Client,
     engine: EngineConfig,
@@ -64,15 +76,21 @@ pub struct DeviceExecutor {
     weights: Vec<Buffer>,
     pools: Vec<Buffer>,
     pub times: ExecutorTimes,
+    /// Resident memory after the upload, the pools, each compile and the first step.
+    pub memory: MemTrace,
+    /// The compiler's memory plan of each program ("t16", "t16-decode"), where the plugin
+    /// reports it.
+    pub compiled: BTreeMap<String, CompiledMemoryStats>,
     /// Compile time not yet handed to the engine (see `take_setup_time`).
     unreported_setup: Duration,
 }
 
 impl DeviceExecutor {
-    /// Uploads `model`'s weights and creates the KV pools on `client`'s device.
+    /// Uploads `model`'s weights (part by part: a [`runtime::model::ModelFile`] is streamed)
+    /// and creates the KV pools on `client`'s device.
     pub fn new(
         client: Client,
-        model: &Model,
+        model: &dyn WeightSource,
         engine: &EngineConfig,
         kv_dtype: Dtype,
         buckets: Vec<usize>,
@@ -83,40 +101,56 @@ impl DeviceExecutor {
                 "token buckets must be ascending and non-empty: {buckets:?}"
             )));
         }
-        let weights = pack_weights(&model.config, &model.weights)
-            .into_iter()
-            .map(|w| {
-                client
-                    .buffer_from_host(&w.data, &w.dims)
-                    .map_err(exec_err(&w.name))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut memory = MemTrace::default();
+        let weights = upload_weights(&client, model)?;
+        memory.record("weights uploaded");
+        let config = model.config();
         let shapes = StepShapes::new(engine, buckets[0], kv_dtype);
-        let pool_dims = shapes.pool_dims(&model.config);
+        let pool_dims = shapes.pool_dims(config);
         let pool_type = match kv_dtype {
             Dtype::F32 => ElementType::F32,
             Dtype::Bf16 => ElementType::Bf16,
         };
-        let pools = (0..model.config.num_layers)
+        let pools = (0..config.num_layers)
             .map(|_| {
                 client
                     .uninitialized_buffer(pool_type, &pool_dims)
                     .map_err(exec_err("creating a KV pool"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        memory.record("KV pools created");
         Ok(DeviceExecutor {
             client,
             engine: engine.clone(),
             kv_dtype,
-            vocab: model.config.vocab_size,
+            vocab: config.vocab_size,
             buckets,
             programs: BTreeMap::new(),
             source,
             weights,
             pools,
             times: ExecutorTimes::default(),
+            memory,
+            compiled: BTreeMap::new(),
             unreported_setup: Duration::ZERO,
         })
+    }
+
+    /// Peak resident memory so far, [`DeviceExecutor::memory`] and [`DeviceExecutor::compiled`].
+    pub fn memory_report(&self) -> MemoryReport {
+        MemoryReport {
+            peak_rss_bytes: MemTrace::peak_rss_bytes(),
+            stages: self.memory.stages.clone(),
+            compiled: self.compiled.clone(),
+        }
+    }
+
+    /// Bytes of every layer's KV pool on the device.
+    pub fn pool_bytes(&self) -> u64 {
+        self.pools
+            .iter()
+            .map(|p| p.on_device_size_in_bytes().unwrap_or(0) as u64)
+            .sum()
     }
 
     /// The client the weights and pools live on.
@@ -124,7 +158,7 @@ impl DeviceExecutor {
         &self.client
     }
 
-    /// The uploaded weights, in [`pack_weights`] order.
+    /// The uploaded weights, in [`super::weights::pack_weights_dims`] order.
     pub fn weights(&self) -> &[Buffer] {
         &self.weights
     }
@@ -158,7 +192,12 @@ impl DeviceExecutor {
                 .map_err(exec_err(&format!("compiling the step program {name}")))?;
             self.times
                 .compile
-                .insert(name, start.elapsed().as_secs_f64());
+                .insert(name.clone(), start.elapsed().as_secs_f64());
+            runtime::mem::release_free_heap();
+            self.memory.record(format!("compiled {name}"));
+            if let Ok(stats) = exe.compiled_memory_stats() {
+                self.compiled.insert(name, stats);
+            }
             self.unreported_setup += start.elapsed();
             self.programs.insert((bucket, decode), exe);
         }
@@ -265,6 +304,9 @@ impl StepExecutor for DeviceExecutor {
             (dl_start - exec_start).as_secs_f64(),
             dl_start.elapsed().as_secs_f64(),
         );
+        if self.times.all.steps == 0 {
+            self.memory.record("first step");
+        }
         self.times.all.add(host, execute, download);
         if decode {
             self.times.decode.add(host, execute, download);

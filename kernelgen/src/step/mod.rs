@@ -28,7 +28,7 @@ pub mod profile;
 pub mod program;
 pub mod weights;
 
-pub use executor::DeviceExecutor;
+pub use executor::{DeviceExecutor, MemoryReport};
 pub use program::{KernelSource, StepSource};
 
 use runtime::dtype::Dtype;

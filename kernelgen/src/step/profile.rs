@@ -3,7 +3,7 @@
 //! (`templates/step_matmuls.stablehlo.mlir.tera`), in order and dependent on each other as in
 //! the model (QKV, O, gate/up, down per layer, then the LM head), reading the very weight
 //! buffers the step reads. Its parameters are `x f32[rows, H]` followed by every weight of
-//! [`super::weights::pack_weights`] in order, so it runs against
+//! [`super::weights::pack_weights_dims`] in order, so it runs against
 //! [`super::DeviceExecutor::weights`] without another upload.
 
 use super::weights::pack_weights_dims;

@@ -1,16 +1,10 @@
-//! The step program's weight parameters, in order, borrowed from the loaded model: it holds
-//! them in the step's layout ([`runtime::model`]: `[out, in]`, q/k/v and gate/up stacked), so
-//! packing copies nothing.
+//! The step program's weight parameters, in order: the RoPE table, then each [`Part`] of the
+//! model in [`Part::all`]'s order, in the layout [`runtime::model`] loads (`[out, in]`, q/k/v
+//! and gate/up stacked), so uploading copies each part once and transposes nothing.
 
-use runtime::model::{LlamaConfig, LlamaWeights};
-use std::borrow::Cow;
-
-/// One weight parameter: name (for the program's argument list), dims and row-major data.
-pub struct WeightParam<'a> {
-    pub name: String,
-    pub dims: Vec<i64>,
-    pub data: Cow<'a, [f32]>,
-}
+use runtime::engine::EngineError;
+use runtime::model::{LlamaConfig, Part, WeightSource};
+use runtime::pjrt::{Buffer, Client};
 
 /// RoPE inverse frequencies `theta^(-2i/d)`, i < d/2 (Hugging Face rotate-half convention).
 pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
@@ -20,79 +14,80 @@ pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
         .collect()
 }
 
-/// Names and dims of [`pack_weights`]' parameters, in order, from the config alone.
+/// Names and dims of the step's weight parameters, in order, from the config alone.
 pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, f, v) = (m.hidden_size, m.intermediate_size, m.vocab_size);
-    let mut out = vec![
-        ("rope_inv_freq".to_string(), vec![m.head_dim / 2]),
-        ("embed".to_string(), vec![v, h]),
-    ];
-    for i in 0..m.num_layers {
-        out.push((format!("l{i}_attn_norm"), vec![h]));
-        out.push((format!("l{i}_wqkv"), vec![m.qkv_dim(), h]));
-        out.push((format!("l{i}_wo"), vec![h, m.q_dim()]));
-        out.push((format!("l{i}_ffn_norm"), vec![h]));
-        out.push((format!("l{i}_w_gate_up"), vec![2 * f, h]));
-        out.push((format!("l{i}_w_down"), vec![h, f]));
-    }
-    out.push(("final_norm".to_string(), vec![h]));
-    if !m.tie_word_embeddings {
-        out.push(("lm_head".to_string(), vec![v, h]));
-    }
-    out
+    std::iter::once(("rope_inv_freq".to_string(), vec![m.head_dim / 2]))
+        .chain(Part::all(m).into_iter().map(|p| (p.name(), p.dims(m))))
+        .collect()
 }
 
-/// The weights in parameter order, borrowed; names and dims are [`pack_weights_dims`]'.
-pub fn pack_weights<'a>(m: &LlamaConfig, w: &'a LlamaWeights) -> Vec<WeightParam<'a>> {
-    let mut data: Vec<Cow<'a, [f32]>> = vec![rope_inv_freq(m).into(), (&w.embed.data[..]).into()];
-    for l in &w.layers {
-        data.push((&l.attn_norm[..]).into());
-        data.push((&l.wqkv.data[..]).into());
-        data.push((&l.wo.data[..]).into());
-        data.push((&l.ffn_norm[..]).into());
-        data.push((&l.w_gate_up.data[..]).into());
-        data.push((&l.w_down.data[..]).into());
+/// Values in the step's weight parameters (f32 each, as the runtime holds them).
+pub fn num_params(m: &LlamaConfig) -> u64 {
+    pack_weights_dims(m)
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Uploads the weight parameters in [`pack_weights_dims`] order. Each part is taken from `src`
+/// only when its turn comes and dropped once the device holds its copy (the upload copies
+/// during the call), so streaming from a [`runtime::model::ModelFile`] holds at most one part
+/// in host memory besides what is already uploaded.
+pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buffer>, EngineError> {
+    let m = src.config();
+    let dims = |d: &[usize]| d.iter().map(|&d| d as i64).collect::<Vec<i64>>();
+    let rope = rope_inv_freq(m);
+    let mut out = vec![client
+        .buffer_from_host(&rope, &[rope.len() as i64])
+        .map_err(|e| EngineError::Executor(format!("uploading rope_inv_freq: {e}")))?];
+    for p in Part::all(m) {
+        let what = || format!("uploading {}", p.name());
+        let data = src
+            .part(p)
+            .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
+        let buffer = client
+            .buffer_from_host(&data, &dims(&p.dims(m)))
+            .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
+        out.push(buffer);
     }
-    data.push((&w.final_norm[..]).into());
-    if let Some(head) = &w.lm_head {
-        data.push((&head.data[..]).into());
-    }
-    let dims = pack_weights_dims(m);
-    debug_assert_eq!(dims.len(), data.len(), "weights vs config (tied LM head?)");
-    dims.into_iter()
-        .zip(data)
-        .map(|((name, dims), data)| WeightParam {
-            name,
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data,
-        })
-        .collect()
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime::model::Model;
     use verify::fixtures::tiny::{tiny_weights, TinyConfig};
 
+    /// Every parameter `pack_weights_dims` lists is what a loaded model lends for it.
     #[test]
-    fn pack_weights_dims_lists_what_pack_weights_packs() {
+    fn pack_weights_dims_lists_what_the_model_holds() {
         for tied in [false, true] {
             let cfg = TinyConfig {
                 tie_word_embeddings: tied,
                 ..Default::default()
             };
             let config = cfg.llama_config();
-            let weights = tiny_weights(3, &cfg);
-            let packed = pack_weights(&config, &weights);
-            let names: Vec<(String, Vec<usize>)> = packed
-                .iter()
-                .map(|w| (w.name.clone(), w.dims.iter().map(|&d| d as usize).collect()))
-                .collect();
-            assert_eq!(names, pack_weights_dims(&config), "tied: {tied}");
-            for w in &packed {
-                let n: i64 = w.dims.iter().product();
-                assert_eq!(w.data.len() as i64, n, "{} holds what its dims say", w.name);
+            let model = Model {
+                weights: tiny_weights(3, &cfg),
+                config: config.clone(),
+                source: "tiny".into(),
+            };
+            let dims = pack_weights_dims(&config);
+            let parts = Part::all(&config);
+            assert_eq!(dims.len(), parts.len() + 1, "tied: {tied}");
+            assert_eq!(dims[0].1, vec![config.head_dim / 2]);
+            for ((name, d), p) in dims[1..].iter().zip(parts) {
+                assert_eq!(name, &p.name());
+                let n: usize = d.iter().product();
+                assert_eq!(
+                    model.part(p).unwrap().len(),
+                    n,
+                    "{name} holds what its dims say"
+                );
             }
+            let head = dims.iter().any(|(n, _)| n == "lm_head");
+            assert_eq!(head, !tied, "an lm_head parameter only when untied");
         }
     }
 }

@@ -142,7 +142,13 @@ pub fn validate_config(config: &EngineConfig) -> Result<(), EngineError> {
     if !errors.is_empty() {
         return Err(EngineError::Config(errors.join("\n")));
     }
-    let plan = EnginePlan {
+    engine_plan(config).validate().map_err(EngineError::Config)
+}
+
+/// The capacity plan of `config` alone: any one sequence up to `max_seq_len`. Callers that know
+/// the model and the memory add them (`kv_bytes_per_token`, `weight_bytes`, `host_bytes`).
+pub fn engine_plan(config: &EngineConfig) -> EnginePlan {
+    EnginePlan {
         max_seqs: config.max_seqs as u64,
         max_pages: config.max_pages as u64,
         page_size: config.page_size as u64,
@@ -153,9 +159,10 @@ pub fn validate_config(config: &EngineConfig) -> Result<(), EngineError> {
         max_tokens_per_round: config.max_tokens_per_round as u64,
         kv_bytes_per_token: None,
         hbm_bytes: None,
+        weight_bytes: None,
+        host_bytes: None,
         levanter: None,
-    };
-    plan.validate().map_err(EngineError::Config)
+    }
 }
 
 impl<E: StepExecutor> Engine<E> {

@@ -17,7 +17,7 @@ pub mod sampler;
 pub mod scheduler;
 
 pub use driver::{
-    validate_config, DecodeStats, Detokenizer, Engine, FinishedRequest, SampleOutput,
+    engine_plan, validate_config, DecodeStats, Detokenizer, Engine, FinishedRequest, SampleOutput,
 };
 pub use metrics::{Metrics, MetricsReport};
 pub use page_allocator::{PageAllocator, PageError};

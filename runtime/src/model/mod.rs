@@ -19,6 +19,7 @@ pub mod safetensors;
 pub mod tokenizer;
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Tokens that end a chat turn, added to `eos_token_ids` when the vocabulary has them.
@@ -134,36 +135,27 @@ impl LlamaWeights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Builds the weights of `c` tensor by tensor: `read(t, out)` writes tensor `t` (as the
-    /// source file stores it, `[out, in]`) into `out`, exactly its rows of the model's (stacked)
-    /// layout. Every loader goes through here, so the layout is decided in one place.
+    /// Builds the weights of `c` part by part ([`Part::read`]), as every loader does, so the
+    /// layout is decided in one place.
     pub fn assemble(c: &LlamaConfig, read: &mut ReadTensor) -> Result<LlamaWeights, ModelError> {
-        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        let embed = Matrix::read(Tensor::Embed, v, h, read)?;
+        let mut part = |p: Part| p.read(c, read);
+        let embed = part(Part::Embed)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let mut wqkv = Matrix::zeros(c.qkv_dim(), h);
-            read(Tensor::Q(i), wqkv.rows_range_mut(0, qd))?;
-            read(Tensor::K(i), wqkv.rows_range_mut(qd, qd + kvd))?;
-            read(Tensor::V(i), wqkv.rows_range_mut(qd + kvd, qd + 2 * kvd))?;
-            let mut w_gate_up = Matrix::zeros(2 * f, h);
-            read(Tensor::Gate(i), w_gate_up.rows_range_mut(0, f))?;
-            read(Tensor::Up(i), w_gate_up.rows_range_mut(f, 2 * f))?;
             layers.push(LayerWeights {
-                attn_norm: Matrix::read(Tensor::AttnNorm(i), 1, h, read)?.data,
-                wqkv,
-                wo: Matrix::read(Tensor::O(i), h, qd, read)?,
-                ffn_norm: Matrix::read(Tensor::FfnNorm(i), 1, h, read)?.data,
-                w_gate_up,
-                w_down: Matrix::read(Tensor::Down(i), h, f, read)?,
+                attn_norm: part(Part::AttnNorm(i))?.data,
+                wqkv: part(Part::Wqkv(i))?,
+                wo: part(Part::Wo(i))?,
+                ffn_norm: part(Part::FfnNorm(i))?.data,
+                w_gate_up: part(Part::WGateUp(i))?,
+                w_down: part(Part::WDown(i))?,
             });
         }
-        let final_norm = Matrix::read(Tensor::FinalNorm, 1, h, read)?.data;
+        let final_norm = part(Part::FinalNorm)?.data;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(Matrix::read(Tensor::LmHead, v, h, read)?)
+            Some(part(Part::LmHead)?)
         };
         Ok(LlamaWeights {
             embed,
@@ -172,18 +164,124 @@ impl LlamaWeights {
             lm_head,
         })
     }
+
+    /// The values of `p`, row-major in its [`Part::dims`].
+    pub fn part(&self, p: Part) -> &[f32] {
+        match p {
+            Part::Embed => &self.embed.data,
+            Part::AttnNorm(i) => &self.layers[i].attn_norm,
+            Part::Wqkv(i) => &self.layers[i].wqkv.data,
+            Part::Wo(i) => &self.layers[i].wo.data,
+            Part::FfnNorm(i) => &self.layers[i].ffn_norm,
+            Part::WGateUp(i) => &self.layers[i].w_gate_up.data,
+            Part::WDown(i) => &self.layers[i].w_down.data,
+            Part::FinalNorm => &self.final_norm,
+            Part::LmHead => &self.head().data,
+        }
+    }
 }
 
-impl Matrix {
-    /// A `[rows, cols]` matrix filled by `read`.
-    fn read(
-        t: Tensor,
-        rows: usize,
-        cols: usize,
-        read: &mut ReadTensor,
-    ) -> Result<Matrix, ModelError> {
+/// One weight as the step program takes it: a (stacked) projection `[out, in]` or a norm
+/// vector. [`Part::all`] lists them in the program's parameter order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `[vocab, hidden]`.
+    Embed,
+    AttnNorm(usize),
+    /// `[q_dim + 2 kv_dim, hidden]`: the q rows, then k, then v.
+    Wqkv(usize),
+    /// `[hidden, q_dim]`.
+    Wo(usize),
+    FfnNorm(usize),
+    /// `[2 intermediate, hidden]`: the gate rows, then the up rows.
+    WGateUp(usize),
+    /// `[hidden, intermediate]`.
+    WDown(usize),
+    FinalNorm,
+    /// `[vocab, hidden]`: a part of its own only when the model does not tie it to `Embed`.
+    LmHead,
+}
+
+impl Part {
+    /// Every part of `c`'s weights, in the step program's parameter order.
+    pub fn all(c: &LlamaConfig) -> Vec<Part> {
+        let mut parts = vec![Part::Embed];
+        for i in 0..c.num_layers {
+            parts.extend([
+                Part::AttnNorm(i),
+                Part::Wqkv(i),
+                Part::Wo(i),
+                Part::FfnNorm(i),
+                Part::WGateUp(i),
+                Part::WDown(i),
+            ]);
+        }
+        parts.push(Part::FinalNorm);
+        if !c.tie_word_embeddings {
+            parts.push(Part::LmHead);
+        }
+        parts
+    }
+
+    /// The step program's name for the parameter (`l3_wqkv`).
+    pub fn name(self) -> String {
+        match self {
+            Part::Embed => "embed".into(),
+            Part::AttnNorm(i) => format!("l{i}_attn_norm"),
+            Part::Wqkv(i) => format!("l{i}_wqkv"),
+            Part::Wo(i) => format!("l{i}_wo"),
+            Part::FfnNorm(i) => format!("l{i}_ffn_norm"),
+            Part::WGateUp(i) => format!("l{i}_w_gate_up"),
+            Part::WDown(i) => format!("l{i}_w_down"),
+            Part::FinalNorm => "final_norm".into(),
+            Part::LmHead => "lm_head".into(),
+        }
+    }
+
+    /// The source tensors stacked in this part, top to bottom, with their rows; and the
+    /// part's columns.
+    fn layout(self, c: &LlamaConfig) -> (Vec<(Tensor, usize)>, usize) {
+        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        match self {
+            Part::Embed => (vec![(Tensor::Embed, v)], h),
+            Part::AttnNorm(i) => (vec![(Tensor::AttnNorm(i), 1)], h),
+            Part::Wqkv(i) => (
+                vec![
+                    (Tensor::Q(i), c.q_dim()),
+                    (Tensor::K(i), c.kv_dim()),
+                    (Tensor::V(i), c.kv_dim()),
+                ],
+                h,
+            ),
+            Part::Wo(i) => (vec![(Tensor::O(i), h)], c.q_dim()),
+            Part::FfnNorm(i) => (vec![(Tensor::FfnNorm(i), 1)], h),
+            Part::WGateUp(i) => (vec![(Tensor::Gate(i), f), (Tensor::Up(i), f)], h),
+            Part::WDown(i) => (vec![(Tensor::Down(i), h)], f),
+            Part::FinalNorm => (vec![(Tensor::FinalNorm, 1)], h),
+            Part::LmHead => (vec![(Tensor::LmHead, v)], h),
+        }
+    }
+
+    /// Dims as the step program declares them: `[rows, cols]`, or `[len]` for a norm.
+    pub fn dims(self, c: &LlamaConfig) -> Vec<usize> {
+        let (tensors, cols) = self.layout(c);
+        match self {
+            Part::AttnNorm(_) | Part::FfnNorm(_) | Part::FinalNorm => vec![cols],
+            _ => vec![tensors.iter().map(|&(_, n)| n).sum(), cols],
+        }
+    }
+
+    /// A fresh matrix holding this part: `read(t, out)` writes tensor `t` (as the source file
+    /// stores it, `[out, in]`) into exactly its rows.
+    pub fn read(self, c: &LlamaConfig, read: &mut ReadTensor) -> Result<Matrix, ModelError> {
+        let (tensors, cols) = self.layout(c);
+        let rows = tensors.iter().map(|&(_, n)| n).sum();
         let mut m = Matrix::zeros(rows, cols);
-        read(t, &mut m.data)?;
+        let mut lo = 0;
+        for (t, n) in tensors {
+            read(t, m.rows_range_mut(lo, lo + n))?;
+            lo += n;
+        }
         Ok(m)
     }
 }
@@ -216,6 +314,121 @@ pub struct Model {
     pub config: LlamaConfig,
     pub weights: LlamaWeights,
     pub source: PathBuf,
+}
+
+/// Reads one tensor of an opened model file into exactly its rows of the model's layout.
+pub trait TensorFile: Send {
+    fn read(&self, t: Tensor, out: &mut [f32]) -> Result<(), ModelError>;
+    /// Whether `t` is there, `len` values long, of a type [`TensorFile::read`] converts, and
+    /// within the file, without reading its values.
+    fn check(&self, t: Tensor, len: usize) -> Result<(), ModelError>;
+}
+
+/// A model file opened but not loaded: its config now, its weights part by part on demand
+/// ([`ModelFile::read_part`]), so a caller that uploads each part and drops it holds at most
+/// one part of the weights in host memory ([`ModelFile::load`] keeps them all).
+pub struct ModelFile {
+    pub config: LlamaConfig,
+    pub source: PathBuf,
+    tensors: Box<dyn TensorFile>,
+}
+
+impl std::fmt::Debug for ModelFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelFile")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelFile {
+    /// The opened file, every tensor checked ([`TensorFile::check`]).
+    pub fn new(
+        config: LlamaConfig,
+        source: &Path,
+        tensors: Box<dyn TensorFile>,
+    ) -> Result<ModelFile, ModelError> {
+        let file = ModelFile {
+            config,
+            source: source.to_path_buf(),
+            tensors,
+        };
+        file.check()?;
+        Ok(file)
+    }
+
+    /// A `.gguf` file, or a Hugging Face directory (config.json + safetensors).
+    pub fn open(path: &Path) -> Result<ModelFile, ModelError> {
+        if path.is_dir() {
+            safetensors::open_hf_dir(path)
+        } else {
+            gguf::open_gguf(path)
+        }
+    }
+
+    /// Refuses a file any of whose tensors is missing, misshapen, of an unsupported type or
+    /// cut short, before anything is read or uploaded ([`TensorFile::check`]).
+    fn check(&self) -> Result<(), ModelError> {
+        for p in Part::all(&self.config) {
+            let (tensors, cols) = p.layout(&self.config);
+            for (t, rows) in tensors {
+                self.tensors.check(t, rows * cols)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Part `p`, read (and dequantized) now.
+    pub fn read_part(&self, p: Part) -> Result<Matrix, ModelError> {
+        p.read(&self.config, &mut |t, out| self.tensors.read(t, out))
+    }
+
+    /// Every weight, in host memory.
+    pub fn load(self) -> Result<Model, ModelError> {
+        let weights =
+            LlamaWeights::assemble(&self.config, &mut |t, out| self.tensors.read(t, out))?;
+        Ok(Model {
+            config: self.config,
+            weights,
+            source: self.source,
+        })
+    }
+}
+
+/// Where a consumer of the step's weights (an uploader) takes them from, part by part: a
+/// loaded [`Model`] lends its own, a [`ModelFile`] reads each when asked.
+pub trait WeightSource {
+    fn config(&self) -> &LlamaConfig;
+    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError>;
+}
+
+impl WeightSource for Model {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError> {
+        Ok(Cow::Borrowed(self.weights.part(p)))
+    }
+}
+
+impl WeightSource for ModelFile {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError> {
+        Ok(Cow::Owned(self.read_part(p)?.data))
+    }
+}
+
+/// Drops the resident pages of a read-only file map: a model part read once would otherwise
+/// count in the process's resident memory until the map is dropped. A later read faults the
+/// pages back in from the page cache. Only memory accounting changes, so a failure is ignored.
+pub(crate) fn release_pages(map: &memmap2::Mmap) {
+    // SAFETY: the map is shared and read-only, so MADV_DONTNEED discards nothing: the pages
+    // are re-read from the file on the next access, with the same contents.
+    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
 }
 
 /// Why a model or tokenizer could not be loaded. Each names the file and what is wrong with it.

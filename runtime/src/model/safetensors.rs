@@ -7,7 +7,8 @@
 //! tokens come from `tokenizer_config.json` / `generation_config.json` when present.
 
 use super::hf_config::HfConfig;
-use super::{LlamaConfig, LlamaWeights, Model, ModelError, Tensor, END_OF_TURN_TOKENS};
+use super::{LlamaConfig, Model, ModelError, ModelFile, Tensor, TensorFile, END_OF_TURN_TOKENS};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -236,28 +237,48 @@ impl Tensors {
         Ok(Tensors { maps, index })
     }
 
-    /// The tensor's values as f32 into `out`, checking its shape.
-    fn load_into(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<(), ModelError> {
+    /// The tensor `name`, which must have `shape` and a dtype this loader converts, and its map.
+    fn view(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(TensorView<'_>, &(PathBuf, memmap2::Mmap)), ModelError> {
         let first = &self.maps[0].0;
         let &i = self.index.get(name).ok_or_else(|| ModelError::Tensor {
             path: first.clone(),
             tensor: name.to_string(),
             reason: "missing".into(),
         })?;
-        let (path, map) = &self.maps[i];
+        let shard = &self.maps[i];
+        let path = &shard.0;
         let terr = |reason: String| ModelError::Tensor {
             path: path.clone(),
             tensor: name.to_string(),
             reason,
         };
-        let st = SafeTensors::deserialize(map).map_err(|e| terr(e.to_string()))?;
+        let st = SafeTensors::deserialize(&shard.1).map_err(|e| terr(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| terr(e.to_string()))?;
-        if view.shape() != shape || out.len() != shape.iter().product::<usize>() {
+        if view.shape() != shape {
             return Err(terr(format!(
                 "shape {:?}, expected {shape:?}",
                 view.shape()
             )));
         }
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(ModelError::unsupported(
+                path,
+                format!(
+                    "tensor '{name}' has dtype {:?} (supported: F32, F16, BF16)",
+                    view.dtype()
+                ),
+            ));
+        }
+        Ok((view, shard))
+    }
+
+    /// The tensor's values as f32 into `out`, which holds exactly its `shape`.
+    fn load_into(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<(), ModelError> {
+        let (view, (_, map)) = self.view(name, shape)?;
         let bytes = view.data();
         let mut widen = |width: usize, f: &dyn Fn(&[u8]) -> f32| {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(width)) {
@@ -267,48 +288,27 @@ impl Tensors {
         match view.dtype() {
             Dtype::F32 => widen(4, &|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             Dtype::F16 => widen(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            Dtype::BF16 => widen(2, &|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            d => {
-                return Err(ModelError::unsupported(
-                    path,
-                    format!("tensor '{name}' has dtype {d:?} (supported: F32, F16, BF16)"),
-                ))
-            }
+            _ => widen(2, &|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
         }
+        super::release_pages(map);
         Ok(())
-    }
-
-    /// An `nn.Linear` weight `[out, in]` into `out` (its rows of a stacked matrix).
-    fn linear_into(&self, name: &str, d_in: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        self.load_into(name, &[out.len() / d_in, d_in], out)
     }
 }
 
-/// Loads a Hugging Face llama model directory.
-pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
-    if !dir.is_dir() {
-        return Err(ModelError::io(
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
-        ));
-    }
-    let config = read_config(dir)?;
-    let t = Tensors::open(shard_files(dir)?)?;
-    let c = &config;
-    // Some tied checkpoints still ship lm_head; the config decides (assemble reads it only when
-    // untied). nn.Linear is [out, in]: each tensor goes straight into its rows.
-    let weights = LlamaWeights::assemble(c, &mut |tensor, out| {
+impl HfTensors {
+    /// The name of `tensor` and its shape when it fills `len` values: `[len]` for a norm,
+    /// `[out, in]` for an `nn.Linear` weight (PyTorch's layout, the model's own: each goes
+    /// straight into its rows). Some tied checkpoints still ship lm_head; the config decides
+    /// (it is read only when untied).
+    fn locate(&self, tensor: Tensor, len: usize) -> (String, Vec<usize>) {
+        let c = &self.config;
         let layer = |i: usize, n: &str| format!("model.layers.{i}.{n}.weight");
         let (name, d_in) = match tensor {
             Tensor::Embed => ("model.embed_tokens.weight".to_string(), c.hidden_size),
-            Tensor::FinalNorm => return t.load_into("model.norm.weight", &[out.len()], out),
+            Tensor::FinalNorm => return ("model.norm.weight".to_string(), vec![len]),
             Tensor::LmHead => ("lm_head.weight".to_string(), c.hidden_size),
-            Tensor::AttnNorm(i) => {
-                return t.load_into(&layer(i, "input_layernorm"), &[out.len()], out)
-            }
-            Tensor::FfnNorm(i) => {
-                return t.load_into(&layer(i, "post_attention_layernorm"), &[out.len()], out)
-            }
+            Tensor::AttnNorm(i) => return (layer(i, "input_layernorm"), vec![len]),
+            Tensor::FfnNorm(i) => return (layer(i, "post_attention_layernorm"), vec![len]),
             Tensor::Q(i) => (layer(i, "self_attn.q_proj"), c.hidden_size),
             Tensor::K(i) => (layer(i, "self_attn.k_proj"), c.hidden_size),
             Tensor::V(i) => (layer(i, "self_attn.v_proj"), c.hidden_size),
@@ -317,11 +317,45 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
             Tensor::Up(i) => (layer(i, "mlp.up_proj"), c.hidden_size),
             Tensor::Down(i) => (layer(i, "mlp.down_proj"), c.intermediate_size),
         };
-        t.linear_into(&name, d_in, out)
-    })?;
-    Ok(Model {
-        config,
-        weights,
-        source: dir.to_path_buf(),
-    })
+        (name, vec![len / d_in, d_in])
+    }
+}
+
+impl TensorFile for HfTensors {
+    fn read(&self, tensor: Tensor, out: &mut [f32]) -> Result<(), ModelError> {
+        let (name, shape) = self.locate(tensor, out.len());
+        self.tensors.load_into(&name, &shape, out)
+    }
+
+    fn check(&self, tensor: Tensor, len: usize) -> Result<(), ModelError> {
+        let (name, shape) = self.locate(tensor, len);
+        self.tensors.view(&name, &shape).map(|_| ())
+    }
+}
+
+/// A model directory's mapped shards and the config that says what to read from them.
+struct HfTensors {
+    tensors: Tensors,
+    config: LlamaConfig,
+}
+
+/// Opens a Hugging Face llama model directory: config now, tensors converted as they are read.
+pub fn open_hf_dir(dir: &Path) -> Result<ModelFile, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+        ));
+    }
+    let config = read_config(dir)?;
+    let tensors = HfTensors {
+        tensors: Tensors::open(shard_files(dir)?)?,
+        config: config.clone(),
+    };
+    ModelFile::new(config, dir, Box::new(tensors))
+}
+
+/// Loads a Hugging Face llama model directory.
+pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
+    open_hf_dir(dir)?.load()
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use pjrt_sys::{self as sys, PjrtArgs};
 
+use super::api::Api;
 use super::buffer::Buffer;
 use super::client::{invalid, ClientInner};
 use super::error::Result;
@@ -43,6 +44,22 @@ impl Arg<'_> {
     }
 }
 
+/// What the compiler planned for a program's memory on its device, in bytes (XLA's
+/// `CompiledMemoryStats`): what a run needs beyond its arguments is `temp_bytes` plus the outputs
+/// that do not alias an argument (`output_bytes - alias_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompiledMemoryStats {
+    pub generated_code_bytes: u64,
+    pub argument_bytes: u64,
+    pub output_bytes: u64,
+    /// Output bytes that reuse a donated argument's memory.
+    pub alias_bytes: u64,
+    /// Scratch the program allocates while it runs.
+    pub temp_bytes: u64,
+    /// Scratch in host memory (for devices with a separate host space).
+    pub host_temp_bytes: u64,
+}
+
 /// A compiled, loaded program. Destroyed on drop; keeps its client alive.
 pub struct Executable {
     client: Arc<ClientInner>,
@@ -75,24 +92,54 @@ impl Executable {
             raw,
             num_outputs: 0,
         };
-        let api = &*exe.client.api;
+        exe.num_outputs = exe.with_executable(|api, executable| {
+            let mut num = sys::PJRT_Executable_NumOutputs_Args::new();
+            num.executable = executable;
+            // SAFETY: `executable` is live for this closure; out fields only.
+            unsafe { pjrt_call!(api, PJRT_Executable_NumOutputs, &mut num) }?;
+            Ok(num.num_outputs)
+        })?;
+        Ok(exe)
+    }
 
+    /// Runs `f` on the `PJRT_Executable` behind this loaded executable, destroyed afterwards.
+    fn with_executable<T>(
+        &self,
+        f: impl FnOnce(&Api, *mut sys::PJRT_Executable) -> Result<T>,
+    ) -> Result<T> {
+        let api = &*self.client.api;
         let mut get = sys::PJRT_LoadedExecutable_GetExecutable_Args::new();
-        get.loaded_executable = raw.as_ptr();
+        get.loaded_executable = self.raw.as_ptr();
         // SAFETY: live loaded executable; the returned `PJRT_Executable` is ours to destroy.
         unsafe { pjrt_call!(api, PJRT_LoadedExecutable_GetExecutable, &mut get) }?;
-        let mut num = sys::PJRT_Executable_NumOutputs_Args::new();
-        num.executable = get.executable;
-        // SAFETY: `get.executable` is live until destroyed below.
-        let counted = unsafe { pjrt_call!(api, PJRT_Executable_NumOutputs, &mut num) };
+        let result = f(api, get.executable);
         let mut destroy = sys::PJRT_Executable_Destroy_Args::new();
         destroy.executable = get.executable;
         // SAFETY: we own `get.executable` and free it exactly once, after its last use.
         let destroyed = unsafe { pjrt_call!(api, PJRT_Executable_Destroy, &mut destroy) };
-        counted?;
+        let result = result?;
         destroyed?;
-        exe.num_outputs = num.num_outputs;
-        Ok(exe)
+        Ok(result)
+    }
+
+    /// The memory the compiler planned for the program (`PJRT_Executable_GetCompiledMemoryStats`).
+    /// An error where the plugin does not report it.
+    pub fn compiled_memory_stats(&self) -> Result<CompiledMemoryStats> {
+        self.with_executable(|api, executable| {
+            let mut a = sys::PJRT_Executable_GetCompiledMemoryStats_Args::new();
+            a.executable = executable;
+            // SAFETY: `executable` is live for this closure; out fields only.
+            unsafe { pjrt_call!(api, PJRT_Executable_GetCompiledMemoryStats, &mut a) }?;
+            let b = |v: i64| v.max(0) as u64;
+            Ok(CompiledMemoryStats {
+                generated_code_bytes: b(a.generated_code_size_in_bytes),
+                argument_bytes: b(a.argument_size_in_bytes),
+                output_bytes: b(a.output_size_in_bytes),
+                alias_bytes: b(a.alias_size_in_bytes),
+                temp_bytes: b(a.temp_size_in_bytes),
+                host_temp_bytes: b(a.host_temp_size_in_bytes),
+            })
+        })
     }
 
     /// Number of outputs the program returns (tuple elements flattened).

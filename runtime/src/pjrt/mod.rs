@@ -61,4 +61,4 @@ pub use client::Client;
 pub use compile_options::{CompileOptions, OptionValue};
 pub use element::{Element, ElementType};
 pub use error::{ErrorCode, PjrtError, Result};
-pub use executable::{Arg, Executable};
+pub use executable::{Arg, CompiledMemoryStats, Executable};

@@ -431,3 +431,15 @@ fn uninitialized_buffers_exist_on_both_cpu_plugins() {
         .uninitialized_buffer(ElementType::F32, &[-1])
         .is_err());
 }
+
+/// The compiler's memory plan names the program's argument and output bytes, and the output
+/// bytes a donated argument backs.
+#[test]
+fn compiled_memory_stats_count_arguments_outputs_and_aliases() {
+    let add = compile(ADD_F32_GENERIC).compiled_memory_stats().unwrap();
+    assert_eq!(add.argument_bytes, 2 * 1024 * 4, "{add:?}");
+    assert_eq!(add.output_bytes, 1024 * 4, "{add:?}");
+    assert_eq!(add.alias_bytes, 0, "{add:?}");
+    let acc = compile(ACCUMULATE_ALIASED).compiled_memory_stats().unwrap();
+    assert_eq!(acc.alias_bytes, 4 * 4, "{acc:?}");
+}

@@ -19,7 +19,7 @@ pub mod dequant;
 pub use container::{parse_header, read_metadata, GgufMetadata, MetaValue, TensorInfo};
 pub use dequant::{dequantize, dequantize_into, type_name, GgmlType, QK, QK_K};
 
-use super::{LlamaConfig, LlamaWeights, Model, ModelError, Tensor, END_OF_TURN_TOKENS};
+use super::{LlamaConfig, Model, ModelError, ModelFile, Tensor, TensorFile, END_OF_TURN_TOKENS};
 use container::map_file;
 use std::path::Path;
 
@@ -278,31 +278,23 @@ fn known_tensor(name: &str, num_layers: usize) -> bool {
     })
 }
 
-/// Loads a llama GGUF model, dequantizing every tensor to f32 straight into the model's layout.
-pub fn load_gguf(path: &Path) -> Result<Model, ModelError> {
-    let map = map_file(path)?;
-    let meta = parse_header(path, &map)?;
-    let config = llama_config(&meta)?;
-    let src = TensorSource {
-        meta: &meta,
-        bytes: &map,
-    };
-    let c = &config;
-    if let Some(t) = meta
-        .tensors
-        .iter()
-        .find(|t| !known_tensor(&t.name, c.num_layers))
-    {
-        return Err(ModelError::unsupported(
-            path,
-            format!("tensor '{}' has no place in a plain llama model", t.name),
-        ));
-    }
-    let (h, f, qd) = (c.hidden_size, c.intermediate_size, c.q_dim());
-    let weights = LlamaWeights::assemble(c, &mut |t, out| {
+/// A GGUF file's tensors, mapped: each is dequantized into its rows when asked, and its pages
+/// are then given back to the kernel (a mapped page read once would otherwise count in the
+/// process's resident memory until the map is dropped).
+struct GgufTensors {
+    map: memmap2::Mmap,
+    meta: GgufMetadata,
+    config: LlamaConfig,
+}
+
+impl GgufTensors {
+    /// The name of `t`, the input width of a projection (`None` for a vector), and the head
+    /// count of a Q/K projection to un-permute.
+    fn locate(&self, t: Tensor) -> (String, Option<usize>, Option<usize>) {
+        let c = &self.config;
+        let (h, f, qd) = (c.hidden_size, c.intermediate_size, c.q_dim());
         let blk = |i: usize, n: &str| format!("blk.{i}.{n}.weight");
-        // (name, d_in of a projection or None for a vector, Q/K heads to un-permute)
-        let (name, d_in, heads) = match t {
+        match t {
             Tensor::Embed => ("token_embd.weight".to_string(), Some(h), None),
             Tensor::FinalNorm => ("output_norm.weight".to_string(), None, None),
             Tensor::LmHead => ("output.weight".to_string(), Some(h), None),
@@ -315,15 +307,64 @@ pub fn load_gguf(path: &Path) -> Result<Model, ModelError> {
             Tensor::Gate(i) => (blk(i, "ffn_gate"), Some(h), None),
             Tensor::Up(i) => (blk(i, "ffn_up"), Some(h), None),
             Tensor::Down(i) => (blk(i, "ffn_down"), Some(f), None),
-        };
-        match d_in {
+        }
+    }
+
+    fn source(&self) -> TensorSource<'_> {
+        TensorSource {
+            meta: &self.meta,
+            bytes: &self.map,
+        }
+    }
+}
+
+impl TensorFile for GgufTensors {
+    fn read(&self, t: Tensor, out: &mut [f32]) -> Result<(), ModelError> {
+        let (name, d_in, heads) = self.locate(t);
+        let src = self.source();
+        let read = match d_in {
             Some(d_in) => src.projection_into(&name, d_in, heads, out),
             None => src.load_into(&name, &[out.len()], out),
-        }
-    })?;
-    Ok(Model {
-        config,
-        weights,
-        source: path.to_path_buf(),
-    })
+        };
+        super::release_pages(&self.map);
+        read
+    }
+
+    fn check(&self, t: Tensor, len: usize) -> Result<(), ModelError> {
+        let (name, d_in, _) = self.locate(t);
+        // ggml lists dims fastest-first: a projection of `out` rows of `in` values is [in, out].
+        let dims = match d_in {
+            Some(d_in) => vec![d_in, len / d_in],
+            None => vec![len],
+        };
+        self.source().raw(&name, &dims).map(|_| ())
+    }
+}
+
+/// Opens a llama GGUF model: header and config now, tensors dequantized as they are read.
+pub fn open_gguf(path: &Path) -> Result<ModelFile, ModelError> {
+    let map = map_file(path)?;
+    let meta = parse_header(path, &map)?;
+    let config = llama_config(&meta)?;
+    if let Some(t) = meta
+        .tensors
+        .iter()
+        .find(|t| !known_tensor(&t.name, config.num_layers))
+    {
+        return Err(ModelError::unsupported(
+            path,
+            format!("tensor '{}' has no place in a plain llama model", t.name),
+        ));
+    }
+    let tensors = GgufTensors {
+        map,
+        meta,
+        config: config.clone(),
+    };
+    ModelFile::new(config, path, Box::new(tensors))
+}
+
+/// Loads a llama GGUF model, dequantizing every tensor to f32 straight into the model's layout.
+pub fn load_gguf(path: &Path) -> Result<Model, ModelError> {
+    open_gguf(path)?.load()
 }
