@@ -162,8 +162,12 @@ fn check_host_memory(
     kv_dtype: Dtype,
 ) -> Result<(), EngineError> {
     let mut plan = engine_plan(engine);
-    plan.kv_bytes_per_token =
-        Some((2 * m.num_kv_heads * m.head_dim * kv_dtype.bytes() as usize * m.num_layers) as u64);
+    plan.kv_bytes_per_token = Some(runtime::plan::kv_bytes_per_token(
+        m.num_kv_heads as u64,
+        m.head_dim as u64,
+        kv_dtype.bytes(),
+        m.num_layers as u64,
+    ));
     plan.weight_bytes = Some(4 * crate::step::weights::num_params(m));
     plan.host_bytes = runtime::mem::available_host_bytes();
     plan.validate().map_err(EngineError::Config)

@@ -26,6 +26,11 @@ pub struct LevanterKnobs {
 /// the CPU plugin (the most with a full 1.5 GB pool, while a program compiled); this rounds up.
 pub const HOST_HEADROOM_BYTES: u64 = 640 << 20;
 
+/// KV bytes one token occupies across all layers: a K and a V row per KV head per layer.
+pub fn kv_bytes_per_token(num_kv_heads: u64, head_dim: u64, dtype_bytes: u64, layers: u64) -> u64 {
+    2 * num_kv_heads * head_dim * dtype_bytes * layers
+}
+
 /// Which engine a rule describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,7 +9,7 @@ use kernelgen::config::{parse_dtype, KernelSpec, TPU_DEFAULTS};
 use kernelgen::target::{fmt_bytes, Target};
 use kernelgen::vmem::request::per_device;
 use kernelgen::vmem::{check, Verdict, VmemReport};
-use runtime::plan::{EnginePlan, LevanterKnobs, Rule, Scope};
+use runtime::plan::{kv_bytes_per_token, EnginePlan, LevanterKnobs, Rule, Scope};
 use serde::Serialize;
 
 /// Check an engine config (pages, scheduler budget, SMEM, VMEM) against a workload
@@ -162,7 +162,12 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
         max_seq_len,
         max_tokens_per_round: per_round,
         kv_bytes_per_token: layers.map(|l| {
-            2 * dev.num_kv_heads as u64 * dev.head_dim as u64 * cfg.dtype().bytes() * l as u64
+            kv_bytes_per_token(
+                dev.num_kv_heads as u64,
+                dev.head_dim as u64,
+                cfg.dtype().bytes(),
+                l as u64,
+            )
         }),
         hbm_bytes: Some(target.hbm_bytes),
         weight_bytes: match &a.model {
