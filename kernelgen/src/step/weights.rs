@@ -30,9 +30,11 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
 }
 
 /// Uploads the weight parameters in [`pack_weights_dims`] order. Each part is taken from `src`
-/// only when its turn comes and dropped once the device holds its copy (the upload copies
-/// during the call), so streaming from a [`runtime::model::ModelFile`] holds at most one part
-/// in host memory besides what is already uploaded.
+/// only when its turn comes, into one scratch buffer that the next part reuses (the upload
+/// copies during the call), so streaming from a [`runtime::model::ModelFile`] holds one part's
+/// worth of host memory besides what is already uploaded. The scratch is allocated once, at
+/// the first part's size (the embedding, the largest): parts freed one by one would raise
+/// glibc's mmap threshold and move the device buffers allocated after them onto the heap.
 pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buffer>, EngineError> {
     let m = src.config();
     let dims = |d: &[usize]| d.iter().map(|&d| d as i64).collect::<Vec<i64>>();
@@ -40,13 +42,14 @@ pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buf
     let mut out = vec![client
         .buffer_from_host(&rope, &[rope.len() as i64])
         .map_err(|e| EngineError::Executor(format!("uploading rope_inv_freq: {e}")))?];
+    let mut scratch = Vec::new();
     for p in Part::all(m) {
         let what = || format!("uploading {}", p.name());
         let data = src
-            .part(p)
+            .part(p, &mut scratch)
             .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
         let buffer = client
-            .buffer_from_host(&data, &dims(&p.dims(m)))
+            .buffer_from_host(data, &dims(&p.dims(m)))
             .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
         out.push(buffer);
     }
@@ -81,7 +84,7 @@ mod tests {
                 assert_eq!(name, &p.name());
                 let n: usize = d.iter().product();
                 assert_eq!(
-                    model.part(p).unwrap().len(),
+                    model.part(p, &mut Vec::new()).unwrap().len(),
                     n,
                     "{name} holds what its dims say"
                 );

@@ -19,7 +19,6 @@ pub mod safetensors;
 pub mod tokenizer;
 
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Tokens that end a chat turn, added to `eos_token_ids` when the vocabulary has them.
@@ -274,15 +273,29 @@ impl Part {
     /// A fresh matrix holding this part: `read(t, out)` writes tensor `t` (as the source file
     /// stores it, `[out, in]`) into exactly its rows.
     pub fn read(self, c: &LlamaConfig, read: &mut ReadTensor) -> Result<Matrix, ModelError> {
+        let mut data = Vec::new();
+        let (rows, cols) = self.read_into(c, read, &mut data)?;
+        Ok(Matrix::new(rows, cols, data))
+    }
+
+    /// [`Part::read`] into `buf` (resized to the part, its allocation reused); returns the
+    /// part's rows and columns.
+    pub fn read_into(
+        self,
+        c: &LlamaConfig,
+        read: &mut ReadTensor,
+        buf: &mut Vec<f32>,
+    ) -> Result<(usize, usize), ModelError> {
         let (tensors, cols) = self.layout(c);
         let rows = tensors.iter().map(|&(_, n)| n).sum();
-        let mut m = Matrix::zeros(rows, cols);
+        buf.clear();
+        buf.resize(rows * cols, 0.0);
         let mut lo = 0;
         for (t, n) in tensors {
-            read(t, m.rows_range_mut(lo, lo + n))?;
+            read(t, &mut buf[lo * cols..(lo + n) * cols])?;
             lo += n;
         }
-        Ok(m)
+        Ok((rows, cols))
     }
 }
 
@@ -378,9 +391,10 @@ impl ModelFile {
         Ok(())
     }
 
-    /// Part `p`, read (and dequantized) now.
-    pub fn read_part(&self, p: Part) -> Result<Matrix, ModelError> {
-        p.read(&self.config, &mut |t, out| self.tensors.read(t, out))
+    /// Part `p`, read (and dequantized) now into `buf` (see [`Part::read_into`]).
+    pub fn read_part_into(&self, p: Part, buf: &mut Vec<f32>) -> Result<(), ModelError> {
+        p.read_into(&self.config, &mut |t, out| self.tensors.read(t, out), buf)
+            .map(|_| ())
     }
 
     /// Every weight, in host memory.
@@ -396,10 +410,11 @@ impl ModelFile {
 }
 
 /// Where a consumer of the step's weights (an uploader) takes them from, part by part: a
-/// loaded [`Model`] lends its own, a [`ModelFile`] reads each when asked.
+/// loaded [`Model`] lends its own, a [`ModelFile`] reads each into `scratch` when asked (one
+/// buffer for every part: the uploader holds one part's worth of host memory, allocated once).
 pub trait WeightSource {
     fn config(&self) -> &LlamaConfig;
-    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError>;
+    fn part<'a>(&'a self, p: Part, scratch: &'a mut Vec<f32>) -> Result<&'a [f32], ModelError>;
 }
 
 impl WeightSource for Model {
@@ -407,8 +422,8 @@ impl WeightSource for Model {
         &self.config
     }
 
-    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError> {
-        Ok(Cow::Borrowed(self.weights.part(p)))
+    fn part<'a>(&'a self, p: Part, _: &'a mut Vec<f32>) -> Result<&'a [f32], ModelError> {
+        Ok(self.weights.part(p))
     }
 }
 
@@ -417,8 +432,9 @@ impl WeightSource for ModelFile {
         &self.config
     }
 
-    fn part(&self, p: Part) -> Result<Cow<'_, [f32]>, ModelError> {
-        Ok(Cow::Owned(self.read_part(p)?.data))
+    fn part<'a>(&'a self, p: Part, scratch: &'a mut Vec<f32>) -> Result<&'a [f32], ModelError> {
+        self.read_part_into(p, scratch)?;
+        Ok(scratch)
     }
 }
 
