@@ -95,11 +95,6 @@ impl Matrix {
     pub fn rows_range(&self, lo: usize, hi: usize) -> &[f32] {
         &self.data[lo * self.cols..hi * self.cols]
     }
-
-    /// Rows `lo..hi`, contiguous and writable (loaders fill stacked projections part by part).
-    pub fn rows_range_mut(&mut self, lo: usize, hi: usize) -> &mut [f32] {
-        &mut self.data[lo * self.cols..hi * self.cols]
-    }
 }
 
 /// One decoder layer, every projection `[out, in]`.
