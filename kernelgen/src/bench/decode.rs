@@ -3,27 +3,20 @@
 //! run imply, and each decode step taken apart (engine host work, input upload, the step's
 //! matmuls alone on the same weight buffers, the rest of the program).
 
-use super::{pjrt, probes, run_times, spread, BenchError};
+use super::{pjrt, probes, run_times, spread, submit_synthetic, BenchError, BenchModel};
 use crate::serve::{open_model, start, ServeOptions, Served};
 use crate::step::profile::matmul_chain;
 use crate::step::weights::num_params;
 use crate::step::MemoryReport;
-use runtime::dtype::Dtype;
-use runtime::engine::{EngineConfig, SamplingParams};
+use runtime::engine::EngineConfig;
 use runtime::model::LlamaConfig;
 use runtime::pjrt::{Api, Client, CompileOptions};
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct DecodeBench {
-    /// A `.gguf` file or a Hugging Face directory.
-    pub model: PathBuf,
-    /// A kernel artifact; `None` emits one with `blocks`.
-    pub kernel: Option<PathBuf>,
-    pub blocks: (u32, u32),
-    pub plugin: PathBuf,
+    pub served: BenchModel,
     pub batches: Vec<usize>,
     pub prompt_len: usize,
     pub new_tokens: usize,
@@ -91,21 +84,13 @@ fn options(
     max_seq_len: usize,
     budget: usize,
 ) -> ServeOptions {
-    ServeOptions {
-        model: b.model.clone(),
-        kernel: b.kernel.clone(),
-        blocks: b.blocks,
-        engine: EngineConfig {
-            max_seqs,
-            max_pages,
-            page_size: b.page_size,
-            max_seq_len,
-            max_tokens_per_round: budget,
-        },
-        kv_dtype: Dtype::F32,
-        plugin: b.plugin.clone(),
-        buckets: None,
-    }
+    b.served.serve_options(EngineConfig {
+        max_seqs,
+        max_pages,
+        page_size: b.page_size,
+        max_seq_len,
+        max_tokens_per_round: budget,
+    })
 }
 
 /// What one measured round of a workload gave, from the engine's own metrics.
@@ -166,20 +151,9 @@ fn run_round(
     prompt_len: usize,
     new_tokens: usize,
 ) -> Result<Round, BenchError> {
-    let vocab = served.model.vocab_size as u32;
     served.engine.reset_metrics();
     served.engine.executor_mut().times = Default::default();
-    for i in 0..batch {
-        let prompt: Vec<u32> = (0..prompt_len)
-            .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
-            .collect();
-        let params = SamplingParams {
-            max_new_tokens: new_tokens,
-            stop_token_ids: vec![],
-            ..SamplingParams::default()
-        };
-        served.engine.submit(prompt, params)?;
-    }
+    submit_synthetic(served, batch, prompt_len, new_tokens)?;
     while served.engine.has_work() {
         served.engine.step()?;
     }
@@ -227,7 +201,6 @@ fn run_batch(
     let pages = max_pages.max(per_seq * batch);
     let budget = (batch * prompt_len).clamp(batch, 512);
     let mut served = start(&options(b, batch, pages, max_seq_len, budget))?;
-    served.engine.set_stop_token_ids(vec![]);
     run_round(&mut served, batch, prompt_len, new_tokens)?;
     let mut rounds = Vec::with_capacity(b.repeats);
     for _ in 0..b.repeats {
@@ -273,14 +246,17 @@ fn validate(b: &DecodeBench) -> Result<(), BenchError> {
 /// Runs every measurement; `progress` hears what is being measured.
 pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeReport, BenchError> {
     validate(b)?;
-    let (model, _) = open_model(&b.model)?;
+    let (model, _) = open_model(&b.served.model)?;
     let c = &model.config;
-    let plugin_err = pjrt(format!("loading the PJRT plugin {}", b.plugin.display()));
-    let client = Client::new(Api::load(&b.plugin).map_err(plugin_err)?)
+    let plugin_err = pjrt(format!(
+        "loading the PJRT plugin {}",
+        b.served.plugin.display()
+    ));
+    let client = Client::new(Api::load(&b.served.plugin).map_err(plugin_err)?)
         .map_err(pjrt("creating a PJRT client"))?;
     let weight_bytes = decode_weight_bytes(c);
     let mut r = DecodeReport {
-        plugin: b.plugin.display().to_string(),
+        plugin: b.served.plugin.display().to_string(),
         repeats: b.repeats,
         weight_bytes,
         params: num_params(c),

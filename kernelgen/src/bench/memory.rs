@@ -7,23 +7,18 @@
 //! `warm_steps` steps and after the last step; the report sets the peak beside the weights +
 //! pool floor and the growth after warm-up beside the warm figure.
 
-use super::BenchError;
-use crate::serve::{start, ServeOptions};
+use super::{submit_synthetic, BenchError, BenchModel};
+use crate::serve::start;
 use crate::step::weights::num_params;
 use crate::step::MemoryReport;
-use runtime::dtype::Dtype;
-use runtime::engine::{EngineConfig, SamplingParams};
+use runtime::engine::EngineConfig;
 use runtime::mem::MemSnapshot;
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// What to serve.
 #[derive(Clone, Debug)]
 pub struct MemoryBench {
-    pub model: PathBuf,
-    pub kernel: Option<PathBuf>,
-    pub blocks: (u32, u32),
-    pub plugin: PathBuf,
+    pub served: BenchModel,
     pub requests: usize,
     pub max_seqs: usize,
     pub prompt_len: usize,
@@ -107,36 +102,14 @@ pub fn run(
     let max_pages = b
         .max_pages
         .unwrap_or(max_seq_len / b.page_size * b.max_seqs + 1);
-    let opts = ServeOptions {
-        model: b.model.clone(),
-        kernel: b.kernel.clone(),
-        blocks: b.blocks,
-        engine: EngineConfig {
-            max_seqs: b.max_seqs,
-            max_pages,
-            page_size: b.page_size,
-            max_seq_len,
-            max_tokens_per_round: (b.max_seqs * b.prompt_len).clamp(b.max_seqs, 512),
-        },
-        kv_dtype: Dtype::F32,
-        plugin: b.plugin.clone(),
-        buckets: None,
-    };
-    let mut served = start(&opts)?;
-    served.engine.set_stop_token_ids(vec![]);
-    let m = &served.model;
-    let vocab = m.vocab_size as u32;
-    for i in 0..b.requests {
-        let prompt: Vec<u32> = (0..b.prompt_len)
-            .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
-            .collect();
-        let params = SamplingParams {
-            max_new_tokens: b.new_tokens,
-            stop_token_ids: vec![],
-            ..SamplingParams::default()
-        };
-        served.engine.submit(prompt, params)?;
-    }
+    let mut served = start(&b.served.serve_options(EngineConfig {
+        max_seqs: b.max_seqs,
+        max_pages,
+        page_size: b.page_size,
+        max_seq_len,
+        max_tokens_per_round: (b.max_seqs * b.prompt_len).clamp(b.max_seqs, 512),
+    }))?;
+    submit_synthetic(&mut served, b.requests, b.prompt_len, b.new_tokens)?;
     let expected = b.requests.div_ceil(b.max_seqs) * (b.new_tokens + b.prompt_len);
     let mut steps = 0;
     let mut warm = None;
@@ -168,9 +141,9 @@ pub fn run(
     let last = MemSnapshot::now().unwrap_or_default();
     let exec = served.engine.executor();
     let pool_bytes = exec.pool_bytes();
-    let weight_bytes = 4 * num_params(m);
+    let weight_bytes = 4 * num_params(&served.model);
     Ok(MemoryBenchReport {
-        plugin: b.plugin.display().to_string(),
+        plugin: b.served.plugin.display().to_string(),
         weight_bytes,
         pool_bytes,
         load_time_s: served.load_time.as_secs_f64(),

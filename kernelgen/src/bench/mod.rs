@@ -16,8 +16,62 @@ pub mod kernel;
 pub mod memory;
 pub mod probes;
 
+use crate::serve::{ServeOptions, Served};
+use runtime::dtype::Dtype;
+use runtime::engine::{EngineConfig, SamplingParams};
 use runtime::pjrt::{Buffer, Executable, PjrtError};
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// The model a serving benchmark runs, and on what: shared by [`decode`] and [`memory`].
+#[derive(Clone, Debug)]
+pub struct BenchModel {
+    /// A `.gguf` file or a Hugging Face directory.
+    pub model: PathBuf,
+    /// A kernel artifact; `None` emits one with `blocks`.
+    pub kernel: Option<PathBuf>,
+    pub blocks: (u32, u32),
+    pub plugin: PathBuf,
+}
+
+impl BenchModel {
+    /// Serving options for `engine`: f32 KV pages, the default token buckets.
+    pub fn serve_options(&self, engine: EngineConfig) -> ServeOptions {
+        ServeOptions {
+            model: self.model.clone(),
+            kernel: self.kernel.clone(),
+            blocks: self.blocks,
+            engine,
+            kv_dtype: Dtype::F32,
+            plugin: self.plugin.clone(),
+            buckets: None,
+        }
+    }
+}
+
+/// Submits `requests` synthetic prompts of `prompt_len` tokens (ids spread over the vocabulary,
+/// the same for every run), each decoding exactly `new_tokens` tokens: stop tokens are off.
+pub(crate) fn submit_synthetic(
+    served: &mut Served,
+    requests: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<(), BenchError> {
+    served.engine.set_stop_token_ids(vec![]);
+    let vocab = served.model.vocab_size as u32;
+    for i in 0..requests {
+        let prompt: Vec<u32> = (0..prompt_len)
+            .map(|j| 100 + ((i * 31 + j * 7) as u32 % (vocab - 200)))
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: new_tokens,
+            stop_token_ids: vec![],
+            ..SamplingParams::default()
+        };
+        served.engine.submit(prompt, params)?;
+    }
+    Ok(())
+}
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]

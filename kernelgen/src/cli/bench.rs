@@ -190,12 +190,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn bench_model(served: &ServedArgs, plugin: &PluginArg) -> bench::BenchModel {
+    bench::BenchModel {
+        model: served.model_path(),
+        kernel: served.kernel.clone(),
+        blocks: served.blocks(),
+        plugin: plugin.path(),
+    }
+}
+
 fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     let b = bench::decode::DecodeBench {
-        model: a.served.model_path(),
-        kernel: a.served.kernel.clone(),
-        blocks: a.served.blocks(),
-        plugin: a.plugin.path(),
+        served: bench_model(&a.served, &a.plugin),
         batches: a.batches.clone(),
         prompt_len: a.prompt_len,
         new_tokens: a.new_tokens,
@@ -215,10 +221,7 @@ fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
 
 fn run_memory(a: MemoryArgs) -> anyhow::Result<ExitCode> {
     let b = bench::memory::MemoryBench {
-        model: a.served.model_path(),
-        kernel: a.served.kernel.clone(),
-        blocks: a.served.blocks(),
-        plugin: a.plugin.path(),
+        served: bench_model(&a.served, &a.plugin),
         requests: a.requests,
         max_seqs: a.max_seqs,
         prompt_len: a.prompt_len,
