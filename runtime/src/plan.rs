@@ -196,7 +196,11 @@ impl EnginePlan {
     ) -> Rule {
         let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
         let weights = self.weight_bytes.unwrap_or(0);
-        let pool = self.max_pages * self.page_size * per_token;
+        // Saturating: absurd knobs must fail the rule, not overflow.
+        let pool = self
+            .max_pages
+            .saturating_mul(self.page_size)
+            .saturating_mul(per_token);
         let mut parts = vec![format!(
             "{} pages x {} tokens x {per_token} B = {} of pool",
             self.max_pages,
@@ -209,15 +213,15 @@ impl EnginePlan {
         if headroom > 0 {
             parts.push(format!("{} of runtime headroom", gib(headroom)));
         }
-        let need = weights + pool + headroom;
+        let need = weights.saturating_add(pool).saturating_add(headroom);
         Rule::new(
             name,
             Scope::Both,
             need <= capacity,
             format!("{} = {} of {}", parts.join(" + "), gib(need), gib(capacity)),
             || {
-                let left = capacity.saturating_sub(weights + headroom);
-                match left / (self.page_size * per_token).max(1) {
+                let left = capacity.saturating_sub(weights.saturating_add(headroom));
+                match left / self.page_size.saturating_mul(per_token).max(1) {
                     0 => format!(
                         "a smaller model or more memory: the weights{} alone take {} of {}",
                         if headroom > 0 { " and headroom" } else { "" },
@@ -378,6 +382,11 @@ mod tests {
         assert!(r.fix.unwrap().contains("weights and headroom alone"));
         p.host_bytes = Some((4 << 30) + HOST_HEADROOM_BYTES + 192 * 64 * (1 << 20));
         assert!(rule(&p, "host memory").ok);
+        p.max_pages = u64::MAX;
+        assert!(
+            !rule(&p, "host memory").ok,
+            "an overflowing pool fails the rule"
+        );
         p.host_bytes = None;
         assert!(p.rules().iter().all(|r| r.name != "host memory"));
     }
