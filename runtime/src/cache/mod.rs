@@ -8,6 +8,8 @@
 //! `kernelgen setup` and `scripts/setup.sh`: each wheel's pip spec, sha256, unpack folder and
 //! the file the toolkit uses from it.
 
+pub mod executables;
+
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -214,6 +214,21 @@ impl Client {
         Executable::from_raw(self.inner.clone(), raw)
     }
 
+    /// Loads a program serialized by [`Executable::serialize`] on a client of the same plugin
+    /// build (`PJRT_Executable_DeserializeAndLoad`), with the compile options it was built with.
+    pub fn deserialize(&self, serialized: &[u8]) -> Result<Executable> {
+        let mut args = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
+        args.client = self.inner.raw.as_ptr();
+        args.serialized_executable = serialized.as_ptr().cast::<c_char>();
+        args.serialized_executable_size = serialized.len();
+        // SAFETY: `serialized` outlives the call; the options override stays null.
+        unsafe { pjrt_call!(self.api(), PJRT_Executable_DeserializeAndLoad, &mut args) }?;
+        let raw = NonNull::new(args.loaded_executable).ok_or_else(|| {
+            invalid("PJRT_Executable_DeserializeAndLoad returned no executable".into())
+        })?;
+        Executable::from_raw(self.inner.clone(), raw)
+    }
+
     /// Copies `data` (row-major, shape `dims`) into a new buffer on device 0.
     ///
     /// Returns once the plugin no longer needs `data` (`kImmutableOnlyDuringCall` and the

@@ -142,6 +142,44 @@ impl Executable {
         })
     }
 
+    /// The plugin's serialization of this program (`PJRT_Executable_Serialize`): bytes that
+    /// [`super::Client::deserialize`] turns back into an executable on a client of the same
+    /// plugin build, without compiling. Not stable across plugin versions.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        self.with_executable(|api, executable| {
+            let mut a = sys::PJRT_Executable_Serialize_Args::new();
+            a.executable = executable;
+            // SAFETY: `executable` is live for this closure; out fields only.
+            unsafe { pjrt_call!(api, PJRT_Executable_Serialize, &mut a) }?;
+            let bytes = if a.serialized_bytes.is_null() {
+                Vec::new()
+            } else {
+                // SAFETY: the plugin guarantees `serialized_bytes_size` bytes at
+                // `serialized_bytes`, alive until the deleter runs below.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        a.serialized_bytes.cast::<u8>(),
+                        a.serialized_bytes_size,
+                    )
+                }
+                .to_vec()
+            };
+            if let (Some(delete), false) = (
+                a.serialized_executable_deleter,
+                a.serialized_executable.is_null(),
+            ) {
+                // SAFETY: called once, on the object the plugin returned, after the copy.
+                unsafe { delete(a.serialized_executable) };
+            }
+            if bytes.is_empty() {
+                return Err(invalid(
+                    "PJRT_Executable_Serialize returned no bytes".into(),
+                ));
+            }
+            Ok(bytes)
+        })
+    }
+
     /// Number of outputs the program returns (tuple elements flattened).
     pub fn num_outputs(&self) -> usize {
         self.num_outputs

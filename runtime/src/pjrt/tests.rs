@@ -443,3 +443,21 @@ fn compiled_memory_stats_count_arguments_outputs_and_aliases() {
     let acc = compile(ACCUMULATE_ALIASED).compiled_memory_stats().unwrap();
     assert_eq!(acc.alias_bytes, 4 * 4, "{acc:?}");
 }
+
+#[test]
+fn a_serialized_executable_runs_the_same_program_after_loading() {
+    let exe = compile(ADD_F32_GENERIC);
+    let bytes = exe.serialize().expect("serialize");
+    drop(exe);
+    let loaded = client().deserialize(&bytes).expect("deserialize");
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let a: Vec<f32> = (0..1024).map(|_| rng.random_range(-1e3..1e3)).collect();
+    let b: Vec<f32> = (0..1024).map(|_| rng.random_range(-1e3..1e3)).collect();
+    let ba = client().buffer_from_host(&a, &[1024]).unwrap();
+    let bb = client().buffer_from_host(&b, &[1024]).unwrap();
+    let out = loaded.execute_borrowed(&[&ba, &bb]).unwrap();
+    let got: Vec<f32> = out[0].to_host().unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_eq!(got, want);
+    assert!(client().deserialize(&bytes[..bytes.len() / 2]).is_err());
+}
