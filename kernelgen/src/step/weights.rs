@@ -29,21 +29,31 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
         .sum()
 }
 
-/// Uploads the weight parameters in [`pack_weights_dims`] order. Each part is taken from `src`
-/// only when its turn comes, into one scratch buffer that the next part reuses (the upload
+/// Uploads the weight parameters, returned in [`pack_weights_dims`] order. Each part is taken
+/// from `src` only when its turn comes, into a scratch buffer that later parts reuse (the upload
 /// copies during the call), so streaming from a [`runtime::model::ModelFile`] holds one part's
-/// worth of host memory besides what is already uploaded. The scratch is allocated once, at
-/// the first part's size (the embedding, the largest): parts freed one by one would raise
-/// glibc's mmap threshold and move the device buffers allocated after them onto the heap.
+/// worth of host memory besides what is already uploaded. Parts go largest first, and the
+/// scratch is swapped for a smaller one once the parts left are less than half its size: the
+/// embedding (and an untied LM head), a fifth of a small model, is then not held a second time
+/// while every other part is uploaded.
 pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buffer>, EngineError> {
     let m = src.config();
     let dims = |d: &[usize]| d.iter().map(|&d| d as i64).collect::<Vec<i64>>();
     let rope = rope_inv_freq(m);
-    let mut out = vec![client
+    let rope = client
         .buffer_from_host(&rope, &[rope.len() as i64])
-        .map_err(|e| EngineError::Executor(format!("uploading rope_inv_freq: {e}")))?];
-    let mut scratch = Vec::new();
-    for p in Part::all(m) {
+        .map_err(|e| EngineError::Executor(format!("uploading rope_inv_freq: {e}")))?;
+    let parts = Part::all(m);
+    let len = |p: Part| p.dims(m).iter().product::<usize>();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(len(parts[i])));
+    let mut uploaded: Vec<Option<Buffer>> = parts.iter().map(|_| None).collect();
+    let mut scratch: Vec<f32> = Vec::new();
+    for i in order {
+        let p = parts[i];
+        if scratch.capacity() > 2 * len(p) {
+            scratch = Vec::with_capacity(len(p));
+        }
         let what = || format!("uploading {}", p.name());
         let data = src
             .part(p, &mut scratch)
@@ -51,9 +61,11 @@ pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buf
         let buffer = client
             .buffer_from_host(data, &dims(&p.dims(m)))
             .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
-        out.push(buffer);
+        uploaded[i] = Some(buffer);
     }
-    Ok(out)
+    Ok(std::iter::once(rope)
+        .chain(uploaded.into_iter().flatten())
+        .collect())
 }
 
 #[cfg(test)]
