@@ -4,6 +4,7 @@
 
 use crate::artifact::Artifact;
 use crate::config::Dtype;
+use crate::step::executor::ProgramSetup;
 use crate::step::{default_buckets, DeviceExecutor, KernelSource, StepSource};
 use runtime::model::LlamaConfig;
 
@@ -70,6 +71,7 @@ pub fn check_artifact(
 }
 
 use crate::artifact::ArtifactError;
+use runtime::cache::executables::ExecutableCache;
 use runtime::engine::{engine_plan, validate_config};
 use runtime::engine::{Engine, EngineConfig, EngineError};
 use runtime::mem::MemTrace;
@@ -91,6 +93,8 @@ pub struct ServeOptions {
     pub plugin: PathBuf,
     /// Token buckets; `None`: powers of two up to max_tokens_per_round.
     pub buckets: Option<Vec<usize>>,
+    /// Where compiled step programs are kept between runs; `None` compiles every run.
+    pub program_cache: Option<ExecutableCache>,
 }
 
 /// Why serving could not start. Each is refused before any compile or device work.
@@ -183,9 +187,24 @@ pub struct Served {
     pub load_time: Duration,
 }
 
-/// Loads the model, checks the kernel against it, validates the engine config, uploads the
-/// weights and creates the KV pools. Programs compile on first use of each bucket.
-pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
+/// A model opened for serving, its kernel checked against it, the engine config validated, the
+/// plugin loaded, nothing compiled or uploaded yet: the caller can tokenize its prompts first and
+/// say which step programs to compile before the weights ([`Opened::start`]).
+pub struct Opened {
+    opts: ServeOptions,
+    model: ModelFile,
+    pub tokenizer: Tokenizer,
+    kernel: KernelSource,
+    desc: String,
+    client: Client,
+    memory: MemTrace,
+    t0: Instant,
+}
+
+/// Opens the model and its tokenizer, checks the kernel against it, validates the engine
+/// config, loads the plugin and checks the host memory: everything that can refuse a config
+/// before any compile or upload.
+pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     let t0 = Instant::now();
     validate_config(&opts.engine)?;
     let mut memory = MemTrace::default();
@@ -208,29 +227,125 @@ pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
     if client.platform_name().map_err(plugin_err)? == "cpu" {
         check_host_memory(&model.config, &opts.engine, opts.kv_dtype)?;
     }
-    let buckets = opts
-        .buckets
-        .clone()
-        .unwrap_or_else(|| default_buckets(opts.engine.max_tokens_per_round));
-    let source = StepSource {
-        model: model.config.clone(),
-        kernel,
-    };
-    let mut exec =
-        DeviceExecutor::new(client, &model, &opts.engine, opts.kv_dtype, buckets, source)?;
-    memory.stages.append(&mut exec.memory.stages);
-    exec.memory = memory;
-    let mut engine = Engine::new(opts.engine.clone(), exec)?;
-    engine.set_stop_token_ids(model.config.eos_token_ids.clone());
-    let tok = tokenizer.clone();
-    engine.set_detokenizer(Box::new(move |ids| {
-        tok.decode(ids, true).unwrap_or_default()
-    }));
-    Ok(Served {
-        engine,
+    Ok(Opened {
+        opts: opts.clone(),
+        model,
         tokenizer,
-        model: model.config,
-        kernel: desc,
-        load_time: t0.elapsed(),
+        kernel,
+        desc,
+        client,
+        memory,
+        t0,
     })
+}
+
+/// [`open`], then [`Opened::start`] with every program compiled on first use.
+pub fn start(opts: &ServeOptions) -> Result<Served, ServeError> {
+    open(opts)?.start(Vec::new())
+}
+
+impl Opened {
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.model.config
+    }
+
+    /// The prompt `text` as the model's chat template wraps one user message (`text` itself
+    /// when the model has no template or `raw`), tokenized.
+    pub fn encode_prompt(&self, text: &str, raw: bool) -> Result<Vec<u32>, ModelError> {
+        encode_prompt(&self.tokenizer, &self.model.config, text, raw)
+    }
+
+    /// Compiles the programs of `before_weights` (steps as (tokens, decode-only)), uploads the
+    /// weights and creates the KV pools. Other programs compile on first use of their bucket.
+    pub fn start(self, before_weights: Vec<(usize, bool)>) -> Result<Served, ServeError> {
+        let Opened {
+            opts,
+            model,
+            tokenizer,
+            kernel,
+            desc,
+            client,
+            mut memory,
+            t0,
+        } = self;
+        let buckets = opts
+            .buckets
+            .clone()
+            .unwrap_or_else(|| default_buckets(opts.engine.max_tokens_per_round));
+        let source = StepSource {
+            model: model.config.clone(),
+            kernel,
+        };
+        let setup = ProgramSetup {
+            cache: opts.program_cache.clone(),
+            before_weights,
+        };
+        let mut exec = DeviceExecutor::with_programs(
+            client,
+            &model,
+            &opts.engine,
+            opts.kv_dtype,
+            buckets,
+            source,
+            &setup,
+        )?;
+        memory.stages.append(&mut exec.memory.stages);
+        exec.memory = memory;
+        let mut engine = Engine::new(opts.engine.clone(), exec)?;
+        engine.set_stop_token_ids(model.config.eos_token_ids.clone());
+        let tok = tokenizer.clone();
+        engine.set_detokenizer(Box::new(move |ids| {
+            tok.decode(ids, true).unwrap_or_default()
+        }));
+        Ok(Served {
+            engine,
+            tokenizer,
+            model: model.config,
+            kernel: desc,
+            load_time: t0.elapsed(),
+        })
+    }
+}
+
+/// `text` as `config`'s chat template wraps one user message (`text` itself when the model has
+/// no template or `raw`), tokenized.
+pub fn encode_prompt(
+    tokenizer: &Tokenizer,
+    config: &LlamaConfig,
+    text: &str,
+    raw: bool,
+) -> Result<Vec<u32>, ModelError> {
+    let text = match (&config.chat_template, raw) {
+        (Some(t), false) => tokenizer.apply_chat_template(t, &[("user", text)], true)?,
+        _ => text.to_string(),
+    };
+    tokenizer.encode(&text, false)
+}
+
+/// The step programs, as (tokens, decode-only), that a run of `requests` (prompt tokens and
+/// samples of each) uses first under `engine`: the first prefill step (every prompt packed up to
+/// the token budget; a long prompt's last chunk too) and the decode step of every sample at
+/// once. [`Opened::start`] compiles them before the weights are uploaded.
+pub fn first_programs(engine: &EngineConfig, requests: &[(usize, usize)]) -> Vec<(usize, bool)> {
+    let budget = engine.max_tokens_per_round.max(1);
+    let total: usize = requests.iter().map(|&(len, _)| len).sum();
+    let samples: usize = requests.iter().map(|&(_, n)| n.max(1)).sum();
+    let mut steps = Vec::new();
+    let mut add = |step: (usize, bool)| {
+        if step.0 > 0 && !steps.contains(&step) {
+            steps.push(step);
+        }
+    };
+    if let [(len, _)] = requests {
+        if *len > budget && len % budget != 0 {
+            add((len % budget, false));
+        }
+    }
+    match total.min(budget) {
+        1 => add((1, true)),
+        first => add((first, false)),
+    }
+    add((samples.min(engine.max_seqs), true));
+    steps
 }

@@ -101,6 +101,84 @@ fn batch_mode_writes_one_json_line_per_request() {
     );
 }
 
+/// A single prompt's programs compile before the weights are uploaded (a compile's transient
+/// memory never adds to the weights'), and a second run loads them from the program cache and
+/// says the same thing.
+#[test]
+fn programs_compile_before_the_weights_and_load_from_the_cache_next_time() {
+    let dir = tmp("program-cache");
+    let cache = dir.join("executables");
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        "Name three colors.",
+        "--max-new-tokens",
+        "6",
+        "--json-metrics",
+        "--program-cache",
+        cache.to_str().unwrap(),
+    ];
+    args.extend_from_slice(ENGINE);
+    let run = |args: &[&str]| {
+        let o = kernelgen(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let at = out.find("\n{").expect("text, then the metrics JSON") + 1;
+        let metrics: serde_json::Value = serde_json::from_str(&out[at..]).unwrap();
+        (out[..at].to_string(), metrics)
+    };
+    let stages = |m: &serde_json::Value| -> Vec<String> {
+        m["memory"]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let origins = |m: &serde_json::Value| -> Vec<String> {
+        m["executor"]["origin"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (text, first) = run(&args);
+    let s = stages(&first);
+    let upload = s.iter().position(|x| x == "weights uploaded").unwrap();
+    let compiled: Vec<usize> = (0..s.len())
+        .filter(|&i| s[i].starts_with("compiled"))
+        .collect();
+    assert!(compiled.len() >= 2, "a prefill and a decode program: {s:?}");
+    assert!(
+        compiled.iter().all(|&i| i < upload),
+        "compiled after the upload: {s:?}"
+    );
+    assert!(origins(&first).iter().all(|o| o == "compiled"), "{first}");
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, compiled.len(), "one cache entry per program");
+
+    let (again, second) = run(&args);
+    assert_eq!(again, text, "greedy text from loaded programs");
+    assert!(origins(&second).iter().all(|o| o == "loaded"), "{second}");
+
+    let off: Vec<&str> = args
+        .iter()
+        .map(|&a| {
+            if a == cache.to_str().unwrap() {
+                "off"
+            } else {
+                a
+            }
+        })
+        .collect();
+    let (_, uncached) = run(&off);
+    assert!(
+        origins(&uncached).iter().all(|o| o == "compiled"),
+        "{uncached}"
+    );
+}
+
 /// One clear error, exit non-zero, for each kind of bad input.
 #[test]
 fn bad_inputs_fail_with_one_clear_error() {

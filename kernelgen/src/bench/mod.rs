@@ -45,6 +45,7 @@ impl BenchModel {
             kv_dtype: Dtype::F32,
             plugin: self.plugin.clone(),
             buckets: None,
+            program_cache: None,
         }
     }
 }

@@ -171,6 +171,26 @@ impl PluginArg {
     }
 }
 
+/// Where compiled step programs are kept between runs.
+#[derive(Args, Debug)]
+pub struct ProgramCacheArg {
+    /// Folder of compiled step programs: a later run with the same model, kernel, engine shape and plugin loads them instead of compiling (seconds saved per program); `off` compiles every run. Bounded to 1 GiB, least recently used first out [default: <cache>/executables]
+    #[arg(long, value_name = "DIR|off")]
+    pub program_cache: Option<PathBuf>,
+}
+
+impl ProgramCacheArg {
+    /// The cache this flag names: `None` for `off`.
+    pub fn cache(&self) -> Option<runtime::cache::executables::ExecutableCache> {
+        use runtime::cache::executables::ExecutableCache;
+        match &self.program_cache {
+            Some(dir) if dir.as_os_str() == "off" => None,
+            Some(dir) => Some(ExecutableCache::at(dir)),
+            None => Some(ExecutableCache::default_dir()),
+        }
+    }
+}
+
 /// Engine shape flags: what `generate` serves with and what `emit-step` emits a program for.
 #[derive(Args, Debug)]
 pub struct EngineArgs {

@@ -1,11 +1,11 @@
 //! `kernelgen generate`: serve a Llama model with a paged KV cache and a generated kernel.
 
-use super::args::{EngineArgs, PluginArg, ServedArgs};
+use super::args::{EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
 use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kernelgen::serve::{start, ServeOptions};
+use kernelgen::serve::{first_programs, open, ServeOptions};
 use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,6 +43,8 @@ pub struct GenerateArgs {
     pub served: ServedArgs,
     #[command(flatten)]
     pub plugin: PluginArg,
+    #[command(flatten)]
+    pub program_cache: ProgramCacheArg,
     #[arg(long, default_value_t = 128, help_heading = "Sampling")]
     pub max_new_tokens: usize,
     /// 0 = greedy
@@ -145,6 +147,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         kv_dtype: a.engine.kv_dtype,
         plugin: a.plugin.path(),
         buckets: None,
+        program_cache: a.program_cache.cache(),
     };
     if !opts.model.exists() {
         bail!(
@@ -152,21 +155,19 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             opts.model.display()
         );
     }
-    let mut served = start(&opts)?;
-    let chat = |text: &str| -> anyhow::Result<String> {
-        match (&served.model.chat_template, a.raw) {
-            (Some(t), false) => {
-                Ok(served
-                    .tokenizer
-                    .apply_chat_template(t, &[("user", text)], true)?)
-            }
-            _ => Ok(text.to_string()),
-        }
+    let opened = open(&opts)?;
+    let lines_params: Vec<(&str, Option<&PromptLine>)> = match &a.prompt {
+        Some(p) => vec![(p.as_str(), None)],
+        None => lines.iter().map(|l| (l.prompt.as_str(), Some(l))).collect(),
     };
-    if let Some(prompt) = &a.prompt {
-        let text = chat(prompt)?;
-        let ids = served.tokenizer.encode(&text, false)?;
-        let p = params(&a, None);
+    let mut prepared: Vec<(Vec<u32>, SamplingParams)> = lines_params
+        .into_iter()
+        .map(|(text, line)| Ok((opened.encode_prompt(text, a.raw)?, params(&a, line))))
+        .collect::<anyhow::Result<_>>()?;
+    let shapes: Vec<(usize, usize)> = prepared.iter().map(|(ids, p)| (ids.len(), p.n)).collect();
+    let mut served = opened.start(first_programs(&opts.engine, &shapes))?;
+    if a.prompt.is_some() {
+        let (ids, p) = prepared.remove(0);
         let stops = p.stop_strings.clone();
         let id = served.engine.submit(ids, p)?;
         eprintln!(
@@ -177,15 +178,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         );
         stream(&mut served, id, &stops)?;
     } else {
-        let prepared: Vec<(Vec<u32>, SamplingParams)> = lines
-            .iter()
-            .map(|l| {
-                Ok((
-                    served.tokenizer.encode(&chat(&l.prompt)?, false)?,
-                    params(&a, Some(l)),
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?;
         let mut ids = BTreeMap::new();
         for (i, (prompt, p)) in prepared.into_iter().enumerate() {
             let id = served

@@ -9,6 +9,7 @@
 
 use super::weights::upload_weights;
 use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
+use runtime::cache::executables::{ExecutableCache, Origin};
 use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, EngineError, StepBatch, StepExecutor};
 use runtime::mem::MemTrace;
@@ -47,8 +48,10 @@ impl PhaseTimes {
 /// Timings the executor records.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ExecutorTimes {
-    /// Per program ("t16", "t16-decode"): emission + compile time in seconds.
+    /// Per program ("t16", "t16-decode"): emission + compile (or cache load) time in seconds.
     pub compile: BTreeMap<String, f64>,
+    /// Per program: whether it was compiled or loaded from the program cache.
+    pub origin: BTreeMap<String, Origin>,
     /// Every step.
     pub all: PhaseTimes,
     /// Steps that ran a decode-only program (one new token per sequence).
@@ -83,11 +86,25 @@ pub struct DeviceExecutor {
     pub compiled: BTreeMap<String, CompiledMemoryStats>,
     /// Compile time not yet handed to the engine (see `take_setup_time`).
     unreported_setup: Duration,
+    /// Where compiled programs are kept between runs; `None` compiles every run.
+    program_cache: Option<ExecutableCache>,
+}
+
+/// How a [`DeviceExecutor`] gets its programs: from a cache on disk, and which ones before the
+/// weights are uploaded.
+#[derive(Clone, Debug, Default)]
+pub struct ProgramSetup {
+    /// Where compiled programs are kept between runs; `None` compiles every run.
+    pub cache: Option<ExecutableCache>,
+    /// Steps, as (tokens, decode-only), whose programs are compiled before the weights are
+    /// uploaded: a compile needs transient memory several times its program's size, which
+    /// then never adds to the weights' and the KV pool's. Other programs compile on first use.
+    pub before_weights: Vec<(usize, bool)>,
 }
 
 impl DeviceExecutor {
     /// Uploads `model`'s weights (part by part: a [`runtime::model::ModelFile`] is streamed)
-    /// and creates the KV pools on `client`'s device.
+    /// and creates the KV pools on `client`'s device. Programs compile on first use.
     pub fn new(
         client: Client,
         model: &dyn WeightSource,
@@ -96,30 +113,28 @@ impl DeviceExecutor {
         buckets: Vec<usize>,
         source: StepSource,
     ) -> Result<DeviceExecutor, EngineError> {
+        let setup = ProgramSetup::default();
+        Self::with_programs(client, model, engine, kv_dtype, buckets, source, &setup)
+    }
+
+    /// [`DeviceExecutor::new`], with programs from `setup.cache` and those of
+    /// `setup.before_weights` ready before the weights are uploaded.
+    pub fn with_programs(
+        client: Client,
+        model: &dyn WeightSource,
+        engine: &EngineConfig,
+        kv_dtype: Dtype,
+        buckets: Vec<usize>,
+        source: StepSource,
+        setup: &ProgramSetup,
+    ) -> Result<DeviceExecutor, EngineError> {
         if buckets.is_empty() || buckets.windows(2).any(|w| w[0] >= w[1]) {
             return Err(EngineError::Config(format!(
                 "token buckets must be ascending and non-empty: {buckets:?}"
             )));
         }
-        let mut memory = MemTrace::default();
-        let weights = upload_weights(&client, model)?;
-        memory.record("weights uploaded");
         let config = model.config();
-        let shapes = StepShapes::new(engine, buckets[0], kv_dtype);
-        let pool_dims = shapes.pool_dims(config);
-        let pool_type = match kv_dtype {
-            Dtype::F32 => ElementType::F32,
-            Dtype::Bf16 => ElementType::Bf16,
-        };
-        let pools = (0..config.num_layers)
-            .map(|_| {
-                client
-                    .uninitialized_buffer(pool_type, &pool_dims)
-                    .map_err(exec_err("creating a KV pool"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        memory.record("KV pools created");
-        Ok(DeviceExecutor {
+        let mut exec = DeviceExecutor {
             client,
             engine: engine.clone(),
             kv_dtype,
@@ -127,13 +142,35 @@ impl DeviceExecutor {
             buckets,
             programs: BTreeMap::new(),
             source,
-            weights,
-            pools,
+            weights: Vec::new(),
+            pools: Vec::new(),
             times: ExecutorTimes::default(),
-            memory,
+            memory: MemTrace::default(),
             compiled: BTreeMap::new(),
             unreported_setup: Duration::ZERO,
-        })
+            program_cache: setup.cache.clone(),
+        };
+        for &(tokens, decode) in &setup.before_weights {
+            let bucket = exec.bucket_for(tokens)?;
+            exec.compile_bucket(bucket, decode)?;
+        }
+        exec.weights = upload_weights(&exec.client, model)?;
+        exec.memory.record("weights uploaded");
+        let shapes = StepShapes::new(engine, exec.buckets[0], kv_dtype);
+        let pool_dims = shapes.pool_dims(config);
+        let pool_type = match kv_dtype {
+            Dtype::F32 => ElementType::F32,
+            Dtype::Bf16 => ElementType::Bf16,
+        };
+        exec.pools = (0..config.num_layers)
+            .map(|_| {
+                exec.client
+                    .uninitialized_buffer(pool_type, &pool_dims)
+                    .map_err(exec_err("creating a KV pool"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        exec.memory.record("KV pools created");
+        Ok(exec)
     }
 
     /// Peak resident memory so far, [`DeviceExecutor::memory`] and [`DeviceExecutor::compiled`].
@@ -186,15 +223,26 @@ impl DeviceExecutor {
                 .program(&shapes)
                 .map_err(|e| EngineError::Executor(e.to_string()))?;
             let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
-            let exe = self
-                .client
-                .compile(&text, &CompileOptions::new())
-                .map_err(exec_err(&format!("compiling the step program {name}")))?;
+            let options = CompileOptions::new();
+            let (exe, origin) = match &self.program_cache {
+                Some(cache) => cache.load_or_compile(&self.client, &text, &options),
+                None => self
+                    .client
+                    .compile(&text, &options)
+                    .map(|e| (e, Origin::Compiled)),
+            }
+            .map_err(exec_err(&format!("compiling the step program {name}")))?;
+            drop(text);
             self.times
                 .compile
                 .insert(name.clone(), start.elapsed().as_secs_f64());
+            self.times.origin.insert(name.clone(), origin);
             runtime::mem::release_free_heap();
-            self.memory.record(format!("compiled {name}"));
+            let verb = match origin {
+                Origin::Compiled => "compiled",
+                Origin::Loaded => "loaded",
+            };
+            self.memory.record(format!("{verb} {name}"));
             if let Ok(stats) = exe.compiled_memory_stats() {
                 self.compiled.insert(name, stats);
             }
