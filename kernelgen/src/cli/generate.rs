@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kernelgen::serve::{first_programs, open, ServeOptions};
+use runtime::cache::executables::Origin;
 use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -170,11 +171,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         let (ids, p) = prepared.remove(0);
         let stops = p.stop_strings.clone();
         let id = served.engine.submit(ids, p)?;
+        let times = &served.engine.executor().times;
+        let loaded = times.origin.values().filter(|&&o| o == Origin::Loaded);
         eprintln!(
-            "[kernelgen] {} ; kernel: {} ; loaded in {:.1} s",
+            "[kernelgen] {} ; kernel: {} ; loaded in {:.1} s ; {} programs in {:.1} s ({} from the program cache)",
             opts.model.display(),
             served.kernel,
-            served.load_time.as_secs_f64()
+            served.load_time.as_secs_f64(),
+            times.origin.len(),
+            times.compile.values().sum::<f64>(),
+            loaded.count(),
         );
         stream(&mut served, id, &stops)?;
     } else {
