@@ -814,3 +814,58 @@ proptest! {
         prop_assert_eq!(e.metrics().non_finite_samples(), failed_rows);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Cancelling requests at random steps (waiting, mid-prefill, mid-decode, some samples
+    /// done) frees their pages at once, keeps every pool invariant, never reports them as
+    /// finished, and leaves every other request's output exactly as it is alone.
+    #[test]
+    fn cancelled_requests_free_their_pages_and_change_no_other_output(
+        s in scenario(),
+        cancel_at in prop::collection::vec(prop::option::of(0usize..12), 8),
+    ) {
+        let mut e = engine(&s.config, s.vocab);
+        let mut ids = Vec::new();
+        for r in &s.reqs {
+            ids.push(e.submit(r.prompt.clone(), r.params.clone()).unwrap());
+        }
+        let mut cancelled = BTreeSet::new();
+        let mut finished = BTreeSet::new();
+        let mut done = Vec::new();
+        let mut step = 0;
+        while e.has_work() {
+            for (i, id) in ids.iter().enumerate() {
+                if cancel_at.get(i).copied().flatten() == Some(step) && !finished.contains(id) {
+                    prop_assert!(e.cancel(*id).unwrap(), "live request {}", id);
+                    prop_assert!(!e.cancel(*id).unwrap(), "cancelled twice");
+                    cancelled.insert(*id);
+                    prop_assert!(e.sequences().iter().all(|v| v.request != *id));
+                }
+            }
+            check_pool(&e, &finished.union(&cancelled).copied().collect())?;
+            if !e.has_work() {
+                break;
+            }
+            for ev in e.step().map_err(|err| TestCaseError::fail(err.to_string()))? {
+                prop_assert!(!cancelled.contains(&ev.request), "event after cancel");
+            }
+            for f in e.take_finished() {
+                finished.insert(f.id);
+                done.push(f);
+            }
+            step += 1;
+            prop_assert!(step < 20_000, "no progress");
+        }
+        let st = e.stats();
+        prop_assert_eq!((st.pages_in_use, st.pages_free), (0, s.config.max_pages));
+        prop_assert_eq!(e.metrics().requests_cancelled(), cancelled.len());
+        prop_assert_eq!(done.len() + cancelled.len(), s.reqs.len());
+        for f in &done {
+            prop_assert!(!cancelled.contains(&f.id));
+            let i = ids.iter().position(|id| *id == f.id).unwrap();
+            prop_assert_eq!(outputs(f), alone(&s, &s.reqs[i]));
+        }
+    }
+}

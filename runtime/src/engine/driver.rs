@@ -287,6 +287,20 @@ impl<E: StepExecutor> Engine<E> {
         Ok(id)
     }
 
+    /// Drops request `id` wherever it is (waiting, running, some samples finished): its
+    /// sequences leave the scheduler and their pages return to the pool now; nothing of it is
+    /// reported as finished. Returns whether the request was live.
+    pub fn cancel(&mut self, id: RequestId) -> Result<bool, EngineError> {
+        if self.requests.remove(&id).is_none() {
+            return Ok(false);
+        }
+        for seq in self.sched.seqs_of(id) {
+            self.sched.finish(seq)?;
+        }
+        self.metrics.record_cancelled();
+        Ok(true)
+    }
+
     /// Whether any request is unfinished.
     pub fn has_work(&self) -> bool {
         self.sched.has_work()

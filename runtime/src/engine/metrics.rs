@@ -88,6 +88,7 @@ pub struct Metrics {
     preemptions: usize,
     non_finite_samples: usize,
     requests_finished: usize,
+    requests_cancelled: usize,
     ttft: Vec<f64>,
     tpot: Vec<f64>,
     e2e: Vec<f64>,
@@ -132,6 +133,15 @@ impl Metrics {
 
     pub fn record_preemption(&mut self) {
         self.preemptions += 1;
+    }
+
+    /// A request was cancelled before it finished (its client went away).
+    pub fn record_cancelled(&mut self) {
+        self.requests_cancelled += 1;
+    }
+
+    pub fn requests_cancelled(&self) -> usize {
+        self.requests_cancelled
     }
 
     /// A sample stopped on a non-finite logits row ([`super::FinishReason::NonFiniteLogits`]).
@@ -252,6 +262,7 @@ impl Metrics {
             decode_tokens_per_s: per_s(self.decode_only_sampled, self.decode_only_time),
             output_tokens_per_s: per_s(self.sampled_tokens, self.total),
             requests_finished: self.requests_finished,
+            requests_cancelled: self.requests_cancelled,
             preemptions: self.preemptions,
             non_finite_samples: self.non_finite_samples,
             ttft_s: Summary::of(&self.ttft),
@@ -302,6 +313,8 @@ pub struct MetricsReport {
     /// All tokens sampled per second of total time.
     pub output_tokens_per_s: f64,
     pub requests_finished: usize,
+    /// Requests cancelled before they finished (not in `requests_finished`).
+    pub requests_cancelled: usize,
     pub preemptions: usize,
     /// Logits rows that held a NaN or an infinity, each stopping its sample with finish reason
     /// `non_finite_logits` (a request's n samples failing together on the row they would have

@@ -275,6 +275,15 @@ impl Scheduler {
         Ok(id)
     }
 
+    /// The live sequences (running or waiting) of `request`.
+    pub fn seqs_of(&self, request: RequestId) -> Vec<SeqId> {
+        self.seqs
+            .iter()
+            .filter(|(_, s)| s.request == request)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// Removes a finished sequence and releases its pages.
     pub fn finish(&mut self, id: SeqId) -> Result<Sequence, EngineError> {
         let mut seq = self
