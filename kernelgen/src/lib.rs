@@ -19,6 +19,7 @@ pub mod build;
 pub mod config;
 pub mod emit;
 mod error;
+pub mod http;
 pub mod numerics;
 pub mod serve;
 pub mod setup;

@@ -9,5 +9,6 @@ mod cli;
 mod common;
 mod generate_cli;
 mod oracle_live;
+mod serve_cli;
 mod tpu_compile;
 mod vmem_agreement;

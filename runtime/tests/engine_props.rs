@@ -208,6 +208,7 @@ fn params(
                     stop_token_ids: stop_ids,
                     stop_strings,
                     n,
+                    ignore_eos: false,
                 }
             },
         )

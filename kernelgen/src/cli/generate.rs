@@ -5,7 +5,7 @@ use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kernelgen::serve::{first_programs, open, ServeOptions};
+use kernelgen::serve::{first_programs, open, streamable, ServeOptions};
 use runtime::cache::executables::Origin;
 use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,7 @@ fn params(a: &GenerateArgs, line: Option<&PromptLine>) -> SamplingParams {
             .map(|l| l.stop.clone())
             .unwrap_or_else(|| a.stop.clone()),
         n: l.and_then(|l| l.n).unwrap_or(a.n),
+        ignore_eos: false,
     }
 }
 
@@ -252,29 +253,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-/// How much of `text` can be shown while generation goes on: all of it except an incomplete
-/// final character and any tail that could still grow into a stop string.
-fn streamable(text: &str, stops: &[String]) -> usize {
-    let mut end = text.len();
-    if text.ends_with('\u{FFFD}') {
-        // A partial UTF-8 sequence decodes to U+FFFD until its last byte arrives.
-        end -= '\u{FFFD}'.len_utf8();
-    }
-    for stop in stops {
-        if let Some(at) = text[..end].find(stop.as_str()) {
-            end = at;
-        }
-        // The longest tail of text[..end] that is a proper prefix of the stop string.
-        let held = (1..stop.len())
-            .rev()
-            .filter(|&k| stop.is_char_boundary(k) && k <= end)
-            .find(|&k| text[..end].ends_with(&stop[..k]))
-            .unwrap_or(0);
-        end -= held;
-    }
-    end
-}
-
 /// Streams one request's text to stdout as tokens arrive, holding back text that may turn out
 /// to be a stop string so nothing past the final cut is ever printed.
 fn stream(
@@ -326,57 +304,4 @@ fn stream(
         _ => {}
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::streamable;
-
-    /// Feeds `text` one character at a time, printing what `streamable` allows, as `stream` does.
-    fn streamed(text: &str, stops: &[String]) -> String {
-        let mut printed = 0;
-        let mut shown = String::new();
-        for (i, c) in text.char_indices() {
-            let so_far = &text[..i + c.len_utf8()];
-            let end = streamable(so_far, stops);
-            if end > printed {
-                shown.push_str(&so_far[printed..end]);
-                printed = end;
-            }
-        }
-        shown
-    }
-
-    #[test]
-    fn never_streams_a_stop_string_or_past_it() {
-        let stops = vec!["</s>".to_string(), "ab".to_string()];
-        for text in [
-            "hello</s> more",
-            "xaab tail",
-            "a</",
-            "no stop here",
-            "é</s>",
-            "</s>",
-        ] {
-            let cut = stops
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-                .unwrap_or(text.len());
-            let shown = streamed(text, &stops);
-            assert!(
-                text[..cut].starts_with(&shown),
-                "{text:?}: streamed {shown:?}"
-            );
-            assert!(
-                stops.iter().all(|s| !shown.contains(s.as_str())),
-                "{text:?}"
-            );
-        }
-        // Without stop strings everything complete is shown at once; a partial character is not.
-        assert_eq!(streamable("abc", &[]), 3);
-        assert_eq!(streamable("ab\u{FFFD}", &[]), 2);
-        // A tail that may grow into a stop string waits.
-        assert_eq!(streamable("hello</", &stops), 5);
-    }
 }

@@ -12,6 +12,7 @@ mod emit_step;
 mod generate;
 mod plan;
 mod print;
+mod serve;
 mod setup;
 mod verify;
 
@@ -94,7 +95,8 @@ fn after_help() -> String {
          kernelgen build --q 16 --kv 8 --preset smollm2-135m --page-size 16 --dtype f32 --out /tmp/k\n  \
          kernelgen verify out/rpa-q32-kv16                      run on the PJRT CPU plugin vs an f64 reference\n  \
          kernelgen check --target v5p --q 16 --kv 16            VMEM/SMEM budget on a TPU, before any compile\n  \
-         kernelgen generate --prompt \"Write a haiku.\"           serve the default model with the paged-KV engine",
+         kernelgen generate --prompt \"Write a haiku.\"           serve the default model with the paged-KV engine\n  \
+         kernelgen serve --port 8000                            the same engine behind the OpenAI HTTP API",
         codes.join("\n")
     )
 }
@@ -124,6 +126,7 @@ enum Command {
     Check(check::CheckArgs),
     Plan(plan::PlanArgs),
     Generate(generate::GenerateArgs),
+    Serve(serve::ServeArgs),
     Bench(bench::BenchArgs),
     #[command(hide = true)]
     EmitStep(emit_step::EmitStepArgs),
@@ -153,6 +156,7 @@ pub fn run() -> i32 {
         Command::Check(args) => check::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::EmitStep(args) => emit_step::run(args),
         Command::EmitPallas(args) => emit_pallas::run(args),

@@ -523,7 +523,9 @@ impl<E: StepExecutor> Engine<E> {
         };
         // Detokenize only when a stop string may match or the sample ends (for its text).
         let detok = || self.detokenizer.as_ref().map(|d| d(generated));
-        if self.stop_token_ids.contains(&last) || p.stop_token_ids.contains(&last) {
+        if (!p.ignore_eos && self.stop_token_ids.contains(&last))
+            || p.stop_token_ids.contains(&last)
+        {
             return Ok(Some((FinishReason::StopToken, detok())));
         }
         let text = if p.stop_strings.is_empty() {

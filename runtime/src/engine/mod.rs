@@ -60,6 +60,10 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Samples per prompt; they share the prompt's full KV pages by refcount.
     pub n: usize,
+    /// Generate past the engine-wide stop tokens (EOS): only this request's own
+    /// `stop_token_ids`, stop strings and lengths end it (benchmarks, load tests).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -73,6 +77,7 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             stop_strings: vec![],
             n: 1,
+            ignore_eos: false,
         }
     }
 }

@@ -1,0 +1,210 @@
+//! The server's Prometheus metrics (`GET /metrics`, text format), through `prometheus-client`.
+//!
+//! Besides kernelgen's own `kernelgen_*` families, the server exports the gauges the Kubernetes
+//! Gateway API Inference Extension's model-server protocol reads to pick an endpoint, under the
+//! names it expects from vLLM: `vllm:num_requests_waiting`, `vllm:num_requests_running`,
+//! `vllm:kv_cache_usage_perc` (and its older name `vllm:gpu_cache_usage_perc`), a 0-1 fraction.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+/// Every metric, cheap to clone (shared counters inside).
+#[derive(Clone)]
+pub struct ServerMetrics {
+    registry: Arc<Registry>,
+    running: Gauge,
+    waiting: Gauge,
+    pages_in_use: Gauge,
+    pages_total: Gauge,
+    usage: Gauge<f64, AtomicU64>,
+    vllm_waiting: Gauge,
+    vllm_running: Gauge,
+    vllm_usage: Gauge<f64, AtomicU64>,
+    vllm_usage_old: Gauge<f64, AtomicU64>,
+    preemptions: Counter,
+    preemptions_seen: Arc<AtomicUsize>,
+    pub requests: Family<Outcome, Counter>,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub latency: Histogram,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerMetrics {
+    pub fn new() -> ServerMetrics {
+        let mut r = Registry::default();
+        let m = ServerMetrics {
+            registry: Arc::new(Registry::default()),
+            running: Gauge::default(),
+            waiting: Gauge::default(),
+            pages_in_use: Gauge::default(),
+            pages_total: Gauge::default(),
+            usage: Gauge::default(),
+            vllm_waiting: Gauge::default(),
+            vllm_running: Gauge::default(),
+            vllm_usage: Gauge::default(),
+            vllm_usage_old: Gauge::default(),
+            preemptions: Counter::default(),
+            preemptions_seen: Arc::new(AtomicUsize::new(0)),
+            requests: Family::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            ttft: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            itl: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            latency: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+        };
+        let k = |name: &str| format!("kernelgen_{name}");
+        r.register(
+            k("requests_running"),
+            "Requests generating tokens",
+            m.running.clone(),
+        );
+        r.register(
+            k("requests_waiting"),
+            "Requests submitted and not yet scheduled for their first token",
+            m.waiting.clone(),
+        );
+        r.register(
+            k("kv_pages_in_use"),
+            "KV pages held by sequences",
+            m.pages_in_use.clone(),
+        );
+        r.register(
+            k("kv_pages_total"),
+            "KV pages in the pool",
+            m.pages_total.clone(),
+        );
+        r.register(
+            k("kv_cache_usage_ratio"),
+            "KV pages in use / total (0-1)",
+            m.usage.clone(),
+        );
+        r.register(
+            k("preemptions"),
+            "Sequences preempted for pages",
+            m.preemptions.clone(),
+        );
+        r.register(
+            k("requests"),
+            "Requests ended, by outcome (completed, failed, cancelled, rejected)",
+            m.requests.clone(),
+        );
+        r.register(
+            k("prompt_tokens"),
+            "Prompt tokens of ended requests",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            k("generation_tokens"),
+            "Tokens generated",
+            m.generation_tokens.clone(),
+        );
+        r.register(
+            k("time_to_first_token_seconds"),
+            "Arrival to first token",
+            m.ttft.clone(),
+        );
+        r.register(
+            k("inter_token_latency_seconds"),
+            "Time between consecutive tokens of a sample",
+            m.itl.clone(),
+        );
+        r.register(
+            k("request_latency_seconds"),
+            "Arrival to the end of the request",
+            m.latency.clone(),
+        );
+        r.register(
+            "vllm:num_requests_waiting",
+            "Requests waiting (Gateway API Inference Extension protocol)",
+            m.vllm_waiting.clone(),
+        );
+        r.register(
+            "vllm:num_requests_running",
+            "Requests running (Gateway API Inference Extension protocol)",
+            m.vllm_running.clone(),
+        );
+        r.register(
+            "vllm:kv_cache_usage_perc",
+            "KV cache usage, 0-1 (Gateway API Inference Extension protocol)",
+            m.vllm_usage.clone(),
+        );
+        r.register(
+            "vllm:gpu_cache_usage_perc",
+            "KV cache usage, 0-1 (the protocol's older name)",
+            m.vllm_usage_old.clone(),
+        );
+        ServerMetrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn set_state(&self, running: usize, waiting: usize, in_use: usize, total: usize) {
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            in_use as f64 / total as f64
+        };
+        self.running.set(running as i64);
+        self.vllm_running.set(running as i64);
+        self.waiting.set(waiting as i64);
+        self.vllm_waiting.set(waiting as i64);
+        self.pages_in_use.set(in_use as i64);
+        self.pages_total.set(total as i64);
+        self.usage.set(ratio);
+        self.vllm_usage.set(ratio);
+        self.vllm_usage_old.set(ratio);
+    }
+
+    /// The engine's running preemption count: the counter follows it.
+    pub fn preemptions_seen(&self, total: usize) {
+        let before = self.preemptions_seen.swap(total, Ordering::SeqCst);
+        if total > before {
+            self.preemptions.inc_by((total - before) as u64);
+        }
+    }
+
+    /// A request ended with `outcome`.
+    pub fn finish(&self, outcome: &str, prompt_tokens: usize, latency: Duration) {
+        self.count(outcome);
+        self.prompt_tokens.inc_by(prompt_tokens as u64);
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// A request counted under `outcome` without reaching the engine (rejected).
+    pub fn count(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&Outcome {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
