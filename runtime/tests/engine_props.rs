@@ -870,3 +870,113 @@ proptest! {
         }
     }
 }
+
+/// `s` run with the prefix cache on, with every pool check after every step; finished requests
+/// by submission index, and the engine.
+fn run_cached(s: &Scenario) -> Result<(Engine<MockExec>, Vec<FinishedRequest>), TestCaseError> {
+    let mut e = engine(&s.config, s.vocab);
+    e.enable_prefix_caching();
+    let mut ids = BTreeMap::new();
+    let mut done = Vec::new();
+    let mut step = 0;
+    while ids.len() < s.reqs.len() || e.has_work() {
+        for (i, r) in s.reqs.iter().enumerate() {
+            if r.arrival == step {
+                ids.insert(e.submit(r.prompt.clone(), r.params.clone()).unwrap(), i);
+            }
+        }
+        e.step()
+            .map_err(|err| TestCaseError::fail(err.to_string()))?;
+        done.extend(e.take_finished());
+        prop_assert!(e.check_invariants().is_ok(), "{:?}", e.check_invariants());
+        let st = e.stats();
+        prop_assert_eq!(st.pages_in_use + st.pages_free, s.config.max_pages);
+        prop_assert!(st.pages_cached <= st.pages_free);
+        prop_assert!(st.prefix_hit_tokens <= st.prefix_queried_tokens);
+        step += 1;
+        prop_assert!(step < 20_000, "no progress");
+    }
+    prop_assert_eq!(done.len(), s.reqs.len());
+    prop_assert_eq!(e.stats().pages_in_use, 0);
+    done.sort_by_key(|f| ids[&f.id]);
+    Ok((e, done))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    /// With the prefix cache on and prompts that share prefixes (some whole), every request's
+    /// output is what it is alone without the cache: a reused page always holds exactly the
+    /// K/V its prefix would have written (the mock's logits hash everything read back).
+    #[test]
+    fn the_prefix_cache_changes_no_output(
+        s in scenario(),
+        share in prop::collection::vec((any::<bool>(), any::<usize>()), 12),
+    ) {
+        let mut s = s;
+        let base = s.reqs[0].prompt.clone();
+        for (r, &(shared, cut)) in s.reqs.iter_mut().zip(&share).skip(1) {
+            if shared {
+                let k = cut % (r.prompt.len().min(base.len()) + 1);
+                r.prompt[..k].copy_from_slice(&base[..k]);
+            }
+        }
+        let (_, done) = run_cached(&s)?;
+        for (f, r) in done.iter().zip(&s.reqs) {
+            prop_assert_eq!(outputs(f), alone(&s, r), "request {:?}", r);
+        }
+    }
+}
+
+/// A system prompt of three pages shared by requests that arrive one after another: each
+/// later request finds the three pages and prefills only its own tail, with the same output.
+#[test]
+fn a_shared_system_prompt_is_prefilled_once() {
+    let ps = 4;
+    let config = EngineConfig {
+        max_seqs: 2,
+        max_pages: 40,
+        page_size: ps,
+        max_seq_len: 32,
+        max_tokens_per_round: 64,
+    };
+    let system: Vec<u32> = (0..3 * ps as u32).map(|t| t % 20).collect();
+    let reqs: Vec<Req> = (0..4u32)
+        .map(|i| Req {
+            arrival: 0,
+            prompt: system.iter().copied().chain([i, i + 1, 7]).collect(),
+            params: SamplingParams {
+                max_new_tokens: 5,
+                ..SamplingParams::default()
+            },
+        })
+        .collect();
+    let s = Scenario {
+        config: config.clone(),
+        vocab: 24,
+        alone_page_size: 3,
+        reqs: reqs.clone(),
+    };
+    let mut e = engine(&config, 24);
+    e.enable_prefix_caching();
+    let mut prefilled = Vec::new();
+    for r in &reqs {
+        let before = e.metrics().prefill_tokens();
+        e.submit(r.prompt.clone(), r.params.clone()).unwrap();
+        let done = e.run_to_completion().unwrap();
+        assert_eq!(outputs(&done[0]), alone(&s, r));
+        prefilled.push(e.metrics().prefill_tokens() - before);
+    }
+    let st = e.stats();
+    assert_eq!(
+        st.prefix_hit_tokens,
+        3 * 3 * ps as u64,
+        "three later requests, three pages each"
+    );
+    assert_eq!(prefilled[0], reqs[0].prompt.len());
+    assert!(prefilled[1..]
+        .iter()
+        .all(|&p| p == reqs[0].prompt.len() - 3 * ps));
+    assert!(st.pages_cached > 0 && st.pages_in_use == 0);
+    assert!(e.check_invariants().is_ok());
+}

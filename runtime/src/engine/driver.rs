@@ -42,9 +42,15 @@ pub struct DecodeStats {
     /// Sequences waiting for admission (new, or preempted).
     pub waiting: usize,
     pub pages_in_use: usize,
+    /// Pages a sequence can get: empty ones and cached ones.
     pub pages_free: usize,
+    /// Of `pages_free`, those keeping a finished prefix for reuse (prefix cache).
+    pub pages_cached: usize,
     /// Largest page refcount (> 1 while samples share prompt pages).
     pub max_refcount: u32,
+    /// Prompt tokens looked up in the prefix cache at admission, and those found.
+    pub prefix_queried_tokens: u64,
+    pub prefix_hit_tokens: u64,
 }
 
 /// One finished sample.
@@ -313,8 +319,18 @@ impl<E: StepExecutor> Engine<E> {
             waiting: self.sched.num_waiting(),
             pages_in_use: a.in_use(),
             pages_free: a.free(),
+            pages_cached: a.cached(),
             max_refcount: a.max_refcount(),
+            prefix_queried_tokens: self.sched.prefix_stats().queried_tokens,
+            prefix_hit_tokens: self.sched.prefix_stats().hit_tokens,
         }
+    }
+
+    /// Keeps full KV pages after their last sequence and reuses them for any later sequence
+    /// with the same prefix of tokens (keyed by a hash chained over the tokens): such a
+    /// sequence prefills only the rest. Call before submitting anything.
+    pub fn enable_prefix_caching(&mut self) {
+        self.sched.enable_prefix_caching();
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rand_chacha::ChaCha8Rng;
 
-use super::page_allocator::PageAllocator;
+use super::page_allocator::{page_hash, PageAllocator, PageHash};
 use super::{EngineConfig, EngineError, RequestId, SeqInBatch, StepBatch};
 
 /// Scheduler-internal sequence handle.
@@ -91,6 +91,9 @@ pub struct Sequence {
     /// Admission stamp while running (larger = admitted later); `None` while waiting.
     pub admitted: Option<u64>,
     pub rng: ChaCha8Rng,
+    /// Hashes of the sequence's full pages of tokens, in order, as far as computed (prefix
+    /// cache; they depend on the tokens alone, so they survive preemption).
+    page_hashes: Vec<PageHash>,
 }
 
 impl Sequence {
@@ -104,7 +107,20 @@ impl Sequence {
             pages: PageTable::default(),
             admitted: None,
             rng,
+            page_hashes: Vec::new(),
         }
+    }
+
+    /// The hash of full page `i` (extending the chain as needed); `None` when the sequence's
+    /// tokens do not fill it.
+    fn page_hash(&mut self, i: usize, page_size: usize) -> Option<PageHash> {
+        while self.page_hashes.len() <= i {
+            let j = self.page_hashes.len();
+            let tokens = self.tokens.get(j * page_size..(j + 1) * page_size)?;
+            let prev = j.checked_sub(1).map(|k| self.page_hashes[k]);
+            self.page_hashes.push(page_hash(prev, tokens));
+        }
+        Some(self.page_hashes[i])
     }
 
     pub fn generated(&self) -> &[u32] {
@@ -157,6 +173,14 @@ pub struct Scheduler {
     waiting: VecDeque<SeqId>,
     next_seq: SeqId,
     next_admission: u64,
+    prefix: PrefixStats,
+}
+
+/// What the prefix cache saved: tokens admitted sequences looked up, and those found computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    pub queried_tokens: u64,
+    pub hit_tokens: u64,
 }
 
 fn bug(msg: impl std::fmt::Display) -> EngineError {
@@ -174,7 +198,72 @@ impl Scheduler {
             waiting: VecDeque::new(),
             next_seq: 0,
             next_admission: 0,
+            prefix: PrefixStats::default(),
         }
+    }
+
+    /// Keeps full pages after their last user and reuses them for equal prefixes.
+    pub fn enable_prefix_caching(&mut self) {
+        if !self.alloc.caches_prefixes() {
+            self.alloc =
+                std::mem::replace(&mut self.alloc, PageAllocator::new(0)).with_prefix_cache();
+        }
+    }
+
+    pub fn prefix_stats(&self) -> PrefixStats {
+        self.prefix
+    }
+
+    /// Gives waiting sequence `id` the cached pages of its longest cached prefix of full
+    /// pages (never its last token: that one must run to sample), marking them computed.
+    /// Returns the pages taken.
+    fn take_cached_prefix(&mut self, id: SeqId) -> Result<usize, EngineError> {
+        if !self.alloc.caches_prefixes() {
+            return Ok(0);
+        }
+        let ps = self.config.page_size;
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or_else(|| bug(format!("unknown sequence {id}")))?;
+        if seq.num_computed != 0 || !seq.pages.is_empty() {
+            return Ok(0);
+        }
+        let usable = seq.tokens.len().saturating_sub(1) / ps;
+        let mut taken = 0;
+        for i in 0..usable {
+            let Some(hash) = seq.page_hash(i, ps) else {
+                break;
+            };
+            let Some(page) = self.alloc.acquire(hash) else {
+                break;
+            };
+            seq.pages.push(page);
+            taken += 1;
+        }
+        seq.num_computed = taken * ps;
+        self.prefix.queried_tokens += seq.tokens.len() as u64;
+        self.prefix.hit_tokens += (taken * ps) as u64;
+        Ok(taken)
+    }
+
+    /// Undoes [`Scheduler::take_cached_prefix`] for a sequence that could not be admitted.
+    fn return_cached_prefix(&mut self, id: SeqId, taken: usize) -> Result<(), EngineError> {
+        if taken == 0 {
+            return Ok(());
+        }
+        let ps = self.config.page_size;
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or_else(|| bug(format!("unknown sequence {id}")))?;
+        for page in seq.pages.take() {
+            self.alloc.release(page).map_err(bug)?;
+        }
+        seq.num_computed = 0;
+        self.prefix.queried_tokens -= seq.tokens.len() as u64;
+        self.prefix.hit_tokens -= (taken * ps) as u64;
+        Ok(())
     }
 
     pub fn allocator(&self) -> &PageAllocator {
@@ -408,9 +497,11 @@ impl Scheduler {
                 let Some(&id) = self.waiting.front() else {
                     break;
                 };
+                let taken = self.take_cached_prefix(id)?;
                 let pending = self.seq(id)?.pending();
                 let len = self.fit(id, pending.min(budget))?;
                 if len == 0 {
+                    self.return_cached_prefix(id, taken)?;
                     break;
                 }
                 self.waiting.pop_front();
@@ -486,14 +577,31 @@ impl Scheduler {
         Ok((batch, samples))
     }
 
-    /// Marks the chunks' tokens as computed (after the executor ran them).
+    /// Marks the chunks' tokens as computed (after the executor ran them); with the prefix
+    /// cache on, registers the pages they filled.
     pub fn commit(&mut self, chunks: &[Chunk]) -> Result<(), EngineError> {
+        let ps = self.config.page_size;
+        let caching = self.alloc.caches_prefixes();
         for c in chunks {
-            let seq = self.seq_mut(c.seq)?;
+            let seq = self
+                .seqs
+                .get_mut(&c.seq)
+                .ok_or_else(|| bug(format!("unknown sequence {}", c.seq)))?;
             if seq.num_computed != c.start {
                 return Err(bug(format!("chunk {c:?} does not continue the sequence")));
             }
             seq.num_computed += c.len;
+            if !caching {
+                continue;
+            }
+            for i in (c.start / ps)..(seq.num_computed / ps) {
+                let hash = seq
+                    .page_hash(i, ps)
+                    .ok_or_else(|| bug(format!("sequence {}: page {i} not full", c.seq)))?;
+                self.alloc
+                    .register(seq.pages.pages()[i], hash)
+                    .map_err(bug)?;
+            }
         }
         Ok(())
     }
@@ -506,7 +614,7 @@ impl Scheduler {
         let ps = self.config.page_size;
         self.alloc.check_invariants()?;
         let mut refs = vec![0u32; self.alloc.capacity()];
-        let mut owner: BTreeMap<u32, (RequestId, usize)> = BTreeMap::new();
+        let mut owner: BTreeMap<u32, (RequestId, usize, SeqId)> = BTreeMap::new();
         for (id, seq) in &self.seqs {
             let running = self.running.contains(id);
             if running == self.waiting.contains(id) {
@@ -526,14 +634,25 @@ impl Scheduler {
                     .get_mut(page as usize)
                     .ok_or_else(|| format!("sequence {id} names out-of-range page {page}"))?;
                 *r += 1;
-                if let Some(&(req, at)) = owner.get(&page) {
-                    if req != seq.request || at != i || (i + 1) * ps > seq.prompt_len {
+                if let Some(&(req, at, first)) = owner.get(&page) {
+                    let end = (i + 1) * ps;
+                    let ok = if self.alloc.caches_prefixes() {
+                        // Any sequences, if the page is full and their prefixes equal.
+                        let other = &self.seqs[&first];
+                        at == i
+                            && end <= seq.num_computed
+                            && end <= other.num_computed
+                            && seq.tokens[..end] == other.tokens[..end]
+                    } else {
+                        req == seq.request && at == i && end <= seq.prompt_len
+                    };
+                    if !ok {
                         return Err(format!(
-                            "page {page} shared outside one request's full prompt pages"
+                            "page {page} shared by sequences whose contents for it differ"
                         ));
                     }
                 } else {
-                    owner.insert(page, (seq.request, i));
+                    owner.insert(page, (seq.request, i, *id));
                 }
             }
         }
