@@ -95,6 +95,8 @@ pub struct ServeOptions {
     pub buckets: Option<Vec<usize>>,
     /// Where compiled step programs are kept between runs; `None` compiles every run.
     pub program_cache: Option<ExecutableCache>,
+    /// Reuse full KV pages across requests with equal prefixes ([`Engine::enable_prefix_caching`]).
+    pub prefix_caching: bool,
 }
 
 /// Why serving could not start. Each is refused before any compile or device work.
@@ -298,6 +300,9 @@ impl Opened {
         exec.memory = memory;
         let mut engine = Engine::new(opts.engine.clone(), exec)?;
         engine.set_stop_token_ids(model.config.eos_token_ids.clone());
+        if opts.prefix_caching {
+            engine.enable_prefix_caching();
+        }
         let tok = tokenizer.clone();
         engine.set_detokenizer(Box::new(move |ids| {
             tok.decode(ids, true).unwrap_or_default()

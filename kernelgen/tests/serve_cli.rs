@@ -612,3 +612,48 @@ fn the_openai_python_client_works_against_the_server() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn prefix_caching_reuses_a_shared_system_prompt_without_changing_greedy_text() {
+    let system = "You are a careful assistant for a shipping company. Answer in one short \
+                  sentence, name the port when there is one, never invent tracking numbers, and \
+                  say when you do not know. Ports we serve: Rotterdam, Hamburg, Antwerp, \
+                  Le Havre, Felixstowe, Valencia, Genoa, Piraeus and Gdansk.";
+    let questions = [
+        "Which ports do you serve in Italy?",
+        "Is Hamburg a port you serve?",
+        "Hi",
+    ];
+    let texts = |extra: &[&str]| -> (Vec<String>, f64, f64) {
+        let s = Server::start(extra);
+        let texts = questions
+            .iter()
+            .map(|q| {
+                let body = json!({
+                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}],
+                    "max_tokens": 12, "temperature": 0,
+                });
+                let r = s.post("/v1/chat/completions", &body);
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (
+            texts,
+            s.metric("kernelgen_prefix_cache_hits_total"),
+            s.metric("kernelgen_prefix_cache_queries_total"),
+        )
+    };
+    let (cached, hits, queries) = texts(&[]);
+    let (uncached, no_hits, _) = texts(&["--no-prefix-caching"]);
+    assert_eq!(cached, uncached, "greedy text with the cache on equals off");
+    // Page size 16: the system prompt's full pages are found by the second and third requests.
+    assert!(
+        hits >= 2.0 * 16.0 * 3.0,
+        "hits {hits} of {queries} queried tokens"
+    );
+    assert_eq!(no_hits, 0.0);
+}

@@ -46,6 +46,7 @@ impl BenchModel {
             plugin: self.plugin.clone(),
             buckets: None,
             program_cache: None,
+            prefix_caching: false,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct GenerateArgs {
     /// Do not apply the chat template
     #[arg(long)]
     pub raw: bool,
+    /// Reuse the KV pages of prompt prefixes earlier requests computed (same system prompt, same document): later requests prefill only what differs
+    #[arg(long)]
+    pub prefix_caching: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Print the run's metrics as JSON (to stderr in batch mode when --out is stdout)
@@ -150,6 +153,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         plugin: a.plugin.path(),
         buckets: None,
         program_cache: a.program_cache.cache(),
+        prefix_caching: a.prefix_caching,
     };
     if !opts.model.exists() {
         bail!(

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM before they are aborted
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Do not reuse the KV pages of prompt prefixes earlier requests computed (on by default: a shared system prompt is prefilled once)
+    #[arg(long)]
+    pub no_prefix_caching: bool,
     #[command(flatten)]
     pub served: ServedArgs,
     #[command(flatten)]
@@ -98,6 +101,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         plugin: a.plugin.path(),
         buckets: None,
         program_cache: a.program_cache.cache(),
+        prefix_caching: !a.no_prefix_caching,
     };
     if !opts.model.exists() {
         bail!(

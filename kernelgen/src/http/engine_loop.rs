@@ -394,7 +394,11 @@ impl EngineLoop {
         let running = self.live.len().saturating_sub(waiting);
         self.metrics
             .set_state(running, waiting, st.pages_in_use, total);
-        self.metrics
-            .preemptions_seen(self.served.engine.metrics().preemptions());
+        self.metrics.set_cached(st.pages_cached);
+        self.metrics.totals_seen(
+            self.served.engine.metrics().preemptions(),
+            st.prefix_queried_tokens,
+            st.prefix_hit_tokens,
+        );
     }
 }

@@ -35,6 +35,9 @@ pub struct ServerMetrics {
     vllm_usage_old: Gauge<f64, AtomicU64>,
     preemptions: Counter,
     preemptions_seen: Arc<AtomicUsize>,
+    pages_cached: Gauge,
+    prefix_queries: Counter,
+    prefix_hits: Counter,
     pub requests: Family<Outcome, Counter>,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
@@ -65,6 +68,9 @@ impl ServerMetrics {
             vllm_usage_old: Gauge::default(),
             preemptions: Counter::default(),
             preemptions_seen: Arc::new(AtomicUsize::new(0)),
+            pages_cached: Gauge::default(),
+            prefix_queries: Counter::default(),
+            prefix_hits: Counter::default(),
             requests: Family::default(),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
@@ -102,6 +108,21 @@ impl ServerMetrics {
             k("preemptions"),
             "Sequences preempted for pages",
             m.preemptions.clone(),
+        );
+        r.register(
+            k("kv_pages_cached"),
+            "Free KV pages keeping a prefix for reuse (prefix cache)",
+            m.pages_cached.clone(),
+        );
+        r.register(
+            k("prefix_cache_queries"),
+            "Prompt tokens looked up in the prefix cache",
+            m.prefix_queries.clone(),
+        );
+        r.register(
+            k("prefix_cache_hits"),
+            "Prompt tokens found in the prefix cache (not prefilled)",
+            m.prefix_hits.clone(),
         );
         r.register(
             k("requests"),
@@ -184,12 +205,23 @@ impl ServerMetrics {
         self.vllm_usage_old.set(ratio);
     }
 
-    /// The engine's running preemption count: the counter follows it.
-    pub fn preemptions_seen(&self, total: usize) {
-        let before = self.preemptions_seen.swap(total, Ordering::SeqCst);
-        if total > before {
-            self.preemptions.inc_by((total - before) as u64);
+    /// The engine's running totals: the counters follow them.
+    pub fn totals_seen(&self, preemptions: usize, prefix_queried: u64, prefix_hit: u64) {
+        let before = self.preemptions_seen.swap(preemptions, Ordering::SeqCst);
+        if preemptions > before {
+            self.preemptions.inc_by((preemptions - before) as u64);
         }
+        let up = |c: &Counter, total: u64| {
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        };
+        up(&self.prefix_queries, prefix_queried);
+        up(&self.prefix_hits, prefix_hit);
+    }
+
+    pub fn set_cached(&self, pages: usize) {
+        self.pages_cached.set(pages as i64);
     }
 
     /// A request ended with `outcome`.
