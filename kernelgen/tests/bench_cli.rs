@@ -246,3 +246,53 @@ fn memory_bench_refuses_zero_counts_naming_the_flag() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--warm-steps"));
 }
+
+/// A small `bench serve`: every level has both modes measured on the same requests, the
+/// server's throughput is a ratio of batch mode's, and the prefix-cache run finds the system
+/// prompt's pages.
+#[test]
+fn serve_bench_sets_the_server_beside_batch_mode() {
+    let o = kernelgen(&[
+        "bench",
+        "serve",
+        "--clients",
+        "1,2",
+        "--requests-per-client",
+        "1",
+        "--new-tokens",
+        "4",
+        "--prompt-len",
+        "16",
+        "--system-prompt-len",
+        "64",
+        "--prefix-requests",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
+    let levels = r["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in levels {
+        let c = l["clients"].as_u64().unwrap();
+        for mode in ["batch", "server"] {
+            assert_eq!(l[mode]["requests"].as_u64(), Some(c), "{l}");
+            assert!(
+                l[mode]["output_tokens_per_s"].as_f64().unwrap() > 0.0,
+                "{l}"
+            );
+        }
+        let ratio = l["server"]["output_tokens_per_s"].as_f64().unwrap()
+            / l["batch"]["output_tokens_per_s"].as_f64().unwrap();
+        assert!((l["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
+    }
+    assert!(r["http_overhead_per_token"].is_number());
+    assert!(
+        r["prefix"]["hit_tokens"].as_u64().unwrap() >= 16,
+        "{}",
+        r["prefix"]
+    );
+    let o = kernelgen(&["bench", "serve", "--clients", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--clients"), "{}", stderr(&o));
+}

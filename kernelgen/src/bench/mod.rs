@@ -7,6 +7,8 @@
 //!   matmul-rate bounds, with each decode step taken apart;
 //! - [`kernel`]: kernel artifacts timed against each other on one decode batch;
 //! - [`memory`]: serving's peak and long-run resident memory beside the weights + KV pool;
+//! - [`serve`]: the HTTP server beside the engine's batch mode on the same prompts, and what
+//!   prefix caching does to time to first token;
 //! - [`check`]: the VMEM checker's configs/s;
 //! - [`probes`]: the bandwidth and matmul-rate probes.
 
@@ -15,6 +17,7 @@ pub mod decode;
 pub mod kernel;
 pub mod memory;
 pub mod probes;
+pub mod serve;
 
 use crate::serve::{ServeOptions, Served};
 use runtime::dtype::Dtype;

@@ -20,6 +20,7 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
     Decode(DecodeArgs),
+    Serve(ServeBenchArgs),
     Memory(MemoryArgs),
     Kernel(KernelBenchArgs),
     Check(CheckBenchArgs),
@@ -66,6 +67,107 @@ pub struct MemoryArgs {
     pub warm_steps: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The HTTP server (kernelgen serve) beside the engine's batch mode on the same prompts
+#[derive(Args, Debug)]
+#[command(after_help = "\
+At each --clients count C, C client threads each send --requests-per-client streaming \
+completions (--prompt-len prompt tokens, exactly --new-tokens output tokens) one after another \
+to a server on 127.0.0.1; batch mode runs the same prompts in-process with C in flight. Each \
+level runs once unmeasured first (compiles its programs), then measured. Printed: requests/s, \
+output tokens/s, time to first token p50/p99, median inter-token gap, and the server's output \
+tokens/s over batch mode's (target >= 0.90 at 32 clients); the HTTP overhead per token (the \
+server's inter-token gap at one client over batch mode's time per token, target < 5%); and the \
+median time to first token of chats sharing a --system-prompt-len system prompt with the prefix \
+cache off and on (target: on at least 3x faster for 512 tokens).
+
+Example: kernelgen bench serve --clients 1,8,32 --json")]
+pub struct ServeBenchArgs {
+    #[command(flatten)]
+    pub served: ServedArgs,
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    /// Concurrent clients to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub clients: Vec<usize>,
+    /// Requests each client sends, one after another
+    #[arg(long, default_value_t = 2)]
+    pub requests_per_client: usize,
+    /// Prompt tokens per request (about: prompts are text)
+    #[arg(long, default_value_t = 64)]
+    pub prompt_len: usize,
+    /// Output tokens per request (end-of-sequence ignored)
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Tokens of the shared system prompt (prefix caching)
+    #[arg(long, default_value_t = 512)]
+    pub system_prompt_len: usize,
+    /// Chats measured with the shared system prompt, cache off and on
+    #[arg(long, default_value_t = 6)]
+    pub prefix_requests: usize,
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_serve(a: ServeBenchArgs) -> anyhow::Result<ExitCode> {
+    let b = bench::serve::ServeBench {
+        served: bench_model(&a.served, &a.plugin),
+        clients: a.clients.clone(),
+        requests_per_client: a.requests_per_client,
+        prompt_len: a.prompt_len,
+        new_tokens: a.new_tokens,
+        system_prompt_len: a.system_prompt_len,
+        prefix_requests: a.prefix_requests,
+        page_size: a.page_size,
+    };
+    let bar = ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let r = bench::serve::run(&b, &mut |msg| bar.set_message(msg.to_string()));
+    bar.finish_and_clear();
+    let r = r.map_err(classify)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::Ok);
+    }
+    println!(
+        "{:>7}  {:>22}  {:>22}  {:>17}  {:>17}  {:>13}  {:>6}",
+        "clients",
+        "req/s batch | server",
+        "out tok/s batch | srv",
+        "TTFT p50 b | s",
+        "TTFT p99 b | s",
+        "ITL b | s ms",
+        "ratio"
+    );
+    for l in &r.levels {
+        println!(
+            "{:>7}  {:>10.2} | {:>9.2}  {:>10.1} | {:>9.1}  {:>7.3} | {:>7.3}  {:>7.3} | {:>7.3}  {:>5.1} | {:>5.1}  {:>6.2}",
+            l.clients,
+            l.batch.requests_per_s,
+            l.server.requests_per_s,
+            l.batch.output_tokens_per_s,
+            l.server.output_tokens_per_s,
+            l.batch.ttft_p50_s,
+            l.server.ttft_p50_s,
+            l.batch.ttft_p99_s,
+            l.server.ttft_p99_s,
+            l.batch.itl_p50_s * 1e3,
+            l.server.itl_p50_s * 1e3,
+            l.ratio
+        );
+    }
+    if let Some(o) = r.http_overhead_per_token {
+        println!("HTTP overhead per token at 1 client: {:+.1}% of batch mode's time per token (target < 5%)", o * 100.0);
+    }
+    let p = &r.prefix;
+    println!(
+        "prefix caching, {}-token system prompt, {} chats: TTFT p50 {:.3} s off, {:.3} s on: {:.1}x (target >= 3x); {} prompt tokens found",
+        p.system_prompt_tokens, p.requests, p.ttft_off_p50_s, p.ttft_on_p50_s, p.speedup, p.hit_tokens
+    );
+    Ok(ExitCode::Ok)
 }
 
 /// Throughput of the analytic VMEM checker (configs per second)
@@ -185,6 +287,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Decode(a) => run_decode(a),
         BenchWhat::Memory(a) => run_memory(a),
+        BenchWhat::Serve(a) => run_serve(a),
         BenchWhat::Kernel(k) => run_kernel(k),
         BenchWhat::Check(c) => run_check(c),
     }

@@ -4,7 +4,8 @@ use super::args::{EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
 use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
-use kernelgen::http::{serve, ServerOptions};
+use kernelgen::http::metrics::ServerMetrics;
+use kernelgen::http::{serve_until, wait_for_signal, ServerOptions};
 use kernelgen::serve::{open, ServeOptions};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -134,10 +135,23 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let name = server.model_name.clone();
+    let timeout = server.shutdown_timeout.as_secs();
+    let stop = async move {
+        wait_for_signal().await;
+        eprintln!(
+            "[kernelgen serve] shutting down: finishing in-flight requests (up to {timeout} s)"
+        );
+    };
+    let listening =
+        |addr| eprintln!("[kernelgen serve] listening on http://{addr} (model {name:?})");
     runtime
-        .block_on(serve(served, server, |addr| {
-            eprintln!("[kernelgen serve] listening on http://{addr} (model {name:?})");
-        }))
+        .block_on(serve_until(
+            served,
+            server,
+            listening,
+            stop,
+            ServerMetrics::new(),
+        ))
         .map_err(super::failed)?;
     eprintln!("[kernelgen serve] stopped");
     Ok(ExitCode::Ok)

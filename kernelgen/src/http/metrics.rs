@@ -220,6 +220,11 @@ impl ServerMetrics {
         up(&self.prefix_hits, prefix_hit);
     }
 
+    /// Prompt tokens found in the prefix cache so far.
+    pub fn prefix_hit_tokens(&self) -> u64 {
+        self.prefix_hits.get()
+    }
+
     pub fn set_cached(&self, pages: usize) {
         self.pages_cached.set(pages as i64);
     }

@@ -145,13 +145,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serves `served` until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
-/// finish for `opts.shutdown_timeout`, aborts the rest and returns. `on_listen` gets the bound
-/// address (port 0 picks a free one).
-pub async fn serve(
+/// Serves `served` until `stop` completes (`wait_for_signal`: SIGTERM or SIGINT), then stops
+/// accepting, lets in-flight requests finish for `opts.shutdown_timeout`, aborts the rest and
+/// returns. `on_listen` gets the bound address (port 0 picks a free one); the server records
+/// into `metrics`, of which the caller may keep a clone.
+pub async fn serve_until(
     served: Served,
     opts: ServerOptions,
     on_listen: impl FnOnce(SocketAddr),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    metrics: ServerMetrics,
 ) -> Result<(), ServerError> {
     let addr = format!("{}:{}", opts.host, opts.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -161,7 +164,6 @@ pub async fn serve(
             source,
         })?;
     on_listen(listener.local_addr()?);
-    let metrics = ServerMetrics::new();
     let tokenizer = Arc::new(served.tokenizer.clone());
     let config = Arc::new(served.model.clone());
     let max_seq_len = served.engine.config().max_seq_len;
@@ -180,11 +182,7 @@ pub async fn serve(
     let timeout = opts.shutdown_timeout;
     let drain = engine.clone();
     let shutdown = async move {
-        wait_for_signal().await;
-        eprintln!(
-            "[kernelgen serve] shutting down: finishing in-flight requests (up to {} s)",
-            timeout.as_secs()
-        );
+        stop.await;
         drain.shared.draining.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -199,7 +197,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
