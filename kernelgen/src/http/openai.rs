@@ -54,6 +54,11 @@ pub struct Common {
     /// Extension (vLLM's name): generate past the model's end-of-sequence token.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Features this server does not have: refused by name rather than silently ignored, so a
+    /// client never takes an answer for what it did not ask.
+    pub tools: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// `prompt`: a string, or a list of one string.
@@ -257,6 +262,7 @@ impl Common {
     /// The engine's sampling parameters. `max_tokens` defaults to `default_max_tokens` (what
     /// is left of the context for chat, 16 for completions, as OpenAI's API has it).
     pub fn sampling(&self, default_max_tokens: usize) -> Result<SamplingParams, Invalid> {
+        self.refuse_unsupported()?;
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) => return Err(Invalid::new("max_tokens", "max_tokens must be >= 1")),
             Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
@@ -310,6 +316,30 @@ impl Common {
             n,
             ignore_eos: self.ignore_eos,
         })
+    }
+
+    /// A request for tool calls, structured output or log probabilities (this server has
+    /// none of them) is a 400 naming the field; their "off" values pass.
+    fn refuse_unsupported(&self) -> Result<(), Invalid> {
+        use serde_json::Value;
+        let unsupported = |field: &str, what: &str| {
+            Err(Invalid::new(
+                field,
+                format!("{field}: {what} is not supported by this server; remove the field"),
+            ))
+        };
+        if matches!(&self.tools, Some(Value::Array(t)) if !t.is_empty()) {
+            return unsupported("tools", "tool calling");
+        }
+        if let Some(f) = &self.response_format {
+            if f.get("type").and_then(Value::as_str) != Some("text") {
+                return unsupported("response_format", "structured output (JSON mode, schemas)");
+            }
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+            Some(_) => unsupported("logprobs", "returning log probabilities"),
+        }
     }
 
     /// Whether a stream ends with a usage chunk.
@@ -399,6 +429,22 @@ mod tests {
         assert_eq!(c.sampling(16).unwrap_err().param.as_deref(), Some("top_p"));
         let c = common(r#"{"prompt": "hi", "stop": ["a", ""]}"#);
         assert_eq!(c.sampling(16).unwrap_err().param.as_deref(), Some("stop"));
+        for (field, json) in [
+            (
+                "tools",
+                r#"{"prompt": "hi", "tools": [{"type": "function"}]}"#,
+            ),
+            (
+                "response_format",
+                r#"{"prompt": "hi", "response_format": {"type": "json_object"}}"#,
+            ),
+            ("logprobs", r#"{"prompt": "hi", "logprobs": 2}"#),
+        ] {
+            let e = common(json).sampling(16).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{json}");
+        }
+        let off = r#"{"prompt": "hi", "tools": [], "response_format": {"type": "text"}, "logprobs": false}"#;
+        assert!(common(off).sampling(16).is_ok());
         let c = common(r#"{"prompt": "hi", "stop": "x", "top_k": -1, "seed": 3}"#);
         let p = c.sampling(16).unwrap();
         assert_eq!(
