@@ -434,3 +434,44 @@ mod streaming_tests {
         assert_eq!(streamable("hello</", &stops), 5);
     }
 }
+
+#[cfg(test)]
+mod first_programs_tests {
+    use super::*;
+
+    fn engine(max_seqs: usize, budget: usize) -> EngineConfig {
+        EngineConfig {
+            max_seqs,
+            max_pages: 64,
+            page_size: 16,
+            max_seq_len: 1024,
+            max_tokens_per_round: budget,
+        }
+    }
+
+    #[test]
+    fn the_first_prefill_and_decode_steps_of_a_run() {
+        // One prompt that fits the budget: its prefill, then one decoding sequence.
+        assert_eq!(
+            first_programs(&engine(32, 64), &[(30, 1)]),
+            vec![(30, false), (1, true)]
+        );
+        // A long prompt: a full chunk and its last, shorter one.
+        assert_eq!(
+            first_programs(&engine(32, 64), &[(150, 1)]),
+            vec![(22, false), (64, false), (1, true)]
+        );
+        // A one-token prompt is a decode step from the start.
+        assert_eq!(
+            first_programs(&engine(32, 64), &[(1, 2)]),
+            vec![(1, true), (2, true)]
+        );
+        // Many prompts pack to the budget; decode holds every sample up to max_seqs.
+        let many = vec![(20, 2); 40];
+        assert_eq!(
+            first_programs(&engine(32, 64), &many),
+            vec![(64, false), (32, true)]
+        );
+        assert!(first_programs(&engine(32, 64), &[]).is_empty());
+    }
+}

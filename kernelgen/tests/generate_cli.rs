@@ -12,17 +12,7 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// Small engine shapes keep the compiled programs small.
-const ENGINE: &[&str] = &[
-    "--max-seqs",
-    "4",
-    "--max-pages",
-    "128",
-    "--max-seq-len",
-    "256",
-    "--max-tokens-per-round",
-    "64",
-];
+use crate::common::SMALL_ENGINE as ENGINE;
 
 #[test]
 fn answers_a_factual_question_in_english() {

@@ -9,17 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Small engine shapes keep the compiled programs small.
-const ENGINE: &[&str] = &[
-    "--max-seqs",
-    "4",
-    "--max-pages",
-    "128",
-    "--max-seq-len",
-    "256",
-    "--max-tokens-per-round",
-    "64",
-];
+use crate::common::SMALL_ENGINE as ENGINE;
 
 /// A running server, killed on drop.
 struct Server {

@@ -171,6 +171,34 @@ impl PluginArg {
     }
 }
 
+/// What `generate` and `serve` start serving with, refused when the model file is missing.
+pub fn serve_options(
+    served: &ServedArgs,
+    plugin: &PluginArg,
+    engine: &EngineArgs,
+    cache: &ProgramCacheArg,
+    prefix_caching: bool,
+) -> anyhow::Result<kernelgen::serve::ServeOptions> {
+    let opts = kernelgen::serve::ServeOptions {
+        model: served.model_path(),
+        kernel: served.kernel.clone(),
+        blocks: served.blocks(),
+        engine: engine.config(),
+        kv_dtype: engine.kv_dtype,
+        plugin: plugin.path(),
+        buckets: None,
+        program_cache: cache.cache(),
+        prefix_caching,
+    };
+    if !opts.model.exists() {
+        anyhow::bail!(
+            "model {} not found: run scripts/setup.sh --model, or pass --model",
+            opts.model.display()
+        );
+    }
+    Ok(opts)
+}
+
 /// Where compiled step programs are kept between runs.
 #[derive(Args, Debug)]
 pub struct ProgramCacheArg {

@@ -1,11 +1,11 @@
 //! `kernelgen generate`: serve a Llama model with a paged KV cache and a generated kernel.
 
-use super::args::{EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
+use super::args::{serve_options, EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
 use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kernelgen::serve::{first_programs, open, streamable, ServeOptions};
+use kernelgen::serve::{first_programs, open, streamable};
 use runtime::cache::executables::Origin;
 use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -144,23 +144,13 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         None => vec![],
     };
-    let opts = ServeOptions {
-        model: a.served.model_path(),
-        kernel: a.served.kernel.clone(),
-        blocks: a.served.blocks(),
-        engine: a.engine.config(),
-        kv_dtype: a.engine.kv_dtype,
-        plugin: a.plugin.path(),
-        buckets: None,
-        program_cache: a.program_cache.cache(),
-        prefix_caching: a.prefix_caching,
-    };
-    if !opts.model.exists() {
-        bail!(
-            "model {} not found: run scripts/setup.sh --model, or pass --model",
-            opts.model.display()
-        );
-    }
+    let opts = serve_options(
+        &a.served,
+        &a.plugin,
+        &a.engine,
+        &a.program_cache,
+        a.prefix_caching,
+    )?;
     let opened = open(&opts)?;
     let lines_params: Vec<(&str, Option<&PromptLine>)> = match &a.prompt {
         Some(p) => vec![(p.as_str(), None)],

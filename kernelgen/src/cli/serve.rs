@@ -1,12 +1,12 @@
 //! `kernelgen serve`: the OpenAI-compatible HTTP server on the paged-KV engine.
 
-use super::args::{EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
+use super::args::{serve_options, EngineArgs, PluginArg, ProgramCacheArg, ServedArgs};
 use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use kernelgen::http::metrics::ServerMetrics;
 use kernelgen::http::{serve_until, wait_for_signal, ServerOptions};
-use kernelgen::serve::{open, ServeOptions};
+use kernelgen::serve::open;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,23 +93,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let opts = ServeOptions {
-        model: a.served.model_path(),
-        kernel: a.served.kernel.clone(),
-        blocks: a.served.blocks(),
-        engine: a.engine.config(),
-        kv_dtype: a.engine.kv_dtype,
-        plugin: a.plugin.path(),
-        buckets: None,
-        program_cache: a.program_cache.cache(),
-        prefix_caching: !a.no_prefix_caching,
-    };
-    if !opts.model.exists() {
-        bail!(
-            "model {} not found: run scripts/setup.sh --model, or pass --model",
-            opts.model.display()
-        );
-    }
+    let opts = serve_options(
+        &a.served,
+        &a.plugin,
+        &a.engine,
+        &a.program_cache,
+        !a.no_prefix_caching,
+    )?;
     let server = ServerOptions {
         host: a.host.clone(),
         port: a.port,

@@ -3,6 +3,18 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Small engine shapes for serving tests: they keep the compiled programs small.
+pub const SMALL_ENGINE: &[&str] = &[
+    "--max-seqs",
+    "4",
+    "--max-pages",
+    "128",
+    "--max-seq-len",
+    "256",
+    "--max-tokens-per-round",
+    "64",
+];
+
 /// Runs the built `kernelgen` binary with `args` and collects its output.
 pub fn kernelgen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kernelgen"))
