@@ -177,9 +177,35 @@ pub fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// Bytes as the TPU compiler prints them in its scoped-allocation errors (`16.79M`, `804.0K`,
+/// `512B`): base 1024, one decimal for K, two for M and above.
+pub fn fmt_compiler_bytes(b: u64) -> String {
+    let x = b as f64;
+    if b < 1024 {
+        format!("{b}B")
+    } else if x < 1024.0 * 1024.0 {
+        format!("{:.1}K", x / 1024.0)
+    } else if x < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}M", x / (1024.0 * 1024.0))
+    } else {
+        format!("{:.2}G", x / (1024.0 * 1024.0 * 1024.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiler_byte_strings() {
+        // From the compiler's message for the v5p llama3-8b page 128 config: "Scoped allocation with
+        // size 16.79M and limit 16.00M exceeded scoped vmem limit by 804.0K."
+        let size = 16 * MIB + 3 * 256 * 1024 + 36 * 1024;
+        assert_eq!(fmt_compiler_bytes(size), "16.79M");
+        assert_eq!(fmt_compiler_bytes(16 * MIB), "16.00M");
+        assert_eq!(fmt_compiler_bytes(size - 16 * MIB), "804.0K");
+        assert_eq!(fmt_compiler_bytes(512), "512B");
+    }
 
     #[test]
     fn tiles_follow_mosaic_rule() {

@@ -45,6 +45,30 @@ fn reported_oom_does_not_fit_and_suggests_what_fits() {
         .map(|b| b["bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(stage1, 17_600_512);
+    assert_eq!(r["scoped"]["exceeds_limit"], true);
+    assert_eq!(
+        r["scoped"]["scratch_bytes"].as_u64().unwrap()
+            + r["scoped"]["internal_bytes"].as_u64().unwrap(),
+        stage1
+    );
+    // The text report speaks the compiler's numbers: the user's "16.79M", "16.00M", "804.0K".
+    let text = kernelgen(&[
+        "check",
+        "--target",
+        "v5p",
+        "--preset",
+        "llama3-8b",
+        "--page-size",
+        "128",
+        "--q",
+        "16",
+        "--kv",
+        "16",
+    ]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    for figure in ["16.79M", "16.00M", "804.0K"] {
+        assert!(out.contains(figure), "{figure} missing:\n{out}");
+    }
     let suggestions = r["suggestions"].as_array().unwrap();
     assert!(
         suggestions

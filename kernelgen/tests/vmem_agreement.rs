@@ -161,3 +161,60 @@ fn leave_one_out_is_no_worse_than_today() {
         );
     }
 }
+
+/// Where the compiler ran out in its first scoped-allocation check (the checker's scratch plus
+/// internal scratch over the limit), the size it printed is the checker's scratch figure, with
+/// or without the internal scratch, in the compiler's own `16.79M` form: a user finds the number
+/// of their error in `kernelgen check`. Points that ran out later (windows, spills) print larger
+/// sizes and are not this check's.
+#[test]
+fn the_compilers_scoped_size_is_the_scratch_figure() {
+    use kernelgen::target::{fmt_compiler_bytes, Target};
+    use kernelgen::vmem::{check, CheckRequest};
+    for kernel in KERNELS {
+        let (mut checked, mut with_internal) = (0, 0);
+        for p in points(kernel) {
+            let msg = &p.response.message;
+            let Some(printed) = msg
+                .split("Scoped allocation with size ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+            else {
+                continue;
+            };
+            let t = Target::find(&p.request.target).unwrap();
+            let limit = p.response.limit_bytes.filter(|&l| l <= t.vmem_bytes);
+            let Ok(rep) = check(&CheckRequest {
+                cfg: &p.request.config,
+                target: t,
+                kernel,
+                vmem_limit: limit,
+            }) else {
+                continue;
+            };
+            if !rep.scoped.exceeds_limit {
+                continue;
+            }
+            let s = rep.scoped;
+            let (alone, total) = (
+                fmt_compiler_bytes(s.scratch_bytes),
+                fmt_compiler_bytes(s.total_bytes()),
+            );
+            assert!(
+                printed == alone || printed == total,
+                "{} on {}: compiler printed {printed}, checker {alone} scratch / {total} with internal ({})",
+                kernel.name(),
+                t.name,
+                p.request.config
+            );
+            assert_eq!(rep.verdict, kernelgen::vmem::Verdict::DoesNotFit);
+            checked += 1;
+            with_internal += usize::from(printed == total);
+        }
+        eprintln!(
+            "{}: {checked} points failed the first scoped check; {with_internal} printed scratch + internal",
+            kernel.name()
+        );
+        assert!(checked >= 5, "{}: only {checked} points", kernel.name());
+    }
+}

@@ -1,7 +1,7 @@
 //! How VMEM reports, suggestions and the TPU compiler's verdicts print (`check`, `build`,
 //! `check --matrix`).
 
-use kernelgen::target::{fmt_bytes, Target};
+use kernelgen::target::{fmt_bytes, fmt_compiler_bytes, Target};
 use kernelgen::tpu::{CompilerVerdict, OracleResponse};
 use kernelgen::vmem::matrix::MatrixReport;
 use kernelgen::vmem::suggest::Suggestion;
@@ -67,6 +67,32 @@ pub fn print_report(r: &VmemReport, t: &Target) {
         fmt_bytes(r.limit_bytes),
         fmt_bytes(t.vmem_bytes)
     );
+    let s = &r.scoped;
+    let (total, scratch) = (
+        fmt_compiler_bytes(s.total_bytes()),
+        fmt_compiler_bytes(s.scratch_bytes),
+    );
+    let sum = format!(
+        "{total} = {scratch} scratch + {} internal",
+        fmt_compiler_bytes(s.internal_bytes)
+    );
+    if s.exceeds_limit {
+        println!(
+            "{:<17} {sum}: over the limit by {}, so the compile stops there whatever the spills;",
+            "scoped alloc",
+            fmt_compiler_bytes(s.total_bytes() - r.limit_bytes)
+        );
+        println!(
+            "{:<17} the compiler's error: \"Scoped allocation with size {total} and limit {}\" ({scratch} on some targets)",
+            "",
+            fmt_compiler_bytes(r.limit_bytes)
+        );
+    } else {
+        println!(
+            "{:<17} {sum}, under the limit: the verdict rests on the total (windows and spills come next)",
+            "scoped alloc"
+        );
+    }
     let margin = if r.margin_bytes >= 0 {
         fmt_bytes(r.margin_bytes as u64)
     } else {
