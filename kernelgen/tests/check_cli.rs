@@ -343,3 +343,69 @@ fn plan_rejects_the_documented_examples() {
     );
     assert!(ours["plan"]["levanter"].is_null());
 }
+
+/// A page table too large for SMEM: `plan` names the most sequences, and the longest sequence,
+/// whose page tables fit; each suggestion, planned again, passes the kernel's SMEM check.
+#[test]
+fn plan_names_the_page_tables_that_fit_smem() {
+    let base = [
+        "plan",
+        "--target",
+        "v5p",
+        "--preset",
+        "llama3-8b",
+        "--page-size",
+        "16",
+        "--q",
+        "32",
+        "--kv",
+        "16",
+        "--max-prompt-len",
+        "64",
+        "--max-pages",
+        "400000",
+    ];
+    let run = |seqs: &str, new_tokens: &str, json: bool| {
+        let mut args = base.to_vec();
+        args.extend(["--max-seqs", seqs, "--max-new-tokens", new_tokens]);
+        if json {
+            args.push("--json");
+        }
+        kernelgen(&args)
+    };
+    let text = run("1024", "4096", false);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("fix: max_seqs "), "{out}");
+    let r = json(&run("1024", "4096", true));
+    let k = &r["kernel"][0];
+    assert_eq!(k["report"]["smem"]["verdict"], "does_not_fit");
+    let seqs = k["smem_room"]["max_num_seqs"].as_u64().unwrap();
+    let pps = k["smem_room"]["pages_per_seq"].as_u64().unwrap();
+    assert!(
+        seqs < 1024 && out.contains(&format!("max_seqs {seqs} ")),
+        "{out}"
+    );
+    let smem_ok = |o: &std::process::Output| {
+        let r = json(o);
+        r["kernel"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["report"]["smem"]["verdict"] == "fits")
+    };
+    assert!(
+        smem_ok(&run(&seqs.to_string(), "4096", true)),
+        "max_seqs {seqs} fits"
+    );
+    assert!(
+        !smem_ok(&run(&(seqs + 1).to_string(), "4096", true)),
+        "and is the most"
+    );
+    // max_seq_len = pages_per_seq x 16 = 64 prompt + new tokens
+    let new_tokens = pps * 16 - 64;
+    assert!(
+        smem_ok(&run("1024", &new_tokens.to_string(), true)),
+        "max_seq_len {} fits",
+        pps * 16
+    );
+}

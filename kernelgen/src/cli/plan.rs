@@ -102,6 +102,8 @@ struct KernelCheck {
     shape: &'static str,
     max_num_tokens: u32,
     report: VmemReport,
+    /// The largest page tables that fit SMEM, one knob at a time.
+    smem_room: kernelgen::vmem::smem::SmemRoom,
 }
 
 #[derive(Serialize)]
@@ -191,10 +193,12 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
         let resolved = resolve_request(&spec, &a.opts)?;
         let mut report = check(&resolved.request())?;
         report.notes.splice(0..0, resolved.notes.iter().cloned());
+        let smem_room = kernelgen::vmem::smem::room(&resolved.cfg, &target, report.kernel);
         kernel.push(KernelCheck {
             shape,
             max_num_tokens: resolved.cfg.max_num_tokens(),
             report,
+            smem_room,
         });
     }
     let rules_ok = rules.iter().all(|r| r.ok);
@@ -254,6 +258,28 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
             fmt_bytes(r.smem.capacity_bytes),
             r.smem.verdict
         );
+        if r.smem.verdict != Verdict::Fits {
+            // The page table (max_seqs x pages_per_seq int32, rows padded to 128 words) is
+            // what outgrows SMEM: name the most of each knob that fits with the other kept.
+            let room = &k.smem_room;
+            let mut fixes = Vec::new();
+            if let Some(s) = room.max_num_seqs {
+                fixes.push(format!(
+                    "max_seqs {s} (the most whose page tables fit SMEM at max_seq_len {max_seq_len})"
+                ));
+            }
+            if let Some(p) = room.pages_per_seq {
+                fixes.push(format!(
+                    "max_seq_len {} (the longest whose page tables fit at max_seqs {})",
+                    p * page,
+                    a.max_seqs
+                ));
+            }
+            if fixes.is_empty() {
+                fixes.push("no single knob fits: lower max_seqs and max_seq_len together".into());
+            }
+            println!("     {:<20} fix: {}", "", fixes.join(", or "));
+        }
     }
     println!("verdict: {}", verdict.to_uppercase());
     Ok(code)

@@ -45,8 +45,50 @@ fn padded_i32(shape: &[u64]) -> u64 {
 /// array (each row padded to 128 words) and keeps a 2-word state array; kernelgen's flattens
 /// page_indices to 1-D and keeps its state in registers.
 pub fn account(cfg: &KernelConfig, t: &Target, kernel: KernelModel) -> SmemReport {
-    let s = cfg.max_num_seqs() as u64;
-    let pps = cfg.pages_per_seq() as u64;
+    account_shape(
+        cfg.max_num_seqs() as u64,
+        cfg.pages_per_seq() as u64,
+        t,
+        kernel,
+    )
+}
+
+/// The largest page tables that fit SMEM, one knob at a time: the most sequences at the
+/// config's pages per sequence, and the most pages per sequence at its sequence count (`None`
+/// where not even one fits). A fitting config gets its own figures or more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SmemRoom {
+    pub max_num_seqs: Option<u64>,
+    pub pages_per_seq: Option<u64>,
+}
+
+/// [`SmemRoom`] of `cfg` on `t` (binary search over the one formula [`account`] uses).
+pub fn room(cfg: &KernelConfig, t: &Target, kernel: KernelModel) -> SmemRoom {
+    let (s, pps) = (cfg.max_num_seqs() as u64, cfg.pages_per_seq() as u64);
+    let fits = |s: u64, pps: u64| account_shape(s, pps, t, kernel).verdict == Verdict::Fits;
+    // SMEM grows with both knobs, so the fitting values are a prefix: find its end.
+    let largest = |f: &dyn Fn(u64) -> bool| -> Option<u64> {
+        if !f(1) {
+            return None;
+        }
+        let (mut lo, mut hi) = (1u64, 1u64 << 32);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if f(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Some(lo)
+    };
+    SmemRoom {
+        max_num_seqs: largest(&|x| fits(x, pps)),
+        pages_per_seq: largest(&|x| fits(s, x)),
+    }
+}
+
+fn account_shape(s: u64, pps: u64, t: &Target, kernel: KernelModel) -> SmemReport {
     let mut arrays: Vec<(&'static str, Vec<u64>)> = vec![("kv_lens", vec![s])];
     match kernel {
         KernelModel::JaxRpa => arrays.push(("page_indices", vec![s, pps])),
@@ -89,6 +131,40 @@ pub fn account(cfg: &KernelConfig, t: &Target, kernel: KernelModel) -> SmemRepor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_is_the_edge_of_what_fits() {
+        let t = Target::find("v5p").unwrap();
+        for kernel in [KernelModel::JaxRpa, KernelModel::Kernelgen] {
+            for (s, pps) in [(1024u64, 260u64), (64, 64), (128, 4096), (7, 16)] {
+                let mut p = crate::config::KernelParams::with_defaults(
+                    crate::config::Geometry {
+                        num_q_heads: 32,
+                        num_kv_heads: 8,
+                        head_dim: 128,
+                    },
+                    16,
+                    16,
+                );
+                p.max_num_seqs = s as u32;
+                p.pages_per_seq = pps as u32;
+                p.total_pages = (s * pps) as u32;
+                let cfg = KernelConfig::new(p).unwrap();
+                let r = room(&cfg, &t, kernel);
+                let fits = |s, p| account_shape(s, p, &t, kernel).verdict == Verdict::Fits;
+                if let Some(m) = r.max_num_seqs {
+                    assert!(
+                        fits(m, pps) && !fits(m + 1, pps),
+                        "{kernel:?} {s}x{pps}: {m}"
+                    );
+                }
+                if let Some(m) = r.pages_per_seq {
+                    assert!(fits(s, m) && !fits(s, m + 1), "{kernel:?} {s}x{pps}: {m}");
+                }
+                assert_eq!(fits(s, pps), r.max_num_seqs.is_some_and(|m| m >= s));
+            }
+        }
+    }
 
     #[test]
     fn padding_matches_compiler_listing() {
