@@ -409,3 +409,105 @@ fn plan_names_the_page_tables_that_fit_smem() {
         pps * 16
     );
 }
+
+/// `kernelgen explain` on three real failures of the deviceless TPU compiler (libtpu 0.0.50.1,
+/// `kernelgen/tests/data/explain/`): JAX's kernel and kernelgen's out of scoped VMEM, and JAX's
+/// page table out of SMEM. Each is matched to its config and gets the right advice.
+#[test]
+fn explain_reads_real_compiler_failures() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/explain/");
+    let explain = |log: &str, extra: &[&str]| {
+        let path = format!("{data}{log}");
+        let mut args = vec!["explain", path.as_str(), "--target", "v5p"];
+        args.extend_from_slice(extra);
+        let o = kernelgen(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr(&o),
+        )
+    };
+    // JAX's kernel: the call shapes come from the log; only the blocks are given.
+    let (code, out, err) = explain("jax_rpa_vmem_v5p.log", &["--q", "16", "--kv", "16"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    for want in [
+        "from the log: --page-size 128",
+        "from the log: --max-seqs 128",
+        "scoped VMEM allocation of 16.79M over the limit 16.00M by 804.0K",
+        "= 16.79M: the compiler's figure",
+        "--kv 8 ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    // kernelgen's kernel (its log names it; the flags give the geometry).
+    let (code, out, _) = explain(
+        "kernelgen_vmem_v5p.log",
+        &[
+            "--q",
+            "16",
+            "--kv",
+            "16",
+            "--page-size",
+            "128",
+            "--preset",
+            "llama3-8b",
+        ],
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("the log's kernel is kernelgen"), "{out}");
+    assert!(
+        out.contains("allocation of 16.75M") && out.contains("the compiler's figure"),
+        "{out}"
+    );
+    // SMEM: the page table, and the knobs that fit; the suggestion checks clean.
+    let smem_flags = [
+        "--q",
+        "32",
+        "--kv",
+        "16",
+        "--page-size",
+        "16",
+        "--max-seqs",
+        "1024",
+        "--max-model-len",
+        "4160",
+        "--max-tokens",
+        "1024",
+        "--total-pages",
+        "65536",
+    ];
+    let (code, out, _) = explain("jax_rpa_smem_v5p.log", &smem_flags);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("page_indices [1024, 260]: 1.50M"), "{out}");
+    let seqs = out
+        .split("fix:      --max-seqs ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no max-seqs fix:\n{out}"))
+        .to_string();
+    let mut again: Vec<&str> = vec!["check", "--target", "v5p", "--json"];
+    again.extend_from_slice(&smem_flags);
+    let i = again.iter().position(|a| *a == "1024").unwrap();
+    again[i] = seqs.as_str();
+    let r = json(&kernelgen(&again));
+    assert_eq!(r["smem"]["verdict"], "fits", "--max-seqs {seqs}");
+    // Not a memory error: refused, naming what was looked for.
+    let junk = crate::common::scratch("kg-explain", "junk.log");
+    std::fs::write(&junk, "Segmentation fault").unwrap();
+    let o = kernelgen(&[
+        "explain",
+        junk.to_str().unwrap(),
+        "--target",
+        "v5p",
+        "--q",
+        "16",
+        "--kv",
+        "16",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no TPU compiler out-of-memory error"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -9,6 +9,7 @@ mod calibrate;
 mod check;
 mod emit_pallas;
 mod emit_step;
+mod explain;
 mod generate;
 mod plan;
 mod print;
@@ -125,6 +126,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Check(check::CheckArgs),
     Plan(plan::PlanArgs),
+    Explain(explain::ExplainArgs),
     Generate(generate::GenerateArgs),
     Serve(serve::ServeArgs),
     Bench(bench::BenchArgs),
@@ -155,6 +157,7 @@ pub fn run() -> i32 {
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),

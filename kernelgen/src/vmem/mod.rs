@@ -9,6 +9,7 @@
 //! which becomes the `uncertain` band around the limit.
 
 pub mod calibrate;
+pub mod explain;
 pub mod jax_rpa;
 pub mod kernelgen_rpa;
 pub mod matrix;
