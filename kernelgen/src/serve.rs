@@ -258,7 +258,10 @@ impl Opened {
     /// The prompt `text` as the model's chat template wraps one user message (`text` itself
     /// when the model has no template or `raw`), tokenized.
     pub fn encode_prompt(&self, text: &str, raw: bool) -> Result<Vec<u32>, ModelError> {
-        encode_prompt(&self.tokenizer, &self.model.config, text, raw)
+        match (&self.model.config.chat_template, raw) {
+            (Some(t), false) => encode_chat(&self.tokenizer, t, &[("user", text)]),
+            _ => self.tokenizer.encode(text, false),
+        }
     }
 
     /// Compiles the programs of `before_weights` (steps as (tokens, decode-only)), uploads the
@@ -317,18 +320,14 @@ impl Opened {
     }
 }
 
-/// `text` as `config`'s chat template wraps one user message (`text` itself when the model has
-/// no template or `raw`), tokenized.
-pub fn encode_prompt(
+/// `turns` (role, text) through the chat `template`, ready for the assistant's reply, tokenized:
+/// the one way `generate` and the server turn messages into a prompt.
+pub fn encode_chat<R: AsRef<str>, C: AsRef<str>>(
     tokenizer: &Tokenizer,
-    config: &LlamaConfig,
-    text: &str,
-    raw: bool,
+    template: &str,
+    turns: &[(R, C)],
 ) -> Result<Vec<u32>, ModelError> {
-    let text = match (&config.chat_template, raw) {
-        (Some(t), false) => tokenizer.apply_chat_template(t, &[("user", text)], true)?,
-        _ => text.to_string(),
-    };
+    let text = tokenizer.apply_chat_template(template, turns, true)?;
     tokenizer.encode(&text, false)
 }
 

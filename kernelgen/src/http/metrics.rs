@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +29,7 @@ pub struct ServerMetrics {
     pages_in_use: Gauge,
     pages_total: Gauge,
     usage: Gauge<f64, AtomicU64>,
-    vllm_waiting: Gauge,
-    vllm_running: Gauge,
-    vllm_usage: Gauge<f64, AtomicU64>,
-    vllm_usage_old: Gauge<f64, AtomicU64>,
     preemptions: Counter,
-    preemptions_seen: Arc<AtomicUsize>,
     pages_cached: Gauge,
     prefix_queries: Counter,
     prefix_hits: Counter,
@@ -62,12 +57,7 @@ impl ServerMetrics {
             pages_in_use: Gauge::default(),
             pages_total: Gauge::default(),
             usage: Gauge::default(),
-            vllm_waiting: Gauge::default(),
-            vllm_running: Gauge::default(),
-            vllm_usage: Gauge::default(),
-            vllm_usage_old: Gauge::default(),
             preemptions: Counter::default(),
-            preemptions_seen: Arc::new(AtomicUsize::new(0)),
             pages_cached: Gauge::default(),
             prefix_queries: Counter::default(),
             prefix_hits: Counter::default(),
@@ -157,22 +147,22 @@ impl ServerMetrics {
         r.register(
             "vllm:num_requests_waiting",
             "Requests waiting (Gateway API Inference Extension protocol)",
-            m.vllm_waiting.clone(),
+            m.waiting.clone(),
         );
         r.register(
             "vllm:num_requests_running",
             "Requests running (Gateway API Inference Extension protocol)",
-            m.vllm_running.clone(),
+            m.running.clone(),
         );
         r.register(
             "vllm:kv_cache_usage_perc",
             "KV cache usage, 0-1 (Gateway API Inference Extension protocol)",
-            m.vllm_usage.clone(),
+            m.usage.clone(),
         );
         r.register(
             "vllm:gpu_cache_usage_perc",
             "KV cache usage, 0-1 (the protocol's older name)",
-            m.vllm_usage_old.clone(),
+            m.usage.clone(),
         );
         ServerMetrics {
             registry: Arc::new(r),
@@ -195,27 +185,20 @@ impl ServerMetrics {
             in_use as f64 / total as f64
         };
         self.running.set(running as i64);
-        self.vllm_running.set(running as i64);
         self.waiting.set(waiting as i64);
-        self.vllm_waiting.set(waiting as i64);
         self.pages_in_use.set(in_use as i64);
         self.pages_total.set(total as i64);
         self.usage.set(ratio);
-        self.vllm_usage.set(ratio);
-        self.vllm_usage_old.set(ratio);
     }
 
     /// The engine's running totals: the counters follow them.
     pub fn totals_seen(&self, preemptions: usize, prefix_queried: u64, prefix_hit: u64) {
-        let before = self.preemptions_seen.swap(preemptions, Ordering::SeqCst);
-        if preemptions > before {
-            self.preemptions.inc_by((preemptions - before) as u64);
-        }
         let up = |c: &Counter, total: u64| {
             if total > c.get() {
                 c.inc_by(total - c.get());
             }
         };
+        up(&self.preemptions, preemptions as u64);
         up(&self.prefix_queries, prefix_queried);
         up(&self.prefix_hits, prefix_hit);
     }

@@ -407,13 +407,7 @@ impl AppState {
                 "this model has no chat template: use /v1/completions",
             ));
         };
-        let text = self
-            .tokenizer
-            .apply_chat_template(template, &turns, true)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("messages: {e}")))?;
-        let prompt = self
-            .tokenizer
-            .encode(&text, false)
+        let prompt = crate::serve::encode_chat(&self.tokenizer, template, &turns)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("messages: {e}")))?;
         self.job(prompt, &r.common, true)
     }

@@ -216,10 +216,9 @@ impl Scheduler {
 
     /// Gives waiting sequence `id` the cached pages of its longest cached prefix of full
     /// pages (never its last token: that one must run to sample), marking them computed.
-    /// Returns the pages taken.
-    fn take_cached_prefix(&mut self, id: SeqId) -> Result<usize, EngineError> {
+    fn take_cached_prefix(&mut self, id: SeqId) -> Result<(), EngineError> {
         if !self.alloc.caches_prefixes() {
-            return Ok(0);
+            return Ok(());
         }
         let ps = self.config.page_size;
         let seq = self
@@ -227,10 +226,9 @@ impl Scheduler {
             .get_mut(&id)
             .ok_or_else(|| bug(format!("unknown sequence {id}")))?;
         if seq.num_computed != 0 || !seq.pages.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let usable = seq.tokens.len().saturating_sub(1) / ps;
-        let mut taken = 0;
         for i in 0..usable {
             let Some(hash) = seq.page_hash(i, ps) else {
                 break;
@@ -239,20 +237,13 @@ impl Scheduler {
                 break;
             };
             seq.pages.push(page);
-            taken += 1;
         }
-        seq.num_computed = taken * ps;
-        self.prefix.queried_tokens += seq.tokens.len() as u64;
-        self.prefix.hit_tokens += (taken * ps) as u64;
-        Ok(taken)
+        seq.num_computed = seq.pages.len() * ps;
+        Ok(())
     }
 
     /// Undoes [`Scheduler::take_cached_prefix`] for a sequence that could not be admitted.
-    fn return_cached_prefix(&mut self, id: SeqId, taken: usize) -> Result<(), EngineError> {
-        if taken == 0 {
-            return Ok(());
-        }
-        let ps = self.config.page_size;
+    fn return_cached_prefix(&mut self, id: SeqId) -> Result<(), EngineError> {
         let seq = self
             .seqs
             .get_mut(&id)
@@ -261,8 +252,6 @@ impl Scheduler {
             self.alloc.release(page).map_err(bug)?;
         }
         seq.num_computed = 0;
-        self.prefix.queried_tokens -= seq.tokens.len() as u64;
-        self.prefix.hit_tokens -= (taken * ps) as u64;
         Ok(())
     }
 
@@ -497,14 +486,20 @@ impl Scheduler {
                 let Some(&id) = self.waiting.front() else {
                     break;
                 };
-                let taken = self.take_cached_prefix(id)?;
+                self.take_cached_prefix(id)?;
                 let pending = self.seq(id)?.pending();
                 let len = self.fit(id, pending.min(budget))?;
                 if len == 0 {
-                    self.return_cached_prefix(id, taken)?;
+                    self.return_cached_prefix(id)?;
                     break;
                 }
                 self.waiting.pop_front();
+                if self.alloc.caches_prefixes() {
+                    let seq = self.seq(id)?;
+                    let (queried, hit) = (seq.tokens.len() as u64, seq.num_computed as u64);
+                    self.prefix.queried_tokens += queried;
+                    self.prefix.hit_tokens += hit;
+                }
                 self.running.push(id);
                 let stamp = self.next_admission;
                 self.next_admission += 1;
