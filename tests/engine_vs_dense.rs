@@ -6,6 +6,7 @@
 //! NaN it leaves in the pages it frees never reaches the requests that reuse them.
 
 use e2e::serving_client;
+use kernelgen::step::program::BlockSizes;
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepSource};
 use rand::{Rng, SeedableRng};
@@ -160,10 +161,7 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         let prompts = scenario(seed, model.config.vocab_size as u32);
         let (got, preemptions, _) = serve(
             &model,
-            KernelSource::Blocks {
-                q_block: 16,
-                kv_pages_block: 2,
-            },
+            KernelSource::Blocks(BlockSizes::uniform(16, 2)),
             &prompts,
         );
         for (i, (_, prompt, new)) in prompts.iter().enumerate() {
@@ -243,10 +241,7 @@ fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
     }
     let (got, _, non_finite) = serve(
         &model,
-        KernelSource::Blocks {
-            q_block: 16,
-            kv_pages_block: 2,
-        },
+        KernelSource::Blocks(BlockSizes::uniform(16, 2)),
         &prompts,
     );
     let mut self_poisoned = 0;

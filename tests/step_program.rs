@@ -4,6 +4,7 @@
 //! arriving mid-stream, shuffled pages, padding tokens, several buckets.
 
 use e2e::{client, serving_client, BatchScript};
+use kernelgen::step::program::BlockSizes;
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepSource};
 use runtime::dtype::Dtype;
@@ -42,10 +43,7 @@ fn run(client: Client, seed: u64, tied: bool, kv: Dtype, blocks: (u32, u32), tol
     };
     let source = StepSource {
         model: model.config.clone(),
-        kernel: KernelSource::Blocks {
-            q_block: blocks.0,
-            kv_pages_block: blocks.1,
-        },
+        kernel: KernelSource::Blocks(BlockSizes::uniform(blocks.0, blocks.1)),
     };
     let mut device =
         DeviceExecutor::new(client, &*model, &engine, kv, default_buckets(16), source).unwrap();
@@ -150,10 +148,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         };
         let source = StepSource {
             model: c.clone(),
-            kernel: KernelSource::Blocks {
-                q_block: 1,
-                kv_pages_block: 1,
-            },
+            kernel: KernelSource::Blocks(BlockSizes::uniform(1, 1)),
         };
         let device = DeviceExecutor::new(
             client(),

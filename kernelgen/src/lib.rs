@@ -8,6 +8,7 @@
 //! - [`target`]: TPU generations (VMEM, SMEM, default scoped limit, tiling);
 //! - [`vmem`]: the VMEM/SMEM budget checker (`kernelgen check`, `kernelgen plan`);
 //! - [`tpu`]: the real TPU compiler (deviceless) and what a build records of its verdict;
+//! - [`tune`]: the block-size sweep (`kernelgen tune`) and the tuned table serving reads;
 //! - [`step`]: the model's step program and the device executor that runs it;
 //! - [`serve`]: loading a model and starting the engine on it;
 //! - [`bench`]: benchmarks that print ratios against bounds measured in the same run;
@@ -26,6 +27,7 @@ pub mod setup;
 pub mod step;
 pub mod target;
 pub mod tpu;
+pub mod tune;
 pub mod vmem;
 
 pub use error::Error;

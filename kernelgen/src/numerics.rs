@@ -165,6 +165,22 @@ impl KernelRunner {
         })
     }
 
+    /// Seconds of `runs` calls on the batch `spec` draws for `seed` (inputs uploaded once),
+    /// after `warmup` untimed calls.
+    pub fn time(
+        &self,
+        spec: &BatchSpec,
+        seed: u64,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Vec<f64>, PjrtError> {
+        let problem = self.cfg.problem();
+        let batch = RaggedBatch::generate(&problem, spec, seed, self.cfg.dtype() == Dtype::Bf16);
+        let inputs = upload_batch(&self.client, &self.cfg, &batch)?;
+        let args: Vec<&Buffer> = inputs.iter().collect();
+        crate::bench::run_times(&self.exe, &args, warmup, runs)
+    }
+
     pub fn config(&self) -> &KernelConfig {
         &self.cfg
     }

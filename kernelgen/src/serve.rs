@@ -5,7 +5,9 @@
 use crate::artifact::Artifact;
 use crate::config::Dtype;
 use crate::step::executor::ProgramSetup;
+use crate::step::program::BlockSizes;
 use crate::step::{default_buckets, DeviceExecutor, KernelSource, StepSource};
+use crate::tune::{self, table};
 use runtime::model::LlamaConfig;
 
 /// A kernel artifact that does not fit the model: names the field, both values, and the fix.
@@ -87,7 +89,9 @@ pub struct ServeOptions {
     pub model: PathBuf,
     /// A kernel artifact directory; `None` emits a kernel with `blocks` for the model.
     pub kernel: Option<PathBuf>,
-    pub blocks: (u32, u32),
+    /// Block sizes of the emitted kernels; `None`: from the tuned table (`kernelgen tune`),
+    /// else [`crate::tune::FALLBACK`] with a warning.
+    pub blocks: Option<BlockSizes>,
     pub engine: EngineConfig,
     pub kv_dtype: Dtype,
     pub plugin: PathBuf,
@@ -112,6 +116,8 @@ pub enum ServeError {
     Engine(#[from] EngineError),
     #[error("PJRT plugin {path}")]
     Plugin { path: PathBuf, source: PjrtError },
+    #[error(transparent)]
+    Tune(#[from] tune::TuneError),
 }
 
 /// A model file opened (config now, weights read as they are uploaded) and its tokenizer, from
@@ -133,11 +139,11 @@ pub fn open_model(path: &Path) -> Result<(ModelFile, Tokenizer), ModelError> {
 }
 
 /// The attention kernel a step program links: the artifact at `kernel`, refused unless it
-/// matches the model, page size and KV dtype; or, without one, a kernel emitted with `blocks`
-/// (q_block, kv_pages_block). Also says which, for logs.
+/// matches the model, page size and KV dtype; or, without one, kernels emitted with `blocks`.
+/// Also says which, for logs.
 pub fn kernel_source(
     kernel: Option<&Path>,
-    blocks: (u32, u32),
+    blocks: BlockSizes,
     model: &LlamaConfig,
     page_size: usize,
     kv_dtype: Dtype,
@@ -149,14 +155,42 @@ pub fn kernel_source(
             let desc = format!("artifact {} ({})", dir.display(), a.manifest.config);
             (KernelSource::Artifact(Box::new(a)), desc)
         }
-        None => (
-            KernelSource::Blocks {
-                q_block: blocks.0,
-                kv_pages_block: blocks.1,
-            },
-            format!("emitted q_block={} kv_pages_block={}", blocks.0, blocks.1),
-        ),
+        None => (KernelSource::Blocks(blocks), format!("emitted {blocks}")),
     })
+}
+
+/// The block sizes `opts` serves with on `client`'s device: `opts.blocks`, else the tuned
+/// table's entries for the model's shapes ([`tune::serving_blocks`]).
+fn choose_blocks(
+    opts: &ServeOptions,
+    model: &LlamaConfig,
+    client: &Client,
+) -> Result<tune::Chosen, ServeError> {
+    if let Some(blocks) = opts.blocks {
+        return Ok(tune::Chosen {
+            blocks,
+            desc: format!("emitted {blocks}"),
+            warning: None,
+        });
+    }
+    let plugin_err = |source| ServeError::Plugin {
+        path: opts.plugin.clone(),
+        source,
+    };
+    let query = table::Query {
+        device: client.platform_name().map_err(plugin_err)?,
+        compiler: Some(table::compiler_id(client)),
+        geometry: crate::config::Geometry {
+            num_q_heads: model.num_q_heads as u32,
+            num_kv_heads: model.num_kv_heads as u32,
+            head_dim: model.head_dim as u32,
+        },
+        dtype: opts.kv_dtype,
+        page_size: opts.engine.page_size as u32,
+        max_model_len: opts.engine.max_seq_len as u32,
+        sliding_window: None,
+    };
+    Ok(tune::serving_blocks(&table::Store::default_dir(), &query)?)
 }
 
 /// Refuses, before the weights are read, an engine whose weights + KV pool + runtime headroom
@@ -184,8 +218,10 @@ pub struct Served {
     pub engine: Engine<DeviceExecutor>,
     pub tokenizer: Tokenizer,
     pub model: runtime::model::LlamaConfig,
-    /// "artifact out/rpa-q16-kv8" or "emitted q_block=8 kv_pages_block=8".
+    /// "artifact out/rpa-q16-kv8" or "emitted q_block=8 kv_pages_block=8 (tuned: ...)".
     pub kernel: String,
+    /// Set when a phase missed the tuned table: the fallback used and the tune command.
+    pub kernel_warning: Option<String>,
     /// Opening the model, loading the plugin, uploading the weights and creating the pools;
     /// the programs compiled (or loaded) before the weights are not in it: their times are the
     /// executor's (`times.compile`).
@@ -201,6 +237,8 @@ pub struct Opened {
     pub tokenizer: Tokenizer,
     kernel: KernelSource,
     desc: String,
+    /// Set when a phase missed the tuned table (printed once by the caller).
+    pub kernel_warning: Option<String>,
     client: Client,
     memory: MemTrace,
     t0: Instant,
@@ -216,19 +254,37 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     memory.record("start");
     let (model, tokenizer) = open_model(&opts.model)?;
     memory.record("model opened");
-    let (kernel, desc) = kernel_source(
-        opts.kernel.as_deref(),
-        opts.blocks,
-        &model.config,
-        opts.engine.page_size,
-        opts.kv_dtype,
-    )?;
+    if let Some(dir) = &opts.kernel {
+        // Refuse a mismatched artifact before loading the plugin.
+        kernel_source(
+            Some(dir),
+            tune::FALLBACK,
+            &model.config,
+            opts.engine.page_size,
+            opts.kv_dtype,
+        )?;
+    }
     let plugin_err = |source| ServeError::Plugin {
         path: opts.plugin.clone(),
         source,
     };
     let client = Client::new(Api::load(&opts.plugin).map_err(plugin_err)?).map_err(plugin_err)?;
     memory.record("plugin loaded");
+    let chosen = match &opts.kernel {
+        Some(_) => None,
+        None => Some(choose_blocks(opts, &model.config, &client)?),
+    };
+    let (kernel, mut desc) = kernel_source(
+        opts.kernel.as_deref(),
+        chosen.as_ref().map_or(tune::FALLBACK, |c| c.blocks),
+        &model.config,
+        opts.engine.page_size,
+        opts.kv_dtype,
+    )?;
+    if let Some(c) = &chosen {
+        desc = c.desc.clone();
+    }
+    let kernel_warning = chosen.and_then(|c| c.warning);
     if client.platform_name().map_err(plugin_err)? == "cpu" {
         check_host_memory(&model.config, &opts.engine, opts.kv_dtype)?;
     }
@@ -238,6 +294,7 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
         tokenizer,
         kernel,
         desc,
+        kernel_warning,
         client,
         memory,
         t0,
@@ -273,6 +330,7 @@ impl Opened {
             tokenizer,
             kernel,
             desc,
+            kernel_warning,
             client,
             mut memory,
             t0,
@@ -315,6 +373,7 @@ impl Opened {
             tokenizer,
             model: model.config,
             kernel: desc,
+            kernel_warning,
             load_time: t0.elapsed().saturating_sub(programs),
         })
     }

@@ -11,4 +11,5 @@ mod generate_cli;
 mod oracle_live;
 mod serve_cli;
 mod tpu_compile;
+mod tune_cli;
 mod vmem_agreement;

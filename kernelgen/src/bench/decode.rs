@@ -44,6 +44,8 @@ pub struct DecodeReport {
     /// The largest decode batch's engine: start-up stages and each program's memory plan; the
     /// peak is the whole run's.
     pub memory: Option<MemoryReport>,
+    /// Workloads whose block sizes missed the tuned table (each warning once).
+    pub kernel_warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -56,6 +58,8 @@ pub struct Figure {
     pub bound_tokens_per_s: f64,
     pub ratio: f64,
     pub step_ms: f64,
+    /// The kernel the engine ran ("emitted q_block=32 kv_pages_block=4 (tuned: ...)").
+    pub kernel: String,
     /// Where a decode step's time goes (decode figures only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<Breakdown>,
@@ -119,6 +123,8 @@ struct BatchFigures {
     /// The median round's decode step taken apart, when asked for.
     breakdown: Option<Breakdown>,
     memory: MemoryReport,
+    kernel: String,
+    kernel_warning: Option<String>,
 }
 
 /// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
@@ -218,7 +224,19 @@ fn run_batch(
             None
         },
         memory: served.engine.executor().memory_report(),
+        kernel: served.kernel.clone(),
+        kernel_warning: served.kernel_warning.clone(),
     })
+}
+
+impl DecodeReport {
+    fn note_warning(&mut self, w: Option<String>) {
+        if let Some(w) = w {
+            if !self.kernel_warnings.contains(&w) {
+                self.kernel_warnings.push(w);
+            }
+        }
+    }
 }
 
 /// Bytes a decode step reads: every weight except the embedding table (one row is gathered),
@@ -285,12 +303,16 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
             bound_tokens_per_s: bound,
             ratio: f.median.decode_tokens_per_s / bound,
             step_ms: f.median.decode_step_s * 1e3,
+            kernel: f.kernel.clone(),
             breakdown: f.breakdown,
         });
+        r.note_warning(f.kernel_warning);
         r.memory = Some(f.memory);
     }
     progress("prefill ...");
-    let (pps, pps_range) = run_batch(b, 1, b.prefill_len, 2, 0, false)?.prefill;
+    let pf = run_batch(b, 1, b.prefill_len, 2, 0, false)?;
+    let (pps, pps_range) = pf.prefill;
+    r.note_warning(pf.kernel_warning);
     r.prefill = Some(Figure {
         batch: 1,
         tokens_per_s: pps,
@@ -298,6 +320,7 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         bound_tokens_per_s: flop_bound,
         ratio: pps / flop_bound,
         step_ms: b.prefill_len as f64 / pps * 1e3,
+        kernel: pf.kernel,
         breakdown: None,
     });
     for &pages in &b.pool_pages {

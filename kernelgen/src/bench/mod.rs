@@ -31,9 +31,9 @@ use std::time::Instant;
 pub struct BenchModel {
     /// A `.gguf` file or a Hugging Face directory.
     pub model: PathBuf,
-    /// A kernel artifact; `None` emits one with `blocks`.
+    /// A kernel artifact; `None` emits one with `blocks` (`None`: the tuned table's).
     pub kernel: Option<PathBuf>,
-    pub blocks: (u32, u32),
+    pub blocks: Option<crate::step::program::BlockSizes>,
     pub plugin: PathBuf,
 }
 

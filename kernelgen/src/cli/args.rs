@@ -5,6 +5,7 @@
 
 use clap::Args;
 use kernelgen::config::{defaults, Dtype, KernelSpec, Schedule};
+use kernelgen::step::program::BlockSizes;
 use runtime::engine::EngineConfig;
 use std::path::PathBuf;
 
@@ -18,31 +19,18 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 
 #[derive(Args, Clone, Debug)]
 pub struct KernelArgs {
-    /// q_block: query tokens per block (required)
+    /// q_block: query tokens per block (build without --q/--kv: the tuned table's, see `kernelgen tune`)
     #[arg(long = "q", value_name = "Q_BLOCK", allow_negative_numbers = true)]
     pub q_block: Option<u32>,
-    /// kv_pages_block: KV pages per block (required)
+    /// kv_pages_block: KV pages per block (build without --q/--kv: the tuned table's)
     #[arg(
         long = "kv",
         value_name = "KV_PAGES_BLOCK",
         allow_negative_numbers = true
     )]
     pub kv_pages_block: Option<u32>,
-    /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b]
-    #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]
-    pub preset: Option<String>,
-    /// Take heads, KV heads, head_dim, sliding window and soft cap from a Hugging Face config.json
-    #[arg(long, value_name = "PATH", help_heading = "Geometry")]
-    pub hf_config: Option<PathBuf>,
-    /// Override the number of query heads (per device)
-    #[arg(long, help_heading = "Geometry")]
-    pub num_q_heads: Option<u32>,
-    /// Override the number of KV heads (per device)
-    #[arg(long, help_heading = "Geometry")]
-    pub num_kv_heads: Option<u32>,
-    /// Override head_dim
-    #[arg(long, help_heading = "Geometry")]
-    pub head_dim: Option<u32>,
+    #[command(flatten)]
+    pub geometry: GeometryArgs,
     /// Tokens per KV page
     #[arg(long, default_value_t = defaults::PAGE_SIZE, help_heading = "Call shapes")]
     pub page_size: u32,
@@ -78,17 +66,46 @@ pub struct KernelArgs {
     pub soft_cap: Option<f32>,
 }
 
+/// Where the attention geometry comes from: a preset or a config.json, then overrides.
+#[derive(Args, Clone, Debug)]
+pub struct GeometryArgs {
+    /// Model geometry preset (llama3-8b, llama3-70b, llama3.2-1b, mistral-7b, qwen2.5-7b, smollm2-135m) [default: llama3-8b; tune without --target: smollm2-135m]
+    #[arg(long, conflicts_with = "hf_config", help_heading = "Geometry")]
+    pub preset: Option<String>,
+    /// Take heads, KV heads, head_dim, sliding window and soft cap from a Hugging Face config.json
+    #[arg(long, value_name = "PATH", help_heading = "Geometry")]
+    pub hf_config: Option<PathBuf>,
+    /// Override the number of query heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_q_heads: Option<u32>,
+    /// Override the number of KV heads (per device)
+    #[arg(long, help_heading = "Geometry")]
+    pub num_kv_heads: Option<u32>,
+    /// Override head_dim
+    #[arg(long, help_heading = "Geometry")]
+    pub head_dim: Option<u32>,
+}
+
+impl GeometryArgs {
+    /// These flags as a spec with nothing else given.
+    pub fn spec(&self) -> KernelSpec {
+        KernelSpec {
+            preset: self.preset.clone(),
+            hf_config: self.hf_config.clone(),
+            num_q_heads: self.num_q_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            ..KernelSpec::default()
+        }
+    }
+}
+
 impl KernelArgs {
     /// The flags as the library's spec of a kernel config.
     pub fn spec(&self) -> KernelSpec {
         KernelSpec {
             q_block: self.q_block,
             kv_pages_block: self.kv_pages_block,
-            preset: self.preset.clone(),
-            hf_config: self.hf_config.clone(),
-            num_q_heads: self.num_q_heads,
-            num_kv_heads: self.num_kv_heads,
-            head_dim: self.head_dim,
             page_size: Some(self.page_size),
             dtype: Some(self.dtype),
             max_num_tokens: self.max_num_tokens,
@@ -100,6 +117,7 @@ impl KernelArgs {
             sliding_window: self.sliding_window,
             soft_cap: self.soft_cap,
             schedule: Some(self.schedule),
+            ..self.geometry.spec()
         }
     }
 }
@@ -133,12 +151,12 @@ pub struct ServedArgs {
     /// Kernel artifact directory from `kernelgen build` (must match the model's heads, head_dim, page size, dtype)
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// q_block of the emitted kernel when --kernel is not given
-    #[arg(long = "q", default_value_t = 32)]
-    pub q_block: u32,
-    /// kv_pages_block of the emitted kernel when --kernel is not given
-    #[arg(long = "kv", default_value_t = 4)]
-    pub kv_pages_block: u32,
+    /// q_block of the emitted kernels when --kernel is not given [default: the tuned table's entry (`kernelgen tune`), else 32]
+    #[arg(long = "q")]
+    pub q_block: Option<u32>,
+    /// kv_pages_block of the emitted kernels when --kernel is not given [default: the tuned table's entries, else 4]
+    #[arg(long = "kv")]
+    pub kv_pages_block: Option<u32>,
 }
 
 impl ServedArgs {
@@ -149,8 +167,16 @@ impl ServedArgs {
             .unwrap_or_else(runtime::cache::default_model_path)
     }
 
-    pub fn blocks(&self) -> (u32, u32) {
-        (self.q_block, self.kv_pages_block)
+    /// --q/--kv for every program (the fallback fills the one not given); `None` when neither
+    /// is given: the tuned table decides.
+    pub fn blocks(&self) -> Option<BlockSizes> {
+        let f = kernelgen::tune::FALLBACK;
+        (self.q_block.is_some() || self.kv_pages_block.is_some()).then(|| {
+            BlockSizes::uniform(
+                self.q_block.unwrap_or(f.q_block),
+                self.kv_pages_block.unwrap_or(f.kv_pages_block),
+            )
+        })
     }
 }
 

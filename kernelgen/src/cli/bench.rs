@@ -423,6 +423,19 @@ fn print_memory(r: &MemoryBenchReport) {
 
 fn print_decode(r: &DecodeReport, prefill_len: usize) {
     println!("plugin {}", r.plugin);
+    for w in &r.kernel_warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut kernels: Vec<&str> = r
+        .decode
+        .iter()
+        .chain(&r.prefill)
+        .map(|f| f.kernel.as_str())
+        .collect();
+    kernels.dedup();
+    for k in kernels {
+        println!("kernel: {k}");
+    }
     println!(
         "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of weights read per decode step",
         r.bandwidth_gbs,

@@ -9,9 +9,10 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kernelgen::build::begin_stablehlo;
 use kernelgen::build::tpu::TpuBuild;
-use kernelgen::config::CPU_DEFAULTS;
+use kernelgen::config::{KernelSpec, CPU_DEFAULTS};
 use kernelgen::target::{fmt_bytes, parse_bytes, Target};
 use kernelgen::tpu::{CompilerVerdict, TpuCompileRecord};
+use kernelgen::tune::{self, table::Query, table::Store};
 use kernelgen::vmem::suggest::nearest_fits;
 use kernelgen::vmem::Verdict;
 use std::path::PathBuf;
@@ -70,8 +71,46 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+/// The spec with --q/--kv from the tuned table when neither is given (device: --target, else
+/// the CPU plugin), saying which entry or fallback it used.
+fn with_tuned_blocks(spec: KernelSpec, target: Option<&str>) -> anyhow::Result<KernelSpec> {
+    if spec.q_block.is_some() || spec.kv_pages_block.is_some() {
+        return Ok(spec);
+    }
+    let probe = KernelSpec {
+        q_block: Some(1),
+        kv_pages_block: Some(1),
+        ..spec.clone()
+    }
+    .params(&CPU_DEFAULTS)?;
+    let device = match target {
+        Some(t) => Target::find(t)?.name.to_string(),
+        None => "cpu".to_string(),
+    };
+    let query = Query {
+        device,
+        compiler: None,
+        geometry: probe.geometry,
+        dtype: probe.dtype,
+        page_size: probe.page_size,
+        max_model_len: probe.pages_per_seq * probe.page_size,
+        sliding_window: probe.sliding_window,
+    };
+    let chosen = tune::build_blocks(&Store::default_dir(), &query)?;
+    match &chosen.warning {
+        Some(w) => eprintln!("warning: {w}"),
+        None => eprintln!("block sizes: {}", chosen.desc),
+    }
+    Ok(KernelSpec {
+        q_block: Some(chosen.blocks.q_block),
+        kv_pages_block: Some(chosen.blocks.kv_pages_block),
+        ..spec
+    })
+}
+
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let cfg = args.kernel.spec().config(&CPU_DEFAULTS)?;
+    let spec = with_tuned_blocks(args.kernel.spec(), args.target.as_deref())?;
+    let cfg = spec.config(&CPU_DEFAULTS)?;
     let tpu = match &args.target {
         Some(name) => Some(TpuBuild::plan(
             &cfg,

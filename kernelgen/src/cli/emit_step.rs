@@ -44,7 +44,7 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<ExitCode> {
     };
     let (source, _) = kernel_source(
         a.served.kernel.as_deref(),
-        a.served.blocks(),
+        a.served.blocks().unwrap_or(kernelgen::tune::FALLBACK),
         &model.config,
         engine.page_size,
         kv,

@@ -101,10 +101,10 @@ fn fill_from_log(k: &mut KernelArgs, shapes: &[(&'static str, u64)]) {
                 k.pages_per_seq.replace(v32)
             }
             "--max-tokens" => k.max_num_tokens.replace(v32),
-            "--num-q-heads" => k.num_q_heads.replace(v32),
-            "--head-dim" => k.head_dim.replace(v32),
+            "--num-q-heads" => k.geometry.num_q_heads.replace(v32),
+            "--head-dim" => k.geometry.head_dim.replace(v32),
             "--total-pages" => k.total_pages.replace(v32),
-            "--num-kv-heads" => k.num_kv_heads.replace(v32),
+            "--num-kv-heads" => k.geometry.num_kv_heads.replace(v32),
             "--page-size" => Some(std::mem::replace(&mut k.page_size, v32)),
             _ => continue,
         };

@@ -23,7 +23,10 @@ to --out or stdout.
 
 The default model is SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32; fetched by \
 scripts/setup.sh --model). Prompts are wrapped in the model's chat template unless --raw.
-Without --kernel, a ragged paged attention kernel with --q/--kv blocks is emitted for the model.
+Without --kernel, a ragged paged attention kernel is emitted for the model: with --q/--kv blocks if \
+given, else the tuned table's (`kernelgen tune`: decode programs from its decode entry, the others \
+from its general, mixed or prefill entry), else q_block 32 kv_pages_block 4 with a warning naming the tune \
+command that would fill the table.
 
 Examples:
   kernelgen generate --prompt \"Write a haiku about TPUs.\"
@@ -152,6 +155,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         a.prefix_caching,
     )?;
     let opened = open(&opts)?;
+    if let Some(w) = &opened.kernel_warning {
+        eprintln!("warning: {w}");
+    }
     let lines_params: Vec<(&str, Option<&PromptLine>)> = match &a.prompt {
         Some(p) => vec![(p.as_str(), None)],
         None => lines.iter().map(|l| (l.prompt.as_str(), Some(l))).collect(),

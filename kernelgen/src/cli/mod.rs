@@ -15,6 +15,7 @@ mod plan;
 mod print;
 mod serve;
 mod setup;
+mod tune;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -97,7 +98,8 @@ fn after_help() -> String {
          kernelgen verify out/rpa-q32-kv16                      run on the PJRT CPU plugin vs an f64 reference\n  \
          kernelgen check --target v5p --q 16 --kv 16            VMEM/SMEM budget on a TPU, before any compile\n  \
          kernelgen generate --prompt \"Write a haiku.\"           serve the default model with the paged-KV engine\n  \
-         kernelgen serve --port 8000                            the same engine behind the OpenAI HTTP API",
+         kernelgen serve --port 8000                            the same engine behind the OpenAI HTTP API\n  \
+         kernelgen tune --preset smollm2-135m --page-size 16 --dtype f32   fastest block sizes here, into the tuned table",
         codes.join("\n")
     )
 }
@@ -130,6 +132,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     Serve(serve::ServeArgs),
     Bench(bench::BenchArgs),
+    Tune(tune::TuneArgs),
+    #[command(hide = true)]
+    TuneCandidate(tune::TuneCandidateArgs),
     #[command(hide = true)]
     EmitStep(emit_step::EmitStepArgs),
     #[command(hide = true)]
@@ -161,6 +166,8 @@ pub fn run() -> i32 {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Tune(args) => tune::run(args),
+        Command::TuneCandidate(args) => tune::run_candidate(args),
         Command::EmitStep(args) => emit_step::run(args),
         Command::EmitPallas(args) => emit_pallas::run(args),
         Command::Calibrate(args) => calibrate::run(args),

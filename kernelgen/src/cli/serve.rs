@@ -112,6 +112,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
     };
     let opened = open(&opts)?;
+    if let Some(w) = &opened.kernel_warning {
+        eprintln!("warning: {w}");
+    }
     // The one-sequence decode program is what every request's tokens after the first use.
     let served = opened.start(vec![(1, true)]).map_err(super::failed)?;
     eprintln!(

@@ -43,6 +43,22 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The templates the attention kernel is generated from (StableHLO, both schedules, and
+/// Pallas), concatenated: what a tuned block size was measured on.
+pub fn kernel_source() -> String {
+    const KERNEL: [&str; 4] = [
+        "macros.tera",
+        "rpa.stablehlo.mlir.tera",
+        "rpa_batched.stablehlo.mlir.tera",
+        "rpa.pallas.py.tera",
+    ];
+    TEMPLATES
+        .iter()
+        .filter(|(name, _)| KERNEL.contains(name))
+        .map(|(_, text)| *text)
+        .collect()
+}
+
 /// Renders template `name` with `context`.
 pub fn render(name: &str, context: &tera::Context) -> Result<String, EmitError> {
     let mut tera = tera::Tera::default();

@@ -27,7 +27,42 @@ pub enum KernelSource {
     /// A built artifact directory.
     Artifact(Box<Artifact>),
     /// Block sizes only: a kernel is emitted for each bucket (used when no --kernel is given).
-    Blocks { q_block: u32, kv_pages_block: u32 },
+    Blocks(BlockSizes),
+}
+
+/// The block sizes of emitted kernels: prefill and mixed programs use `q_block` and
+/// `kv_pages_block`; decode-only programs (one row per sequence: q_block 1, the batched
+/// schedule) use `decode_kv_pages_block`. Tuned separately by `kernelgen tune`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockSizes {
+    pub q_block: u32,
+    pub kv_pages_block: u32,
+    pub decode_kv_pages_block: u32,
+}
+
+impl BlockSizes {
+    /// The same kv_pages_block for every program (`--q Q --kv KV`).
+    pub fn uniform(q_block: u32, kv_pages_block: u32) -> BlockSizes {
+        BlockSizes {
+            q_block,
+            kv_pages_block,
+            decode_kv_pages_block: kv_pages_block,
+        }
+    }
+}
+
+impl std::fmt::Display for BlockSizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "q_block={} kv_pages_block={}",
+            self.q_block, self.kv_pages_block
+        )?;
+        if self.decode_kv_pages_block != self.kv_pages_block {
+            write!(f, " (decode kv_pages_block={})", self.decode_kv_pages_block)?;
+        }
+        Ok(())
+    }
 }
 
 /// Sizes the step template spells into MLIR types (names follow the template).
@@ -114,10 +149,15 @@ pub fn bucket_kernel(
             let c = &a.manifest.config;
             (c.q_block(), c.kv_pages_block(), c.dtype(), c.schedule())
         }
-        KernelSource::Blocks {
-            q_block,
-            kv_pages_block,
-        } => (*q_block, *kv_pages_block, s.kv_dtype, Schedule::Sequential),
+        KernelSource::Blocks(b) if s.decode => {
+            (1, b.decode_kv_pages_block, s.kv_dtype, Schedule::Batched)
+        }
+        KernelSource::Blocks(b) => (
+            b.q_block,
+            b.kv_pages_block,
+            s.kv_dtype,
+            Schedule::Sequential,
+        ),
     };
     Ok(KernelConfig::new(KernelParams {
         geometry: Geometry {
@@ -214,10 +254,7 @@ mod tests {
             let p = emit(
                 &tiny_config(),
                 &shapes,
-                &KernelSource::Blocks {
-                    q_block: 4,
-                    kv_pages_block: 2,
-                },
+                &KernelSource::Blocks(BlockSizes::uniform(4, 2)),
             )
             .unwrap_or_else(|e| panic!("{e}"));
             let c = &p.module.op_counts;
