@@ -14,6 +14,22 @@ the config in) into .cache/sweep-modules/.
 
 Resumable: points already in --out are skipped. Points are drawn deterministically (seeded) from
 the grid below, mostly near the limit (where the verdict is in doubt), some far from it.
+
+--grid heldout draws the held-out split (kernelgen/data/vmem_oracle_heldout.jsonl) whose configs
+no fit ever sees: GQA groups 1-16 (5, 6, 7, 12 and 16 too), head_dim 64 to 256, more MHA, about a
+third at a raised vmem_limit_bytes, both kernels on v5e/v5p/v6e/v7x, its own seed; --no-bisect records
+the verdict at the point's limit only (no minimum-limit bisection: 1-4 s a point):
+
+    .cache/venv/tpu-oracle/bin/python kernelgen/oracle/sweep.py --grid heldout --no-bisect \
+        --kernel both --kernelgen target/release/kernelgen --targets v5e,v5p,v6e,v7x \
+        --seed 7 --points 200 --out kernelgen/data/vmem_oracle_heldout.jsonl
+
+--grid wide draws fit points (with bisection) over the held-out grid's geometries and the fit
+grid's, f32 on a quarter, never a config of the held-out split (--exclude), e.g.:
+
+    .cache/venv/tpu-oracle/bin/python kernelgen/oracle/sweep.py --grid wide --kernel kernelgen \
+        --kernelgen target/release/kernelgen --targets v5e,v5p,v6e,v7x --seed 11 --points 80 \
+        --exclude kernelgen/data/vmem_oracle_heldout.jsonl --out kernelgen/data/vmem_oracle_kernelgen.jsonl
 """
 
 import argparse
@@ -46,6 +62,23 @@ KV_BLOCKS = [1, 2, 4, 8, 16, 32, 64]
 MAX_KEYS = 4096
 MAX_ROWS = 512
 
+# The held-out grid: geometries the first fit grid did not have (GQA groups 5, 6, 7, 12, 16;
+# head_dim 64 and 256) and a few it has, each with its head_dim. The wide fit grid draws from it
+# too, never a held-out config.
+HEADS_HELDOUT = [(48, 8, 128), (24, 4, 128), (12, 2, 128), (6, 1, 128), (40, 8, 128), (28, 4, 128),
+                 (64, 4, 128), (32, 2, 128), (16, 1, 128), (12, 1, 128), (8, 8, 256), (16, 4, 256),
+                 (32, 8, 64), (16, 16, 64), (12, 12, 64), (4, 4, 128), (9, 3, 64), (15, 5, 64)]
+# Raised limits tried on about a third of the held-out points (x the target's default).
+RAISE = [1.5, 2.0]
+# The wide fit grid (--grid wide): both lists, each with its head_dim, and f32 on a quarter of the
+# points. JAX's kernel takes head_dim 128 only (others fail in lowering: "AssertionError").
+HEADS_WIDE = HEADS_HELDOUT + [(hq, hkv, 128) for hq, hkv in HEADS]
+
+
+def config_key(p):
+    """The point without its limit: a config the fit saw at any limit is not held out."""
+    return key(p)[:-1]
+
 
 def kv_heads_per_block(hq, hkv, packing):
     tile = 8 * packing
@@ -53,26 +86,37 @@ def kv_heads_per_block(hq, hkv, packing):
 
 
 def key(p):
-    return tuple(p[k] for k in ("kernel", "target", "num_q_heads", "num_kv_heads", "head_dim", "page_size",
-                                "dtype", "q_block", "kv_pages_block"))
+    return tuple(p.get(k) for k in ("kernel", "target", "num_q_heads", "num_kv_heads", "head_dim", "page_size",
+                                    "dtype", "q_block", "kv_pages_block", "vmem_limit_bytes"))
 
 
-def draw(kernel, n, seed, targets):
+def draw(kernel, n, seed, targets, grid="fit", exclude=frozenset()):
     rng = random.Random(seed)
     points, seen = [], set()
+    kernels = ["jax-rpa", "kernelgen"] if kernel == "both" else [kernel]
     while len(points) < n:
         target = targets[len(points) % len(targets)]
+        kernel = kernels[(len(points) // len(targets)) % len(kernels)]
         hq, hkv = rng.choice(HEADS)
         head_dim = 128
-        if kernel == "kernelgen" and rng.random() < 0.15:
+        limit = DEFAULT_LIMIT[target]
+        if grid == "heldout":
+            hq, hkv, head_dim = rng.choice(HEADS_HELDOUT)
+            if rng.random() < 0.33:
+                limit = min(int(DEFAULT_LIMIT[target] * rng.choice(RAISE)), CAPACITY[target])
+        elif grid == "wide":
+            hq, hkv, head_dim = rng.choice(HEADS_WIDE)
+            if kernel == "jax-rpa" and head_dim != 128:
+                continue
+        elif kernel == "kernelgen" and rng.random() < 0.15:
             hq, hkv, head_dim = 9, 3, 64  # SmolLM2-135M's attention
-        dtype = "float32" if rng.random() < 0.1 else "bfloat16"
+        dtype = "float32" if rng.random() < (0.25 if grid == "wide" else 0.1) else "bfloat16"
         packing = 1 if dtype == "float32" else 2
         p, bq, bkv = rng.choice(PAGE_SIZES), rng.choice(Q_BLOCKS), rng.choice(KV_BLOCKS)
         if kernel == "kernelgen" and (bkv * p > MAX_KEYS or bq * (hq // hkv) > MAX_ROWS):
             continue
-        kv_buf = 2 * bkv * p * kv_heads_per_block(hq, hkv, packing) * 128 * (4 // packing)
-        ratio = kv_buf / DEFAULT_LIMIT[target]
+        kv_buf = 2 * bkv * p * kv_heads_per_block(hq, hkv, packing) * head_dim * (4 // packing)
+        ratio = kv_buf / limit
         # Keep mostly configs whose KV double buffer alone is 5%..150% of the limit.
         if not (0.05 <= ratio <= 1.5) and rng.random() > 0.12:
             continue
@@ -81,7 +125,9 @@ def draw(kernel, n, seed, targets):
             "page_size": p, "dtype": dtype, "q_block": bq, "kv_pages_block": bkv,
             "max_num_tokens": 2048, "max_num_seqs": 64, "pages_per_seq": 64, "total_pages": 4096,
         }
-        if key(pt) in seen:
+        if limit != DEFAULT_LIMIT[target]:
+            pt["vmem_limit_bytes"] = limit
+        if key(pt) in seen or config_key(pt) in exclude:
             continue
         seen.add(key(pt))
         points.append(pt)
@@ -115,6 +161,10 @@ def main():
     ap.add_argument("--targets", default="v5e,v5p,v6e,v7x,v4")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per point (incl. bisection)")
+    ap.add_argument("--grid", choices=["fit", "heldout", "wide"], default="fit")
+    ap.add_argument("--exclude", action="append", default=[],
+                    help="a JSONL of points whose configs (at any limit) are never drawn: the held-out split")
+    ap.add_argument("--no-bisect", action="store_true", help="the verdict at the point's limit only")
     args = ap.parse_args()
     i, n = map(int, args.shard.split("/"))
     done = set()
@@ -122,12 +172,16 @@ def main():
         with open(args.out) as fh:
             done = {key(json.loads(line)["request"]) for line in fh if line.strip()}
     versions = {k: importlib.metadata.version(k) for k in ("jax", "jaxlib", "libtpu")}
-    points = draw(args.kernel, args.points, args.seed, args.targets.split(","))
+    exclude = set()
+    for path in args.exclude:
+        with open(path) as fh:
+            exclude |= {config_key(json.loads(line)["request"]) for line in fh if line.strip()}
+    points = draw(args.kernel, args.points, args.seed, args.targets.split(","), args.grid, frozenset(exclude))
     todo = [p for j, p in enumerate(points) if j % n == i and key(p) not in done]
     print(f"{len(todo)} points to compile ({len(done)} already in {args.out})", file=sys.stderr)
     for j, p in enumerate(todo):
         extra = {"module": render_module(args.kernelgen, p)} if p["kernel"] == "kernelgen" else {}
-        req = dict(p, **extra, min_limit=True, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
+        req = dict(p, **extra, min_limit=not args.no_bisect, default_limit_bytes=DEFAULT_LIMIT[p["target"]],
                    min_limit_cap=CAPACITY[p["target"]])
         # A compile stuck inside libtpu cannot be interrupted from Python: record the point as a
         # timeout and exit; rerunning the sweep resumes after it.
