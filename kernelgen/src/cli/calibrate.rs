@@ -7,7 +7,8 @@ use clap::Args;
 use kernelgen::target::{fmt_bytes, Target};
 use kernelgen::tpu::oracle::{parse_points, OraclePoint};
 use kernelgen::vmem::calibrate::{
-    agreement, committed_data, committed_points, fit_all, leave_one_out, render_fitted,
+    agreement, committed_data, committed_points, fit_all, leave_one_out, observe, render_fitted,
+    Agreement, HELDOUT,
 };
 use kernelgen::vmem::{check, CheckRequest, KernelModel};
 use std::path::PathBuf;
@@ -36,6 +37,14 @@ pub struct CalibrateArgs {
     /// limit, beside the checker's estimate and verdict
     #[arg(long)]
     pub per_point: bool,
+    /// Print each point of the data (with --heldout, of the held-out split) as one JSON line in
+    /// the fit's terms: spill features, exact buffers, the limit, the compiler's verdict and
+    /// measured minimum limit (to try other spill features outside the binary)
+    #[arg(long, conflicts_with_all = ["write", "cross_validate", "per_point", "json"])]
+    pub observations: bool,
+    /// Judge the committed held-out split (both kernels; no fit ever reads it): agreement per kernel and target
+    #[arg(long, conflicts_with_all = ["data", "write", "cross_validate"])]
+    pub heldout: bool,
     /// Write the fitted constants to this file (kernelgen/src/vmem/spill_fitted.rs)
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -68,9 +77,89 @@ fn load(kernel: KernelModel, files: &[PathBuf]) -> anyhow::Result<(Vec<OraclePoi
     Ok((points, names.join(", ")))
 }
 
+/// The checker against the compiler on the held-out split, per kernel and target.
+fn run_heldout(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let (name, text) = HELDOUT;
+    let (points, bad) = parse_points(text);
+    anyhow::ensure!(bad.is_empty(), "{name}: unreadable lines {bad:?}");
+    if args.observations {
+        return print_observations(&points);
+    }
+    let a = agreement(&points);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(ExitCode::Ok);
+    }
+    println!(
+        "held-out split {name}: {} points ({} not compared: the compiler failed for another reason)",
+        points.len(),
+        a.compiler_errors
+    );
+    print_groups(&a);
+    if args.per_point {
+        print_points(&points);
+    }
+    for d in &a.disagree {
+        println!(
+            "  WRONG {} {}: checker {} ({}), compiler {}",
+            d.target,
+            d.config,
+            d.model,
+            fmt_bytes(d.model_total),
+            d.oracle
+        );
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// Agreement per kernel and target, and in all.
+fn print_groups(a: &Agreement) {
+    println!(
+        "{:<18} {:>6} {:>6} {:>10} {:>6}",
+        "kernel target", "points", "agree", "uncertain", "wrong"
+    );
+    let pct = |n: usize, of: usize| 100.0 * n as f64 / of.max(1) as f64;
+    for (group, [n, agree, unsure, wrong]) in &a.groups {
+        println!(
+            "{group:<18} {n:>6} {agree:>6} {unsure:>4} ({:>3.0}%) {wrong:>6}",
+            pct(*unsure, *n)
+        );
+    }
+    println!(
+        "{:<18} {:>6} {:>6} {:>4} ({:>3.0}%) {:>6}",
+        "all",
+        a.points,
+        a.agree,
+        a.uncertain,
+        pct(a.uncertain, a.points),
+        a.disagree.len()
+    );
+}
+
+/// One JSON line per point that its kernel's model accounts (the others are counted on stderr).
+fn print_observations(points: &[OraclePoint]) -> anyhow::Result<ExitCode> {
+    let mut refused = 0;
+    for p in points {
+        match observe(p) {
+            Ok(o) => println!("{}", serde_json::to_string(&o)?),
+            Err(_) => refused += 1,
+        }
+    }
+    if refused > 0 {
+        eprintln!("{refused} points not accounted by the checker (not printed)");
+    }
+    Ok(ExitCode::Ok)
+}
+
 pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    if args.heldout {
+        return run_heldout(&args);
+    }
     let kernel = KernelModel::parse(&args.kernel)?;
     let (points, source) = load(kernel, &args.data)?;
+    if args.observations {
+        return print_observations(&points);
+    }
     let fit = fit_all(&points);
     if let Some(path) = &args.write {
         // spill_fitted.rs holds every kernel's models: refit from all committed data.
@@ -99,7 +188,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         "{:<5} {:>6}  {:<62} {:>7} {:>7}",
         "target",
         "points",
-        "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k",
+        "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g",
         "under",
         "over"
     );
@@ -117,14 +206,10 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         println!("not fitted: {n} points: {why}");
     }
     println!(
-        "agreement with the compiler (committed constants): {} points, {} agree, {} uncertain ({:.1}%), {} disagree, {} compiler errors not compared",
-        agree.points,
-        agree.agree,
-        agree.uncertain,
-        100.0 * agree.uncertain as f64 / agree.points.max(1) as f64,
-        agree.disagree.len(),
+        "agreement with the compiler (committed constants; {} compiler errors not compared):",
         agree.compiler_errors
     );
+    print_groups(&agree);
     if let Some(l) = loo {
         println!(
             "leave-one-out (each point judged by a fit without it): {} agree, {} uncertain, {} disagree",
@@ -182,7 +267,7 @@ fn print_points(points: &[OraclePoint]) {
                     cfg: c,
                     target,
                     kernel: r.kernel,
-                    vmem_limit: None,
+                    vmem_limit: r.vmem_limit_bytes,
                 })
                 .map_err(|e| e.to_string())
             });
