@@ -6,6 +6,7 @@
 //! NaN it leaves in the pages it frees never reaches the requests that reuse them.
 
 use e2e::serving_client;
+use kernelgen::step::executor::ProgramSetup;
 use kernelgen::step::program::BlockSizes;
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepSource};
@@ -75,6 +76,19 @@ fn serve(
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
 ) -> (Served, usize, usize) {
+    let (served, preemptions, non_finite, _) =
+        serve_with(model, kernel, prompts, &ProgramSetup::default());
+    (served, preemptions, non_finite)
+}
+
+/// [`serve`] with programs from `setup`; also returns how many programs were loaded again
+/// after `setup.max_loaded` unloaded them.
+fn serve_with(
+    model: &Model,
+    kernel: KernelSource,
+    prompts: &[(usize, Vec<u32>, usize)],
+    setup: &ProgramSetup,
+) -> (Served, usize, usize, u64) {
     let cfg = EngineConfig {
         max_seqs: 6,
         max_pages: 14,
@@ -86,13 +100,14 @@ fn serve(
         model: model.config.clone(),
         kernel,
     };
-    let exec = DeviceExecutor::new(
+    let exec = DeviceExecutor::with_programs(
         serving_client(),
         model,
         &cfg,
         Dtype::F32,
         default_buckets(48),
         source,
+        setup,
     )
     .unwrap();
     let mut engine = Engine::new(cfg, exec).unwrap();
@@ -127,7 +142,11 @@ fn serve(
         "finished requests left pages behind"
     );
     let m = engine.metrics();
-    (out, m.preemptions(), m.non_finite_samples())
+    let reloads = engine.executor().times.reloads;
+    if let Some(max) = setup.max_loaded {
+        assert!(engine.executor().loaded_programs() <= max);
+    }
+    (out, m.preemptions(), m.non_finite_samples(), reloads)
 }
 
 /// 16 prompts drawn from `seed`: every fourth is long (33..60 tokens), the rest short; each
@@ -184,15 +203,29 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         );
     };
     // Two kernel artifacts built with different (q_block, kv_pages_block), checked against the
-    // model like any --kernel, give identical greedy tokens.
+    // model like any --kernel, give identical greedy tokens. The second run keeps at most two
+    // programs loaded: the ones it unloads come back from the program cache, unchanged.
+    let cache_dir = std::env::temp_dir().join(format!("kg-evd-programs-{}", std::process::id()));
+    let bounded = ProgramSetup {
+        cache: Some(runtime::cache::executables::ExecutableCache::at(&cache_dir)),
+        before_weights: Vec::new(),
+        max_loaded: Some(2),
+    };
     let mut outputs = Vec::new();
-    for (q, kv) in [(4, 5), (32, 2)] {
+    for ((q, kv), setup) in [((4, 5), ProgramSetup::default()), ((32, 2), bounded)] {
         let artifact = build_artifact(&model, q, kv, seed);
         kernelgen::serve::check_artifact(&artifact, &model.config, 16, Dtype::F32).unwrap();
-        outputs.push(tokens(
-            &serve(&model, KernelSource::Artifact(Box::new(artifact)), &prompts).0,
-        ));
+        let kernel = KernelSource::Artifact(Box::new(artifact));
+        let (served, _, _, reloads) = serve_with(&model, kernel, &prompts, &setup);
+        if setup.max_loaded.is_some() {
+            assert!(
+                reloads > 0,
+                "two loaded programs never made a step load one again"
+            );
+        }
+        outputs.push(tokens(&served));
     }
+    let _ = std::fs::remove_dir_all(&cache_dir);
     assert_eq!(
         outputs[0], outputs[1],
         "two kernel artifacts gave different greedy tokens"

@@ -99,6 +99,8 @@ pub struct ServeOptions {
     pub buckets: Option<Vec<usize>>,
     /// Where compiled step programs are kept between runs; `None` compiles every run.
     pub program_cache: Option<ExecutableCache>,
+    /// At most this many step programs loaded at once ([`ProgramSetup::max_loaded`]).
+    pub max_loaded_programs: Option<usize>,
     /// Reuse full KV pages across requests with equal prefixes ([`Engine::enable_prefix_caching`]).
     pub prefix_caching: bool,
 }
@@ -346,6 +348,7 @@ impl Opened {
         let setup = ProgramSetup {
             cache: opts.program_cache.clone(),
             before_weights,
+            max_loaded: opts.max_loaded_programs,
         };
         let mut exec = DeviceExecutor::with_programs(
             client,

@@ -422,9 +422,51 @@ fn a_client_that_disconnects_mid_stream_is_cancelled_and_its_pages_freed() {
     assert_eq!(ok.status, 200, "the server serves on");
 }
 
+/// Where the server's memory goes, as Prometheus gauges and as `generate --json-metrics`'
+/// `memory` object at `/memory`: the resident set, the start-up stages, and each program's
+/// compiled memory plan (its arguments hold the weights).
+#[test]
+fn the_server_reports_its_memory() {
+    let s = Server::start(&[]);
+    let r = s.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 3}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (rss, peak) = (
+        s.metric("process_resident_memory_bytes"),
+        s.metric("kernelgen_peak_resident_memory_bytes"),
+    );
+    // SmolLM2-135M's f32 weights alone are 538 MB.
+    assert!(rss > 500e6 && peak >= rss, "rss {rss}, peak {peak}");
+    let m = s.request("GET", "/memory", &[], "").json();
+    assert_eq!(
+        m["peak_rss_bytes"].as_f64(),
+        Some(m["now"]["peak_rss_bytes"].as_f64().unwrap())
+    );
+    let stages: Vec<&str> = m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    for want in ["plugin loaded", "weights uploaded", "first step"] {
+        assert!(stages.contains(&want), "{want} in {stages:?}");
+    }
+    let compiled = m["compiled"].as_object().unwrap();
+    assert!(!compiled.is_empty(), "{m}");
+    for (name, plan) in compiled {
+        let args = plan["argument_bytes"].as_f64().unwrap();
+        assert!(args > 500e6, "{name}: the weights are arguments: {plan}");
+        let metric =
+            format!("kernelgen_program_memory_bytes{{program=\"{name}\",kind=\"argument\"}}");
+        assert_eq!(s.metric(&metric), args, "{metric}");
+    }
+    assert!(s.metric("kernelgen_programs_loaded") >= 1.0);
+}
+
 #[test]
 fn under_load_every_request_completes_as_alone_or_is_cleanly_refused() {
-    let s = Server::start(&["--max-queue", "6"]);
+    // At most three programs loaded: under this load the server unloads some and loads them
+    // again, and every text must still equal the request's text alone.
+    let s = Server::start(&["--max-queue", "6", "--max-programs", "3"]);
     let prompts = [
         "Hi",
         "Name three colors.",
@@ -492,6 +534,13 @@ fn under_load_every_request_completes_as_alone_or_is_cleanly_refused() {
     assert_eq!(after[2] - before[2], 0.0);
     assert_eq!(s.metric("vllm:num_requests_waiting"), 0.0);
     assert_eq!(s.metric("kernelgen_requests_running"), 0.0);
+    let loaded = s.metric("kernelgen_programs_loaded");
+    assert!((1.0..=3.0).contains(&loaded), "{loaded} programs loaded");
+    eprintln!(
+        "programs: {loaded} loaded, {} unloads, {} reloads",
+        s.metric("kernelgen_program_unloads_total"),
+        s.metric("kernelgen_program_reloads_total")
+    );
 }
 
 #[test]

@@ -49,6 +49,7 @@ impl BenchModel {
             plugin: self.plugin.clone(),
             buckets: None,
             program_cache: None,
+            max_loaded_programs: None,
             prefix_caching: false,
         }
     }

@@ -214,6 +214,7 @@ pub fn serve_options(
         plugin: plugin.path(),
         buckets: None,
         program_cache: cache.cache(),
+        max_loaded_programs: cache.max_loaded(),
         prefix_caching,
     };
     if !opts.model.exists() {
@@ -231,7 +232,14 @@ pub struct ProgramCacheArg {
     /// Folder of compiled step programs: a later run with the same model, kernel, engine shape and plugin loads them instead of compiling (seconds saved per program); `off` compiles every run. Bounded to 1 GiB, least recently used first out [default: <cache>/executables]
     #[arg(long, value_name = "DIR|off")]
     pub program_cache: Option<PathBuf>,
+    /// Step programs kept loaded at once (one per token bucket and decode batch met so far). XLA's CPU executable keeps ~70 MB resident per SmolLM2 step program (its optimized module and copies), so a server that met every bucket would hold them all; past this bound the least recently used is unloaded and loaded again from the program cache (~0.5 s) when a step needs it. 0: no bound
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROGRAMS)]
+    pub max_programs: usize,
 }
+
+/// `--max-programs`' default: a serving mix's working set (a decode batch size or two, a mixed
+/// bucket or two) stays loaded; not every bucket it ever met.
+pub const DEFAULT_MAX_PROGRAMS: usize = 6;
 
 impl ProgramCacheArg {
     /// The cache this flag names: `None` for `off`.
@@ -242,6 +250,11 @@ impl ProgramCacheArg {
             Some(dir) => Some(ExecutableCache::at(dir)),
             None => Some(ExecutableCache::default_dir()),
         }
+    }
+
+    /// `--max-programs`, `None` for 0 (no bound).
+    pub fn max_loaded(&self) -> Option<usize> {
+        (self.max_programs > 0).then_some(self.max_programs)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::metrics::ServerMetrics;
 use crate::serve::{streamable, Served};
+use crate::step::executor::MemoryReport;
 use runtime::engine::{FinishReason, RequestId, SamplingParams};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,6 +66,9 @@ pub struct Shared {
     pub failure: Mutex<Option<String>>,
     /// Set on shutdown: new requests get 503.
     pub draining: AtomicBool,
+    /// Where the server's memory went (`GET /memory`): start-up stages and each program's
+    /// compiled memory plan, refreshed when a program is first loaded.
+    pub memory: Mutex<Option<MemoryReport>>,
 }
 
 /// A handle to the engine thread, cloned into every handler.
@@ -200,6 +204,7 @@ impl EngineLoop {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
+        self.publish();
         loop {
             if !self.served.engine.has_work() {
                 // Idle: wait for work; every handle gone means the server has stopped.
@@ -400,5 +405,18 @@ impl EngineLoop {
             st.prefix_queried_tokens,
             st.prefix_hit_tokens,
         );
+        let exec = self.served.engine.executor();
+        let (unloads, reloads) = (exec.times.unloads, exec.times.reloads);
+        self.metrics
+            .set_programs(exec.loaded_programs(), unloads, reloads);
+        if let Ok(mut m) = self.shared.memory.lock() {
+            let stale = m
+                .as_ref()
+                .is_none_or(|r| r.stages.len() != exec.memory.stages.len());
+            if stale {
+                self.metrics.set_program_plans(&exec.compiled);
+                *m = Some(exec.memory_report());
+            }
+        }
     }
 }

@@ -20,6 +20,15 @@ pub struct Outcome {
     pub outcome: String,
 }
 
+/// One figure of a step program's compiled memory plan.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramFigure {
+    /// "t16", "t16-decode".
+    pub program: String,
+    /// argument, output, alias, temp (`PJRT_Executable_GetCompiledMemoryStats`).
+    pub kind: String,
+}
+
 /// Every metric, cheap to clone (shared counters inside).
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -39,6 +48,12 @@ pub struct ServerMetrics {
     pub ttft: Histogram,
     pub itl: Histogram,
     pub latency: Histogram,
+    rss: Gauge,
+    peak_rss: Gauge,
+    programs_loaded: Gauge,
+    program_unloads: Counter,
+    program_reloads: Counter,
+    program_bytes: Family<ProgramFigure, Gauge>,
 }
 
 impl Default for ServerMetrics {
@@ -67,6 +82,12 @@ impl ServerMetrics {
             ttft: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             itl: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             latency: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            rss: Gauge::default(),
+            peak_rss: Gauge::default(),
+            programs_loaded: Gauge::default(),
+            program_unloads: Counter::default(),
+            program_reloads: Counter::default(),
+            program_bytes: Family::default(),
         };
         let k = |name: &str| format!("kernelgen_{name}");
         r.register(
@@ -145,6 +166,36 @@ impl ServerMetrics {
             m.latency.clone(),
         );
         r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process (VmRSS)",
+            m.rss.clone(),
+        );
+        r.register(
+            k("peak_resident_memory_bytes"),
+            "Peak resident memory of the server process (VmHWM)",
+            m.peak_rss.clone(),
+        );
+        r.register(
+            k("programs_loaded"),
+            "Step programs loaded now (bounded by --max-programs)",
+            m.programs_loaded.clone(),
+        );
+        r.register(
+            k("program_unloads"),
+            "Step programs unloaded to stay within --max-programs",
+            m.program_unloads.clone(),
+        );
+        r.register(
+            k("program_reloads"),
+            "Step programs loaded again after an unload",
+            m.program_reloads.clone(),
+        );
+        r.register(
+            k("program_memory_bytes"),
+            "Each step program's compiled memory plan, by kind: argument, output, alias (outputs reusing donated arguments), temp",
+            m.program_bytes.clone(),
+        );
+        r.register(
             "vllm:num_requests_waiting",
             "Requests waiting (Gateway API Inference Extension protocol)",
             m.waiting.clone(),
@@ -193,14 +244,55 @@ impl ServerMetrics {
 
     /// The engine's running totals: the counters follow them.
     pub fn totals_seen(&self, preemptions: usize, prefix_queried: u64, prefix_hit: u64) {
-        let up = |c: &Counter, total: u64| {
-            if total > c.get() {
-                c.inc_by(total - c.get());
-            }
-        };
+        let up = follow;
         up(&self.preemptions, preemptions as u64);
         up(&self.prefix_queries, prefix_queried);
         up(&self.prefix_hits, prefix_hit);
+    }
+
+    /// The process's resident and peak resident memory, now (read at each scrape).
+    pub fn refresh_process_memory(&self) {
+        if let Some(m) = runtime::mem::MemSnapshot::now() {
+            self.rss.set(m.rss_bytes as i64);
+            self.peak_rss.set(m.peak_rss_bytes as i64);
+        }
+    }
+
+    /// How many programs are loaded, and the unloads and reloads so far.
+    pub fn set_programs(&self, loaded: usize, unloads: u64, reloads: u64) {
+        self.programs_loaded.set(loaded as i64);
+        follow(&self.program_unloads, unloads);
+        follow(&self.program_reloads, reloads);
+    }
+
+    /// Programs loaded now, unloads and reloads so far.
+    pub fn programs(&self) -> (usize, u64, u64) {
+        (
+            self.programs_loaded.get().max(0) as usize,
+            self.program_unloads.get(),
+            self.program_reloads.get(),
+        )
+    }
+
+    /// Every program's compiled memory plan.
+    pub fn set_program_plans(
+        &self,
+        compiled: &std::collections::BTreeMap<String, runtime::pjrt::CompiledMemoryStats>,
+    ) {
+        for (program, s) in compiled {
+            for (kind, bytes) in [
+                ("argument", s.argument_bytes),
+                ("output", s.output_bytes),
+                ("alias", s.alias_bytes),
+                ("temp", s.temp_bytes),
+            ] {
+                let figure = ProgramFigure {
+                    program: program.clone(),
+                    kind: kind.to_string(),
+                };
+                self.program_bytes.get_or_create(&figure).set(bytes as i64);
+            }
+        }
     }
 
     /// Prompt tokens found in the prefix cache so far.
@@ -226,5 +318,12 @@ impl ServerMetrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+}
+
+/// Raises counter `c` to the running `total` it mirrors.
+fn follow(c: &Counter, total: u64) {
+    if total > c.get() {
+        c.inc_by(total - c.get());
     }
 }

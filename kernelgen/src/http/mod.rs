@@ -229,8 +229,9 @@ fn router(state: AppState) -> Router {
         .merge(v1)
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
+        .route("/memory", get(memory))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics")
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics, /memory")
         })
         .with_state(state)
 }
@@ -271,6 +272,7 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 async fn prometheus(State(s): State<AppState>) -> Response {
+    s.metrics.refresh_process_memory();
     (
         [(
             header::CONTENT_TYPE,
@@ -279,6 +281,20 @@ async fn prometheus(State(s): State<AppState>) -> Response {
         s.metrics.encode(),
     )
         .into_response()
+}
+
+/// Where the memory went, as `generate --json-metrics` reports it under `memory`, with the
+/// resident set now and the peak since start.
+async fn memory(State(s): State<AppState>) -> Response {
+    let report = s.engine.shared.memory.lock().ok().and_then(|m| m.clone());
+    let now = runtime::mem::MemSnapshot::now();
+    Json(json!({
+        "now": now,
+        "peak_rss_bytes": now.map(|m| m.peak_rss_bytes),
+        "stages": report.as_ref().map(|r| &r.stages),
+        "compiled": report.as_ref().map(|r| &r.compiled),
+    }))
+    .into_response()
 }
 
 async fn models(State(s): State<AppState>) -> Response {

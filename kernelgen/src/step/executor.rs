@@ -4,8 +4,8 @@
 //! Each layer's KV pool is created on the device uninitialized (never uploaded, never filled:
 //! the kernels ignore every slot a sequence has not written, whatever it holds) and donated to
 //! every step, whose program aliases it to an output: the pool is updated in place and never
-//! copied or moved back to the host. Programs are compiled once per token-count bucket, on first
-//! use, and cached.
+//! copied or moved back to the host. Programs are compiled (or loaded from the program cache) per
+//! token-count bucket on first use, and kept loaded, up to [`ProgramSetup::max_loaded`] of them.
 
 use super::weights::upload_weights;
 use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
@@ -56,6 +56,9 @@ pub struct ExecutorTimes {
     pub all: PhaseTimes,
     /// Steps that ran a decode-only program (one new token per sequence).
     pub decode: PhaseTimes,
+    /// Programs unloaded to stay within [`ProgramSetup::max_loaded`], and loaded again later.
+    pub unloads: u64,
+    pub reloads: u64,
 }
 
 /// Where a served model's memory went: the process's peak resident set, the resident memory at
@@ -73,8 +76,12 @@ pub struct DeviceExecutor {
     kv_dtype: Dtype,
     vocab: usize,
     buckets: Vec<usize>,
-    /// Compiled programs by (token bucket, decode-only).
-    programs: BTreeMap<(usize, bool), Executable>,
+    /// Loaded programs by (token bucket, decode-only), with the step count of their last use.
+    programs: BTreeMap<(usize, bool), (Executable, u64)>,
+    /// Every program loaded once (a later load is a reload).
+    seen: std::collections::BTreeSet<(usize, bool)>,
+    /// At most this many programs loaded at once; `None`: no bound.
+    max_loaded: Option<usize>,
     source: StepSource,
     weights: Vec<Buffer>,
     pools: Vec<Buffer>,
@@ -100,6 +107,12 @@ pub struct ProgramSetup {
     /// uploaded: a compile needs transient memory several times its program's size, which
     /// then never adds to the weights' and the KV pool's. Other programs compile on first use.
     pub before_weights: Vec<(usize, bool)>,
+    /// At most this many programs stay loaded: XLA's CPU executable keeps its optimized module,
+    /// a protobuf copy of it and its buffer assignment resident (~70 MB for SmolLM2's step
+    /// program), so a server that met every token bucket would otherwise hold them all. The
+    /// least recently used program is unloaded first and loaded again (from `cache`) when a
+    /// step needs it. `None`: no bound.
+    pub max_loaded: Option<usize>,
 }
 
 impl DeviceExecutor {
@@ -141,6 +154,8 @@ impl DeviceExecutor {
             vocab: config.vocab_size,
             buckets,
             programs: BTreeMap::new(),
+            seen: Default::default(),
+            max_loaded: setup.max_loaded.map(|n| n.max(1)),
             source,
             weights: Vec::new(),
             pools: Vec::new(),
@@ -209,35 +224,69 @@ impl DeviceExecutor {
         }
     }
 
-    /// Compiles (once) the program for `bucket` tokens (decode-only or general).
+    /// Loads the program for `bucket` tokens (decode-only or general): compiled, or from the
+    /// program cache, the first time; again after [`ProgramSetup::max_loaded`] unloaded it.
     pub fn compile_bucket(
         &mut self,
         bucket: usize,
         decode: bool,
     ) -> Result<&Executable, EngineError> {
-        if !self.programs.contains_key(&(bucket, decode)) {
-            let start = Instant::now();
-            let shapes = self.shapes(bucket, decode);
-            let text = self
-                .source
-                .program(&shapes)
-                .map_err(|e| EngineError::Executor(e.to_string()))?;
-            let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
-            let options = CompileOptions::new();
-            let (exe, origin) = match &self.program_cache {
-                Some(cache) => cache.load_or_compile(&self.client, &text, &options),
-                None => self
-                    .client
-                    .compile(&text, &options)
-                    .map(|e| (e, Origin::Compiled)),
-            }
-            .map_err(exec_err(&format!("compiling the step program {name}")))?;
-            drop(text);
-            self.times
-                .compile
-                .insert(name.clone(), start.elapsed().as_secs_f64());
-            self.times.origin.insert(name.clone(), origin);
+        let key = (bucket, decode);
+        let now = self.times.all.steps as u64;
+        if let Some(entry) = self.programs.get_mut(&key) {
+            entry.1 = now;
+        } else {
+            self.unload_to_make_room();
+            let exe = self.load_program(bucket, decode)?;
+            self.programs.insert(key, (exe, now));
+        }
+        Ok(&self.programs[&key].0)
+    }
+
+    /// Unloads least recently used programs until one more fits under `max_loaded`.
+    fn unload_to_make_room(&mut self) {
+        let Some(max) = self.max_loaded else { return };
+        while self.programs.len() >= max {
+            let Some(oldest) = self
+                .programs
+                .iter()
+                .min_by_key(|(_, e)| e.1)
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            self.programs.remove(&oldest);
+            self.times.unloads += 1;
             runtime::mem::release_free_heap();
+        }
+    }
+
+    /// Emits and compiles (or loads from the program cache) one program, recording its time,
+    /// origin, memory plan and, on its first load, the resident memory after it.
+    fn load_program(&mut self, bucket: usize, decode: bool) -> Result<Executable, EngineError> {
+        let start = Instant::now();
+        let shapes = self.shapes(bucket, decode);
+        let text = self
+            .source
+            .program(&shapes)
+            .map_err(|e| EngineError::Executor(e.to_string()))?;
+        let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
+        let options = CompileOptions::new();
+        let (exe, origin) = match &self.program_cache {
+            Some(cache) => cache.load_or_compile(&self.client, &text, &options),
+            None => self
+                .client
+                .compile(&text, &options)
+                .map(|e| (e, Origin::Compiled)),
+        }
+        .map_err(exec_err(&format!("compiling the step program {name}")))?;
+        drop(text);
+        self.times
+            .compile
+            .insert(name.clone(), start.elapsed().as_secs_f64());
+        self.times.origin.insert(name.clone(), origin);
+        runtime::mem::release_free_heap();
+        if self.seen.insert((bucket, decode)) {
             let verb = match origin {
                 Origin::Compiled => "compiled",
                 Origin::Loaded => "loaded",
@@ -246,10 +295,16 @@ impl DeviceExecutor {
             if let Ok(stats) = exe.compiled_memory_stats() {
                 self.compiled.insert(name, stats);
             }
-            self.unreported_setup += start.elapsed();
-            self.programs.insert((bucket, decode), exe);
+        } else {
+            self.times.reloads += 1;
         }
-        Ok(&self.programs[&(bucket, decode)])
+        self.unreported_setup += start.elapsed();
+        Ok(exe)
+    }
+
+    /// Programs loaded now.
+    pub fn loaded_programs(&self) -> usize {
+        self.programs.len()
     }
 
     fn bucket_for(&self, tokens: usize) -> Result<usize, EngineError> {
@@ -336,6 +391,7 @@ impl StepExecutor for DeviceExecutor {
         args.extend(self.weights.iter().map(Arg::Borrowed));
         let exec_start = Instant::now();
         let mut out = self.programs[&(bucket, decode)]
+            .0
             .execute(args)
             .map_err(exec_err(
                 "executing the step (the KV pools were donated and are lost)",
