@@ -296,3 +296,45 @@ fn serve_bench_sets_the_server_beside_batch_mode() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--clients"), "{}", stderr(&o));
 }
+
+/// `bench programs` serves one workload per bound, each in a process of its own: the bounded
+/// server never holds more programs than its bound and unloads to stay within it, and the
+/// unbounded one keeps every program it met.
+#[test]
+fn programs_bench_keeps_each_bound() {
+    let model = verify::fixtures::require_default_model();
+    let o = kernelgen(&[
+        "bench",
+        "programs",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-programs",
+        "0,2",
+        "--requests",
+        "6",
+        "--clients",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bounds = r["bounds"].as_array().unwrap();
+    assert_eq!(bounds.len(), 2, "{r}");
+    let u = |v: &serde_json::Value| v.as_u64().unwrap();
+    let (free, two) = (&bounds[0], &bounds[1]);
+    assert_eq!(u(&free["unloads"]), 0, "{free}");
+    assert!(
+        u(&free["programs_loaded"]) > 2,
+        "six prompt lengths meet more than two programs: {free}"
+    );
+    assert!(u(&two["programs_loaded"]) <= 2, "{two}");
+    assert!(
+        u(&two["unloads"]) >= 1,
+        "it met more programs than two: {two}"
+    );
+    for b in bounds {
+        assert!(u(&b["peak_rss_bytes"]) >= u(&b["rss_bytes"]), "{b}");
+        assert!(b["wall_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(free["wall_ratio"].as_f64(), Some(1.0));
+}

@@ -9,6 +9,7 @@
 //! - [`memory`]: serving's peak and long-run resident memory beside the weights + KV pool;
 //! - [`serve`]: the HTTP server beside the engine's batch mode on the same prompts, and what
 //!   prefix caching does to time to first token;
+//! - [`programs`]: the server's peak memory and wall time under each bound on loaded programs;
 //! - [`check`]: the VMEM checker's configs/s;
 //! - [`probes`]: the bandwidth and matmul-rate probes.
 
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod kernel;
 pub mod memory;
 pub mod probes;
+pub mod programs;
 pub mod serve;
 
 use crate::serve::{ServeOptions, Served};

@@ -128,7 +128,7 @@ impl ServeBench {
 }
 
 /// Prompt texts of about `len` tokens each, different per index, the same every run.
-fn prompts(served: &Served, count: usize, len: usize, salt: usize) -> Vec<String> {
+pub(super) fn prompts(served: &Served, count: usize, len: usize, salt: usize) -> Vec<String> {
     let vocab = served.model.vocab_size;
     (0..count)
         .map(|i| {
@@ -262,15 +262,15 @@ fn stream_one(addr: &str, path: &str, body: &serde_json::Value) -> Result<Timed,
 }
 
 /// A server on 127.0.0.1 in a thread of its own, stopped on drop.
-struct RunningServer {
+pub(super) struct RunningServer {
     addr: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    metrics: ServerMetrics,
+    pub(super) metrics: ServerMetrics,
 }
 
 impl RunningServer {
-    fn start(served: Served) -> Result<RunningServer, BenchError> {
+    pub(super) fn start(served: Served) -> Result<RunningServer, BenchError> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (tx, rx) = std::sync::mpsc::channel();
         let opts = ServerOptions {
@@ -314,7 +314,7 @@ impl RunningServer {
     }
 
     /// `clients` threads, each sending its share of `bodies` one after another.
-    fn run(
+    pub(super) fn run(
         &self,
         path: &str,
         bodies: &[serde_json::Value],

@@ -22,6 +22,7 @@ pub enum BenchWhat {
     Decode(DecodeArgs),
     Serve(ServeBenchArgs),
     Memory(MemoryArgs),
+    Programs(ProgramsBenchArgs),
     Kernel(KernelBenchArgs),
     Check(CheckBenchArgs),
 }
@@ -170,6 +171,152 @@ fn run_serve(a: ServeBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// The server's peak memory and wall time under each bound on loaded step programs (`serve --max-programs`)
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Serves the same workload through the HTTP server once per bound, each on a fresh engine with \
+programs from the program cache: --requests completions whose prompts cycle through 6 to 300 \
+tokens and whose outputs cycle through 16-63 tokens (end-of-sequence ignored), --clients in \
+flight, so steps meet many token buckets and decode batch sizes. Prints, per bound, the programs \
+loaded at the end, unloads and reloads, the peak resident set and the wall time beside the \
+first bound's. A warm-up pass first fills the program cache, and each bound runs in a process \
+of its own, so no bound pays for a compile and no peak includes another bound's memory.
+
+Example:
+  kernelgen bench programs --max-programs 0,6,3")]
+pub struct ProgramsBenchArgs {
+    #[command(flatten)]
+    pub served: ServedArgs,
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    /// Bounds on loaded programs to measure, in order (0: no bound; the first is the baseline)
+    #[arg(long, value_delimiter = ',', default_value = "0,6,3")]
+    pub max_programs: Vec<usize>,
+    /// Requests per bound
+    #[arg(long, default_value_t = 48)]
+    pub requests: usize,
+    /// Requests in flight
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    #[arg(long)]
+    pub json: bool,
+    /// Measure the first bound in this process and print its figures as JSON (what each child
+    /// of a run does)
+    #[arg(long, hide = true)]
+    pub one: bool,
+}
+
+/// This binary's `bench programs` measuring `bound` alone in a child process, with `a`'s model,
+/// kernel, plugin and workload; `None` serves the workload once to fill the program cache.
+fn programs_child(
+    a: &ProgramsBenchArgs,
+    bound: usize,
+) -> anyhow::Result<bench::programs::BoundFigures> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("finding this binary to run each bound")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "programs",
+        "--one",
+        "--max-programs",
+        &bound.to_string(),
+    ])
+    .args([
+        "--requests",
+        &a.requests.to_string(),
+        "--clients",
+        &a.clients.to_string(),
+    ])
+    .args(["--page-size", &a.page_size.to_string()])
+    .args(["--model".as_ref(), a.served.model_path().as_os_str()])
+    .args(["--plugin".as_ref(), a.plugin.path().as_os_str()]);
+    if let Some(k) = &a.served.kernel {
+        cmd.args(["--kernel".as_ref(), k.as_os_str()]);
+    }
+    if let Some(q) = a.served.q_block {
+        cmd.args(["--q", &q.to_string()]);
+    }
+    if let Some(kv) = a.served.kv_pages_block {
+        cmd.args(["--kv", &kv.to_string()]);
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("measuring --max-programs {bound} failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading the figures of --max-programs {bound}"))
+}
+
+fn run_programs(a: ProgramsBenchArgs) -> anyhow::Result<ExitCode> {
+    let b = bench::programs::ProgramsBench {
+        served: bench_model(&a.served, &a.plugin),
+        bounds: a.max_programs.clone(),
+        requests: a.requests,
+        clients: a.clients,
+        page_size: a.page_size,
+    };
+    if a.one {
+        let f = bench::programs::measure(&b, b.bounds[0]).map_err(classify)?;
+        println!("{}", serde_json::to_string(&f)?);
+        return Ok(ExitCode::Ok);
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar.set_message("warm-up: every program into the program cache");
+    let warm = bench::programs::warm_up(&b).map_err(classify);
+    let mut figures = Vec::new();
+    for &bound in &b.bounds {
+        if warm.is_err() {
+            break;
+        }
+        bar.set_message(format!(
+            "--max-programs {bound}: {} requests, {} in flight",
+            a.requests, a.clients
+        ));
+        figures.push(programs_child(&a, bound));
+    }
+    bar.finish_and_clear();
+    warm?;
+    let r = bench::programs::report(figures.into_iter().collect::<anyhow::Result<Vec<_>>>()?);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::Ok);
+    }
+    println!(
+        "{:>12}  {:>6}  {:>15}  {:>13}  {:>12}  {:>8}  {:>9}  {:>10}",
+        "max-programs",
+        "loaded",
+        "unloads/reloads",
+        "peak RSS MB",
+        "end RSS MB",
+        "wall s",
+        "out tok/s",
+        "wall ratio"
+    );
+    for f in &r.bounds {
+        let bound = if f.max_programs == 0 {
+            "none".to_string()
+        } else {
+            f.max_programs.to_string()
+        };
+        println!(
+            "{:>12}  {:>6}  {:>15}  {:>13.0}  {:>12.0}  {:>8.1}  {:>9.1}  {:>10.2}",
+            bound,
+            f.programs_loaded,
+            format!("{} / {}", f.unloads, f.reloads),
+            f.peak_rss_bytes as f64 / 1e6,
+            f.rss_bytes as f64 / 1e6,
+            f.wall_s,
+            f.output_tokens_per_s,
+            f.wall_ratio
+        );
+    }
+    Ok(ExitCode::Ok)
+}
+
 /// Throughput of the analytic VMEM checker (configs per second)
 #[derive(Args, Debug)]
 #[command(
@@ -288,6 +435,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Decode(a) => run_decode(a),
         BenchWhat::Memory(a) => run_memory(a),
         BenchWhat::Serve(a) => run_serve(a),
+        BenchWhat::Programs(a) => run_programs(a),
         BenchWhat::Kernel(k) => run_kernel(k),
         BenchWhat::Check(c) => run_check(c),
     }
