@@ -18,9 +18,8 @@ use super::executable::Executable;
 pub(crate) struct ClientInner {
     pub(crate) api: Arc<Api>,
     pub(crate) raw: NonNull<sys::PJRT_Client>,
-    /// First addressable device; owned by the client.
-    device0: NonNull<sys::PJRT_Device>,
-    num_devices: usize,
+    /// The addressable devices, in the plugin's order (at least one); owned by the client.
+    devices: Vec<NonNull<sys::PJRT_Device>>,
 }
 
 // SAFETY: PJRT clients are thread-safe (the C API allows concurrent calls on one client);
@@ -52,7 +51,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("plugin", &self.inner.api.path())
-            .field("addressable_devices", &self.inner.num_devices)
+            .field("addressable_devices", &self.inner.devices.len())
             .finish()
     }
 }
@@ -137,8 +136,7 @@ impl Client {
         let mut inner = ClientInner {
             api,
             raw,
-            device0: NonNull::dangling(),
-            num_devices: 0,
+            devices: Vec::new(),
         };
         // SAFETY: `raw` is the live client just created.
         unsafe { pjrt_call!(inner.api, PJRT_Client_AddressableDevices, &mut dev_args) }?;
@@ -147,10 +145,16 @@ impl Client {
         }
         // SAFETY: the plugin returned a non-null array of `num_addressable_devices >= 1`
         // device pointers owned by the client.
-        let first = unsafe { *dev_args.addressable_devices };
-        inner.device0 =
-            NonNull::new(first).ok_or_else(|| invalid("null addressable device".into()))?;
-        inner.num_devices = dev_args.num_addressable_devices;
+        let devices = unsafe {
+            std::slice::from_raw_parts(
+                dev_args.addressable_devices,
+                dev_args.num_addressable_devices,
+            )
+        };
+        inner.devices = devices
+            .iter()
+            .map(|&d| NonNull::new(d).ok_or_else(|| invalid("null addressable device".into())))
+            .collect::<Result<_>>()?;
         Ok(Client {
             inner: Arc::new(inner),
         })
@@ -187,7 +191,7 @@ impl Client {
 
     /// Number of devices this client can address.
     pub fn addressable_device_count(&self) -> usize {
-        self.inner.num_devices
+        self.inner.devices.len()
     }
 
     /// Compiles StableHLO MLIR text (pretty or generic form; entry point `func.func @main`).
@@ -235,6 +239,28 @@ impl Client {
     /// `done_with_host_buffer` event awaited). Errors if `data.len()` is not the product of
     /// `dims` or a dimension is negative.
     pub fn buffer_from_host<T: Element>(&self, data: &[T], dims: &[i64]) -> Result<Buffer> {
+        self.buffer_from_host_on(0, data, dims)
+    }
+
+    /// The addressable device `index` (0..[`Client::addressable_device_count`]).
+    fn device(&self, index: usize) -> Result<NonNull<sys::PJRT_Device>> {
+        self.inner.devices.get(index).copied().ok_or_else(|| {
+            invalid(format!(
+                "device {index}: the client has {} addressable devices",
+                self.inner.devices.len()
+            ))
+        })
+    }
+
+    /// [`Client::buffer_from_host`] onto addressable device `device` (one shard of a
+    /// partitioned program's argument, for example).
+    pub fn buffer_from_host_on<T: Element>(
+        &self,
+        device: usize,
+        data: &[T],
+        dims: &[i64],
+    ) -> Result<Buffer> {
+        let device = self.device(device)?;
         let expected = element_count(dims)?;
         if data.len() != expected {
             return Err(invalid(format!(
@@ -249,7 +275,7 @@ impl Client {
         args.dims = dims.as_ptr();
         args.num_dims = dims.len();
         args.host_buffer_semantics = sys::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall;
-        args.device = self.inner.device0.as_ptr();
+        args.device = device.as_ptr();
         // SAFETY: `data` holds exactly product(dims) elements of the declared type and is
         // borrowed for the whole function, including the wait for `done_with_host_buffer`.
         unsafe { pjrt_call!(self.api(), PJRT_Client_BufferFromHostBuffer, &mut args) }?;
@@ -270,13 +296,24 @@ impl Client {
     /// copy, no fill): for state the device program writes before reading, like a KV pool,
     /// whose kernels ignore every slot they have not written.
     pub fn uninitialized_buffer(&self, ty: ElementType, dims: &[i64]) -> Result<Buffer> {
+        self.uninitialized_buffer_on(0, ty, dims)
+    }
+
+    /// [`Client::uninitialized_buffer`] on addressable device `device`.
+    pub fn uninitialized_buffer_on(
+        &self,
+        device: usize,
+        ty: ElementType,
+        dims: &[i64],
+    ) -> Result<Buffer> {
+        let device = self.device(device)?;
         element_count(dims)?;
         let mut args = sys::PJRT_Client_CreateUninitializedBuffer_Args::new();
         args.client = self.inner.raw.as_ptr();
         args.shape_dims = dims.as_ptr();
         args.shape_num_dims = dims.len();
         args.shape_element_type = ty.to_raw();
-        args.device = self.inner.device0.as_ptr();
+        args.device = device.as_ptr();
         // SAFETY: `dims` outlives the call; a null layout asks for the default one.
         unsafe { pjrt_call!(self.api(), PJRT_Client_CreateUninitializedBuffer, &mut args) }?;
         let raw = NonNull::new(args.buffer).ok_or_else(|| {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! CompileOptionsProto:          executable_build_options = 3, env_option_overrides = 7
-//! ExecutableBuildOptionsProto:  device_ordinal = 1, num_replicas = 4, num_partitions = 5
+//! ExecutableBuildOptionsProto:  device_ordinal = 1, num_replicas = 4, num_partitions = 5,
+//!                               use_spmd_partitioning = 6
 //! OptionOverrideProto (oneof):  string_field = 1, bool_field = 2, int_field = 3, double_field = 4
 //! ```
 //!
@@ -23,6 +24,8 @@ use prost::Message;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompileOptions {
     device_ordinal: Option<i64>,
+    /// Partitions of an SPMD program (1: not partitioned).
+    partitions: Option<i64>,
     overrides: BTreeMap<String, OptionValue>,
 }
 
@@ -77,6 +80,20 @@ impl CompileOptions {
         self
     }
 
+    /// An SPMD program over `n` devices: XLA's partitioner splits it by its sharding
+    /// annotations (`mhlo.sharding`) into one program per device, inserting the collectives;
+    /// the client's default device assignment places partition i on device i. `n` = 1 is an
+    /// ordinary program.
+    pub fn with_partitions(mut self, n: i64) -> Self {
+        self.partitions = (n > 1).then_some(n);
+        self
+    }
+
+    /// The partitions [`CompileOptions::with_partitions`] asked for (1 when unset).
+    pub fn partitions(&self) -> i64 {
+        self.partitions.unwrap_or(1)
+    }
+
     /// Sets an XLA option by name, e.g. `.with_option("xla_cpu_enable_fast_math", false)`.
     /// A later call with the same name replaces the earlier value.
     pub fn with_option(mut self, name: impl Into<String>, value: impl Into<OptionValue>) -> Self {
@@ -95,7 +112,8 @@ impl CompileOptions {
                 // XLA reads -1 as "not set"; proto3's implicit 0 would mean device 0.
                 device_ordinal: self.device_ordinal.unwrap_or(-1),
                 num_replicas: 1,
-                num_partitions: 1,
+                num_partitions: self.partitions(),
+                use_spmd_partitioning: self.partitions.is_some(),
             }),
             env_option_overrides: self
                 .overrides
@@ -139,6 +157,8 @@ pub(crate) mod proto {
         pub num_replicas: i64,
         #[prost(int64, tag = "5")]
         pub num_partitions: i64,
+        #[prost(bool, tag = "6")]
+        pub use_spmd_partitioning: bool,
     }
 
     /// `xla.OptionOverrideProto`.

@@ -1,4 +1,5 @@
-//! `PJRT_LoadedExecutable`: a compiled program, executed on device 0.
+//! `PJRT_LoadedExecutable`: a compiled program, executed on device 0, or on each of its
+//! devices when it was compiled as N partitions.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -191,63 +192,109 @@ impl Executable {
     /// destroyed after the run (their memory may now back an aliased output). On error,
     /// donated inputs are destroyed too.
     pub fn execute(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
+        let mut out = self.execute_partitioned(vec![args])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Runs a partitioned program (compiled with
+    /// [`CompileOptions::with_partitions`](super::CompileOptions::with_partitions)) on its
+    /// devices at once: `args[i]` holds partition i's arguments (each on device i, in the
+    /// shard shapes the partitioner gave that device), and the result holds each partition's
+    /// outputs. Waits for every device to finish. Borrowed and donated arguments behave as in
+    /// [`Executable::execute`]; a position is donated on every device or on none.
+    pub fn execute_partitioned(&self, args: Vec<Vec<Arg<'_>>>) -> Result<Vec<Vec<Buffer>>> {
         let api = &*self.client.api;
-        let inputs: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|a| a.buffer().raw()).collect();
-        let non_donatable: Vec<i64> = args
+        let devices = args.len();
+        let num_args = args.first().map_or(0, Vec::len);
+        if devices == 0 || args.iter().any(|a| a.len() != num_args) {
+            return Err(invalid(format!(
+                "execute: one argument list per device, all of one length (got lengths {:?})",
+                args.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let inputs: Vec<Vec<*mut sys::PJRT_Buffer>> = args
+            .iter()
+            .map(|list| list.iter().map(|a| a.buffer().raw()).collect())
+            .collect();
+        let donated = |a: &Arg| matches!(a, Arg::Donated(_));
+        if args
+            .iter()
+            .any(|l| l.iter().map(donated).ne(args[0].iter().map(donated)))
+        {
+            return Err(invalid(
+                "execute: an argument position is donated on some devices only".into(),
+            ));
+        }
+        let non_donatable: Vec<i64> = args[0]
             .iter()
             .enumerate()
-            .filter(|(_, a)| matches!(a, Arg::Borrowed(_)))
+            .filter(|(_, a)| !donated(a))
             .map(|(i, _)| i as i64)
             .collect();
-        for arg in &args {
-            if !Arc::ptr_eq(arg.buffer().client_inner(), &self.client) {
-                return Err(invalid(
-                    "execute: argument buffer belongs to a different client".into(),
-                ));
-            }
+        if args
+            .iter()
+            .flatten()
+            .any(|a| !Arc::ptr_eq(a.buffer().client_inner(), &self.client))
+        {
+            return Err(invalid(
+                "execute: argument buffer belongs to a different client".into(),
+            ));
         }
 
         let mut options = sys::PJRT_ExecuteOptions::new();
         options.non_donatable_input_indices = non_donatable.as_ptr();
         options.num_non_donatable_input_indices = non_donatable.len();
 
-        let argument_lists: [*const *mut sys::PJRT_Buffer; 1] = [inputs.as_ptr()];
-        let mut outputs: Vec<*mut sys::PJRT_Buffer> = vec![std::ptr::null_mut(); self.num_outputs];
-        let output_lists: [*mut *mut sys::PJRT_Buffer; 1] = [outputs.as_mut_ptr()];
-        let mut complete: [*mut sys::PJRT_Event; 1] = [std::ptr::null_mut()];
+        let argument_lists: Vec<*const *mut sys::PJRT_Buffer> =
+            inputs.iter().map(|l| l.as_ptr()).collect();
+        let mut outputs: Vec<Vec<*mut sys::PJRT_Buffer>> =
+            vec![vec![std::ptr::null_mut(); self.num_outputs]; devices];
+        let output_lists: Vec<*mut *mut sys::PJRT_Buffer> =
+            outputs.iter_mut().map(|l| l.as_mut_ptr()).collect();
+        let mut complete: Vec<*mut sys::PJRT_Event> = vec![std::ptr::null_mut(); devices];
 
         let mut exec = sys::PJRT_LoadedExecutable_Execute_Args::new();
         exec.executable = self.raw.as_ptr();
         exec.options = &mut options;
         exec.argument_lists = argument_lists.as_ptr();
-        exec.num_devices = 1;
-        exec.num_args = inputs.len();
+        exec.num_devices = devices;
+        exec.num_args = num_args;
         exec.output_lists = output_lists.as_ptr();
         exec.device_complete_events = complete.as_mut_ptr();
         // SAFETY: all arrays above outlive the call; `inputs` are live buffers of this client
-        // (kept alive by `args` until after completion); `outputs` has `num_outputs` slots for
-        // the single device; `complete` has one slot.
+        // (kept alive by `args` until after completion), `devices` lists of `num_args` each;
+        // `outputs` has `num_outputs` slots per device; `complete` has one slot per device.
         unsafe { pjrt_call!(api, PJRT_LoadedExecutable_Execute, &mut exec) }?;
 
         // Own everything the call returned before anything else can fail.
-        let done = Event::from_raw(api, complete[0]);
-        let mut results = Vec::with_capacity(outputs.len());
+        let done: Vec<Option<Event>> = complete.iter().map(|&e| Event::from_raw(api, e)).collect();
+        let mut results = Vec::with_capacity(devices);
         let mut first_err = None;
-        for raw in outputs {
-            match NonNull::new(raw) {
-                Some(raw) => match Buffer::from_raw(self.client.clone(), raw) {
-                    Ok(b) => results.push(b),
-                    Err(e) => first_err = first_err.or(Some(e)),
-                },
-                None => {
-                    first_err = first_err.or(Some(invalid(
-                        "execute: plugin returned a null output".into(),
-                    )))
+        for list in outputs {
+            let mut device_results = Vec::with_capacity(list.len());
+            for raw in list {
+                match NonNull::new(raw) {
+                    Some(raw) => match Buffer::from_raw(self.client.clone(), raw) {
+                        Ok(b) => device_results.push(b),
+                        Err(e) => first_err = first_err.or(Some(e)),
+                    },
+                    None => {
+                        first_err = first_err.or(Some(invalid(
+                            "execute: plugin returned a null output".into(),
+                        )))
+                    }
                 }
             }
+            results.push(device_results);
         }
         // Wait even if collecting outputs failed: inputs must not be freed while running.
-        let waited = done.map_or(Ok(()), |d| d.wait("PJRT_LoadedExecutable_Execute"));
+        let mut waited = Ok(());
+        for d in done.into_iter().flatten() {
+            let w = d.wait("PJRT_LoadedExecutable_Execute");
+            if waited.is_ok() {
+                waited = w;
+            }
+        }
         drop(args);
         waited?;
         match first_err {
