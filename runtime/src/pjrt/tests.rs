@@ -485,7 +485,9 @@ func.func @main(%x: tensor<4x8xf32> {{mhlo.sharding = "{{replicated}}"}},
 
 /// A program compiled as N partitions runs on N devices of one client, each holding only its
 /// shards (the compiler's argument bytes per device say so), and every device's output equals
-/// the unpartitioned product computed on the host in f64.
+/// the unpartitioned product computed on the host in f64: both when XLA's partitioner splits a
+/// program annotated with shardings, and when the program is written per device (manual, its
+/// all-reduce explicit).
 #[test]
 fn a_partitioned_program_runs_on_every_device_with_its_shards() {
     let api = Api::load(&crate::cache::serving_plugin_path()).unwrap();
@@ -495,65 +497,90 @@ fn a_partitioned_program_runs_on_every_device_with_its_shards() {
             &[("cpu_device_count", OptionValue::Int(n as i64))],
         )
         .unwrap();
-        let exe = client
-            .compile(
-                &megatron_mlp(n),
-                &CompileOptions::new().with_partitions(n as i64),
-            )
-            .unwrap_or_else(|e| panic!("n={n}: {e}"));
-        let h = 4 * n;
-        let mut rng = StdRng::seed_from_u64(n as u64);
-        let mut draw =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let (x, w1, w2) = (draw(4 * 8), draw(8 * h), draw(h * 8));
-        // Host reference in f64.
-        let mut want = vec![0f64; 4 * 8];
-        for r in 0..4 {
-            let t: Vec<f64> = (0..h)
-                .map(|j| {
-                    (0..8)
-                        .map(|k| x[r * 8 + k] as f64 * w1[k * h + j] as f64)
-                        .sum::<f64>()
-                        .tanh()
-                })
-                .collect();
-            for c in 0..8 {
-                want[r * 8 + c] = (0..h).map(|j| t[j] * w2[j * 8 + c] as f64).sum();
+        for text in [megatron_mlp(n), megatron_mlp_manual(n)] {
+            let exe = client
+                .compile(&text, &CompileOptions::new().with_partitions(n as i64))
+                .unwrap_or_else(|e| panic!("n={n}: {e}"));
+            let h = 4 * n;
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let mut draw = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+            };
+            let (x, w1, w2) = (draw(4 * 8), draw(8 * h), draw(h * 8));
+            // Host reference in f64.
+            let mut want = vec![0f64; 4 * 8];
+            for r in 0..4 {
+                let t: Vec<f64> = (0..h)
+                    .map(|j| {
+                        (0..8)
+                            .map(|k| x[r * 8 + k] as f64 * w1[k * h + j] as f64)
+                            .sum::<f64>()
+                            .tanh()
+                    })
+                    .collect();
+                for c in 0..8 {
+                    want[r * 8 + c] = (0..h).map(|j| t[j] * w2[j * 8 + c] as f64).sum();
+                }
             }
-        }
-        let mut buffers = Vec::new();
-        for d in 0..n {
-            let cols: Vec<f32> = (0..8)
-                .flat_map(|k| w1[k * h + 4 * d..k * h + 4 * d + 4].to_vec())
-                .collect();
-            let rows = w2[4 * d * 8..(4 * d + 4) * 8].to_vec();
-            buffers.push([
-                client.buffer_from_host_on(d, &x, &[4, 8]).unwrap(),
-                client.buffer_from_host_on(d, &cols, &[8, 4]).unwrap(),
-                client.buffer_from_host_on(d, &rows, &[4, 8]).unwrap(),
-            ]);
-        }
-        let args = buffers
-            .iter()
-            .map(|b| b.iter().map(Arg::Borrowed).collect())
-            .collect();
-        let out = exe.execute_partitioned(args).unwrap();
-        assert_eq!(out.len(), n);
-        for (d, outs) in out.iter().enumerate() {
-            let got: Vec<f32> = outs[0].to_host().unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-5, "n={n} device {d}: {g} vs {w}");
+            let mut buffers = Vec::new();
+            for d in 0..n {
+                let cols: Vec<f32> = (0..8)
+                    .flat_map(|k| w1[k * h + 4 * d..k * h + 4 * d + 4].to_vec())
+                    .collect();
+                let rows = w2[4 * d * 8..(4 * d + 4) * 8].to_vec();
+                buffers.push([
+                    client.buffer_from_host_on(d, &x, &[4, 8]).unwrap(),
+                    client.buffer_from_host_on(d, &cols, &[8, 4]).unwrap(),
+                    client.buffer_from_host_on(d, &rows, &[4, 8]).unwrap(),
+                ]);
             }
+            let args = buffers
+                .iter()
+                .map(|b| b.iter().map(Arg::Borrowed).collect())
+                .collect();
+            let out = exe.execute_partitioned(args).unwrap();
+            assert_eq!(out.len(), n);
+            for (d, outs) in out.iter().enumerate() {
+                let got: Vec<f32> = outs[0].to_host().unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() < 1e-5, "n={n} device {d}: {g} vs {w}");
+                }
+            }
+            // Per device: x whole, a quarter-width column block of w1 and a row block of w2.
+            let stats = exe.compiled_memory_stats().unwrap();
+            assert_eq!(
+                stats.argument_bytes,
+                4 * (4 * 8 + 8 * 4 + 4 * 8),
+                "n={n}: {stats:?}"
+            );
+            // One list per device, each of the same length.
+            let one: Vec<Vec<Arg>> = vec![buffers[0].iter().map(Arg::Borrowed).collect()];
+            assert!(n == 1 || exe.execute_partitioned(one).is_err());
         }
-        // Per device: x whole, a quarter-width column block of w1 and a row block of w2.
-        let stats = exe.compiled_memory_stats().unwrap();
-        assert_eq!(
-            stats.argument_bytes,
-            4 * (4 * 8 + 8 * 4 + 4 * 8),
-            "n={n}: {stats:?}"
-        );
-        // One list per device, each of the same length.
-        let one: Vec<Vec<Arg>> = vec![buffers[0].iter().map(Arg::Borrowed).collect()];
-        assert!(n == 1 || exe.execute_partitioned(one).is_err());
     }
+}
+
+/// [`megatron_mlp`] written per device (shard shapes, the all-reduce explicit): the program a
+/// tensor-parallel step runs, every parameter and result manual.
+fn megatron_mlp_manual(n: usize) -> String {
+    let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        r#"
+func.func @main(%x: tensor<4x8xf32> {{mhlo.sharding = "{{manual}}"}},
+                %w1: tensor<8x4xf32> {{mhlo.sharding = "{{manual}}"}},
+                %w2: tensor<4x8xf32> {{mhlo.sharding = "{{manual}}"}})
+    -> (tensor<4x8xf32> {{mhlo.sharding = "{{manual}}"}}) {{
+  %h = stablehlo.dot_general %x, %w1, contracting_dims = [1] x [0] : (tensor<4x8xf32>, tensor<8x4xf32>) -> tensor<4x4xf32>
+  %t = stablehlo.tanh %h : tensor<4x4xf32>
+  %p = stablehlo.dot_general %t, %w2, contracting_dims = [1] x [0] : (tensor<4x4xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %y = "stablehlo.all_reduce"(%p) ({{
+    ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+      %s = "stablehlo.add"(%a, %b) : (tensor<f32>, tensor<f32>) -> tensor<f32>
+      "stablehlo.return"(%s) : (tensor<f32>) -> ()
+  }}) {{channel_handle = #stablehlo.channel_handle<handle = 1, type = 1>, replica_groups = dense<[[{ids}]]> : tensor<1x{n}xi64>, use_global_device_ids}} : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  return %y : tensor<4x8xf32>
+}}
+"#,
+        ids = ids.join(", ")
+    )
 }
