@@ -5,7 +5,7 @@
 //! block sizes give identical tokens. A request whose own K/V turn NaN fails alone, and the
 //! NaN it leaves in the pages it frees never reaches the requests that reuse them.
 
-use e2e::serving_client;
+use e2e::{serving_client, serving_client_with_devices};
 use kernelgen::step::executor::ProgramSetup;
 use kernelgen::step::program::BlockSizes;
 use kernelgen::step::{default_buckets, DeviceExecutor};
@@ -54,8 +54,12 @@ fn build_artifact(model: &Model, q: u32, kv: u32, seed: u64) -> kernelgen::artif
 }
 
 fn tiny(seed: u64) -> Model {
+    tiny_with(seed, &TinyConfig::default())
+}
+
+fn tiny_with(seed: u64, cfg: &TinyConfig) -> Model {
     let dir = std::env::temp_dir().join(format!("kg-evd-{}-{seed}", std::process::id()));
-    write_tiny_llama(&dir, seed, &TinyConfig::default()).unwrap();
+    write_tiny_llama(&dir, seed, cfg).unwrap();
     let m = load_hf_dir(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     m
@@ -76,19 +80,30 @@ fn serve(
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
 ) -> (Served, usize, usize) {
-    let (served, preemptions, non_finite, _) =
-        serve_with(model, kernel, prompts, &ProgramSetup::default());
-    (served, preemptions, non_finite)
+    let (served, f) = serve_with(model, kernel, prompts, &ProgramSetup::default(), 1);
+    (served, f.preemptions, f.non_finite)
 }
 
-/// [`serve`] with programs from `setup`; also returns how many programs were loaded again
-/// after `setup.max_loaded` unloaded them.
+/// What a [`serve_with`] run leaves besides its tokens.
+struct RunFigures {
+    preemptions: usize,
+    non_finite: usize,
+    /// Programs loaded again after `setup.max_loaded` unloaded them.
+    reloads: u64,
+    /// KV pool bytes over every device.
+    pool_bytes: u64,
+    /// The largest argument bytes one device's program takes (weights, pool, inputs).
+    argument_bytes: u64,
+}
+
+/// [`serve`] with programs from `setup`, over `tp` devices.
 fn serve_with(
     model: &Model,
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
     setup: &ProgramSetup,
-) -> (Served, usize, usize, u64) {
+    tp: usize,
+) -> (Served, RunFigures) {
     let cfg = EngineConfig {
         max_seqs: 6,
         max_pages: 14,
@@ -99,9 +114,14 @@ fn serve_with(
     let source = StepSource {
         model: model.config.clone(),
         kernel,
+        tp,
+    };
+    let client = match tp {
+        1 => serving_client(),
+        n => serving_client_with_devices(n),
     };
     let exec = DeviceExecutor::with_programs(
-        serving_client(),
+        client,
         model,
         &cfg,
         Dtype::F32,
@@ -146,7 +166,20 @@ fn serve_with(
     if let Some(max) = setup.max_loaded {
         assert!(engine.executor().loaded_programs() <= max);
     }
-    (out, m.preemptions(), m.non_finite_samples(), reloads)
+    let exec = engine.executor();
+    let figures = RunFigures {
+        preemptions: m.preemptions(),
+        non_finite: m.non_finite_samples(),
+        reloads,
+        pool_bytes: exec.pool_bytes(),
+        argument_bytes: exec
+            .compiled
+            .values()
+            .map(|c| c.argument_bytes)
+            .max()
+            .unwrap_or(0),
+    };
+    (out, figures)
 }
 
 /// 16 prompts drawn from `seed`: every fourth is long (33..60 tokens), the rest short; each
@@ -216,10 +249,10 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         let artifact = build_artifact(&model, q, kv, seed);
         kernelgen::serve::check_artifact(&artifact, &model.config, 16, Dtype::F32).unwrap();
         let kernel = KernelSource::Artifact(Box::new(artifact));
-        let (served, _, _, reloads) = serve_with(&model, kernel, &prompts, &setup);
+        let (served, f) = serve_with(&model, kernel, &prompts, &setup, 1);
         if setup.max_loaded.is_some() {
             assert!(
-                reloads > 0,
+                f.reloads > 0,
                 "two loaded programs never made a step load one again"
             );
         }
@@ -310,4 +343,43 @@ fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
         poisoned.len() + self_poisoned,
         "metrics count each failed request"
     );
+}
+
+/// Tensor parallelism: the 8 q / 4 KV head tiny model served as one SPMD program over 2 and 4
+/// devices (KV heads split) and over 8 (each KV head replicated on two devices) decodes exactly
+/// the tokens one device does, which equal the dense reference's, on the mixed-arrival scenario
+/// whose pool forces preemption. Each device holds its share: its program's arguments shrink
+/// with the degree, and the pools over all devices are the one-device pool's size until KV heads
+/// are replicated.
+#[test]
+fn tensor_parallel_greedy_equals_one_device() {
+    let seed = rand::random::<u64>() % 10_000;
+    eprintln!("seed {seed}");
+    let cfg = TinyConfig {
+        num_q_heads: 8,
+        num_kv_heads: 4,
+        head_dim: 8,
+        ..TinyConfig::default()
+    };
+    let model = tiny_with(seed, &cfg);
+    let prompts = scenario(seed, model.config.vocab_size as u32);
+    let kernel = || KernelSource::Blocks(BlockSizes::uniform(16, 2));
+    let (one, one_f) = serve_with(&model, kernel(), &prompts, &ProgramSetup::default(), 1);
+    for (i, (_, prompt, new)) in prompts.iter().enumerate() {
+        let want = generate_greedy(&model, prompt, *new, &[]);
+        assert_eq!(one[&i].0, want, "seed {seed}, prompt {i}: tp 1 vs dense");
+    }
+    for tp in [2, 4, 8] {
+        let (got, f) = serve_with(&model, kernel(), &prompts, &ProgramSetup::default(), tp);
+        assert_eq!(f.non_finite, 0);
+        assert_eq!(tokens(&got), tokens(&one), "seed {seed}: tp {tp} vs tp 1");
+        let replicas = (tp / cfg.num_kv_heads).max(1) as u64;
+        assert_eq!(f.pool_bytes, one_f.pool_bytes * replicas, "tp {tp}");
+        assert!(
+            f.argument_bytes < one_f.argument_bytes,
+            "tp {tp}: {} argument bytes per device vs {} on one",
+            f.argument_bytes,
+            one_f.argument_bytes
+        );
+    }
 }

@@ -44,6 +44,7 @@ fn run(client: Client, seed: u64, tied: bool, kv: Dtype, blocks: (u32, u32), tol
     let source = StepSource {
         model: model.config.clone(),
         kernel: KernelSource::Blocks(BlockSizes::uniform(blocks.0, blocks.1)),
+        tp: 1,
     };
     let mut device =
         DeviceExecutor::new(client, &*model, &engine, kv, default_buckets(16), source).unwrap();
@@ -149,6 +150,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let source = StepSource {
             model: c.clone(),
             kernel: KernelSource::Blocks(BlockSizes::uniform(1, 1)),
+            tp: 1,
         };
         let device = DeviceExecutor::new(
             client(),

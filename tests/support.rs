@@ -27,6 +27,14 @@ pub fn serving_client() -> Client {
         .clone()
 }
 
+/// A client on the serving plugin with `devices` CPU devices (tensor parallelism).
+pub fn serving_client_with_devices(devices: usize) -> Client {
+    let api = runtime::pjrt::Api::load(&runtime::cache::serving_plugin_path())
+        .expect("serving PJRT plugin (run scripts/setup.sh)");
+    let n = runtime::pjrt::OptionValue::Int(devices as i64);
+    Client::with_options(api, &[("cpu_device_count", n)]).expect("serving client")
+}
+
 /// A small config, cheap enough to compile and run dozens of times.
 #[allow(clippy::too_many_arguments)]
 pub fn small_config(

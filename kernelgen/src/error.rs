@@ -15,4 +15,6 @@ pub enum Error {
     Oracle(#[from] crate::tpu::OracleError),
     #[error(transparent)]
     Pjrt(#[from] runtime::pjrt::PjrtError),
+    #[error(transparent)]
+    Tp(#[from] crate::step::tp::TpError),
 }

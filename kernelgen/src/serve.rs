@@ -78,7 +78,7 @@ use runtime::engine::{engine_plan, validate_config};
 use runtime::engine::{Engine, EngineConfig, EngineError};
 use runtime::mem::MemTrace;
 use runtime::model::{tokenizer::Tokenizer, ModelError, ModelFile};
-use runtime::pjrt::{Api, Client, PjrtError};
+use runtime::pjrt::{Api, Client, OptionValue, PjrtError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,8 @@ pub struct ServeOptions {
     pub max_loaded_programs: Option<usize>,
     /// Reuse full KV pages across requests with equal prefixes ([`Engine::enable_prefix_caching`]).
     pub prefix_caching: bool,
+    /// Devices of tensor parallelism ([`crate::step::tp`]); 1: one device.
+    pub tp: usize,
 }
 
 /// Why serving could not start. Each is refused before any compile or device work.
@@ -120,6 +122,16 @@ pub enum ServeError {
     Plugin { path: PathBuf, source: PjrtError },
     #[error(transparent)]
     Tune(#[from] tune::TuneError),
+    #[error(transparent)]
+    Tp(#[from] crate::step::tp::TpError),
+    #[error(
+        "--tp {tp}: the plugin {plugin} has {devices} device(s); pass --tp {devices} or fewer"
+    )]
+    TooFewDevices {
+        tp: usize,
+        plugin: PathBuf,
+        devices: usize,
+    },
 }
 
 /// A model file opened (config now, weights read as they are uploaded) and its tokenizer, from
@@ -256,12 +268,14 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     memory.record("start");
     let (model, tokenizer) = open_model(&opts.model)?;
     memory.record("model opened");
+    // One device's model: what its kernel and tuned table are for.
+    let shard = crate::step::tp::shard_config(&model.config, opts.tp)?;
     if let Some(dir) = &opts.kernel {
         // Refuse a mismatched artifact before loading the plugin.
         kernel_source(
             Some(dir),
             tune::FALLBACK,
-            &model.config,
+            &shard,
             opts.engine.page_size,
             opts.kv_dtype,
         )?;
@@ -270,16 +284,29 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
         path: opts.plugin.clone(),
         source,
     };
-    let client = Client::new(Api::load(&opts.plugin).map_err(plugin_err)?).map_err(plugin_err)?;
+    let api = Api::load(&opts.plugin).map_err(plugin_err)?;
+    // The CPU plugin makes as many devices as asked; other plugins ignore the option.
+    let client = match opts.tp {
+        1 => Client::new(api),
+        n => Client::with_options(api, &[("cpu_device_count", OptionValue::Int(n as i64))]),
+    }
+    .map_err(plugin_err)?;
+    if client.addressable_device_count() < opts.tp {
+        return Err(ServeError::TooFewDevices {
+            tp: opts.tp,
+            plugin: opts.plugin.clone(),
+            devices: client.addressable_device_count(),
+        });
+    }
     memory.record("plugin loaded");
     let chosen = match &opts.kernel {
         Some(_) => None,
-        None => Some(choose_blocks(opts, &model.config, &client)?),
+        None => Some(choose_blocks(opts, &shard, &client)?),
     };
     let (kernel, mut desc) = kernel_source(
         opts.kernel.as_deref(),
         chosen.as_ref().map_or(tune::FALLBACK, |c| c.blocks),
-        &model.config,
+        &shard,
         opts.engine.page_size,
         opts.kv_dtype,
     )?;
@@ -344,6 +371,7 @@ impl Opened {
         let source = StepSource {
             model: model.config.clone(),
             kernel,
+            tp: opts.tp,
         };
         let setup = ProgramSetup {
             cache: opts.program_cache.clone(),

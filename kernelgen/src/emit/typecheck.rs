@@ -240,6 +240,12 @@ pub fn check_op(op: &OpView) -> Check {
         "optimization_barrier" => ensure(op.operands == op.results, || {
             "results must have the operands' types".into()
         }),
+        // A sum across devices: each device's result has its operand's type.
+        "all_reduce" => {
+            op.arity(1, 1)?;
+            op.attr("replica_groups")?;
+            expect_eq("result", &op.results[0], &op.operands[0])
+        }
         "return" => Ok(()), // checked by the op that owns the region
         _ => Err(format!(
             "no shape rule for '{}': add one in emit/typecheck.rs before emitting it",

@@ -7,7 +7,7 @@
 //! copied or moved back to the host. Programs are compiled (or loaded from the program cache) per
 //! token-count bucket on first use, and kept loaded, up to [`ProgramSetup::max_loaded`] of them.
 
-use super::weights::upload_weights;
+use super::weights::upload_weights_tp;
 use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
 use runtime::cache::executables::{ExecutableCache, Origin};
 use runtime::dtype::Dtype;
@@ -83,8 +83,10 @@ pub struct DeviceExecutor {
     /// At most this many programs loaded at once; `None`: no bound.
     max_loaded: Option<usize>,
     source: StepSource,
-    weights: Vec<Buffer>,
-    pools: Vec<Buffer>,
+    /// Devices of tensor parallelism; `weights` and `pools` hold one list per device.
+    tp: usize,
+    weights: Vec<Vec<Buffer>>,
+    pools: Vec<Vec<Buffer>>,
     pub times: ExecutorTimes,
     /// Resident memory after the upload, the pools, each compile and the first step.
     pub memory: MemTrace,
@@ -147,6 +149,17 @@ impl DeviceExecutor {
             )));
         }
         let config = model.config();
+        let tp = source.tp;
+        let shard = source
+            .shard()
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        if client.addressable_device_count() < tp {
+            return Err(EngineError::Config(format!(
+                "--tp {tp}: the plugin has {} device(s); pass --tp {} or fewer",
+                client.addressable_device_count(),
+                client.addressable_device_count()
+            )));
+        }
         let mut exec = DeviceExecutor {
             client,
             engine: engine.clone(),
@@ -157,6 +170,7 @@ impl DeviceExecutor {
             seen: Default::default(),
             max_loaded: setup.max_loaded.map(|n| n.max(1)),
             source,
+            tp,
             weights: Vec::new(),
             pools: Vec::new(),
             times: ExecutorTimes::default(),
@@ -169,19 +183,23 @@ impl DeviceExecutor {
             let bucket = exec.bucket_for(tokens)?;
             exec.compile_bucket(bucket, decode)?;
         }
-        exec.weights = upload_weights(&exec.client, model)?;
+        exec.weights = upload_weights_tp(&exec.client, model, tp)?;
         exec.memory.record("weights uploaded");
         let shapes = StepShapes::new(engine, exec.buckets[0], kv_dtype);
-        let pool_dims = shapes.pool_dims(config);
+        let pool_dims = shapes.pool_dims(&shard);
         let pool_type = match kv_dtype {
             Dtype::F32 => ElementType::F32,
             Dtype::Bf16 => ElementType::Bf16,
         };
-        exec.pools = (0..config.num_layers)
-            .map(|_| {
-                exec.client
-                    .uninitialized_buffer(pool_type, &pool_dims)
-                    .map_err(exec_err("creating a KV pool"))
+        exec.pools = (0..tp)
+            .map(|d| {
+                (0..config.num_layers)
+                    .map(|_| {
+                        exec.client
+                            .uninitialized_buffer_on(d, pool_type, &pool_dims)
+                            .map_err(exec_err("creating a KV pool"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
         exec.memory.record("KV pools created");
@@ -201,6 +219,7 @@ impl DeviceExecutor {
     pub fn pool_bytes(&self) -> u64 {
         self.pools
             .iter()
+            .flatten()
             .map(|p| p.on_device_size_in_bytes().unwrap_or(0) as u64)
             .sum()
     }
@@ -210,9 +229,9 @@ impl DeviceExecutor {
         &self.client
     }
 
-    /// The uploaded weights, in [`super::weights::pack_weights_dims`] order.
+    /// The weights uploaded to device 0, in [`super::weights::pack_weights_dims`] order.
     pub fn weights(&self) -> &[Buffer] {
-        &self.weights
+        &self.weights[0]
     }
 
     /// The shapes of a program: decode-only ones hold one row per sequence.
@@ -271,7 +290,7 @@ impl DeviceExecutor {
             .program(&shapes)
             .map_err(|e| EngineError::Executor(e.to_string()))?;
         let name = format!("t{bucket}{}", if decode { "-decode" } else { "" });
-        let options = CompileOptions::new();
+        let options = CompileOptions::new().with_partitions(self.tp as i64);
         let (exe, origin) = match &self.program_cache {
             Some(cache) => cache.load_or_compile(&self.client, &text, &options),
             None => self
@@ -320,8 +339,12 @@ impl DeviceExecutor {
             })
     }
 
-    /// The step's small inputs, padded to `shapes`.
-    fn inputs(&self, batch: &StepBatch, shapes: &StepShapes) -> Result<Vec<Buffer>, EngineError> {
+    /// The step's small inputs, padded to `shapes`, on each device (`[d]`).
+    fn inputs(
+        &self,
+        batch: &StepBatch,
+        shapes: &StepShapes,
+    ) -> Result<Vec<Vec<Buffer>>, EngineError> {
         let (t, s, r) = (shapes.tokens, shapes.seqs, shapes.logits_rows);
         let pps = shapes.pages_per_seq;
         if batch.seqs.len() > s || batch.logits_rows.len() > r {
@@ -356,21 +379,28 @@ impl DeviceExecutor {
             .for_each(|c| *c = total);
         let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
         let rows = pad(&rows, 0, r);
-        let c = &self.client;
-        let up = |v: &[i32], dims: &[i64]| {
-            c.buffer_from_host(v, dims)
-                .map_err(exec_err("uploading step inputs"))
-        };
-        Ok(vec![
-            up(&tokens, &[t as i64])?,
-            up(&positions, &[t as i64])?,
-            up(&slots, &[t as i64])?,
-            up(&kv_lens, &[s as i64])?,
-            up(&pages, &[s as i64, pps as i64])?,
-            up(&cu, &[s as i64 + 1])?,
-            up(&[batch.seqs.len() as i32], &[1])?,
-            up(&rows, &[r as i64])?,
-        ])
+        let num_seqs = [batch.seqs.len() as i32];
+        let host: [(&[i32], Vec<i64>); NUM_STEP_INPUTS] = [
+            (&tokens, vec![t as i64]),
+            (&positions, vec![t as i64]),
+            (&slots, vec![t as i64]),
+            (&kv_lens, vec![s as i64]),
+            (&pages, vec![s as i64, pps as i64]),
+            (&cu, vec![s as i64 + 1]),
+            (&num_seqs, vec![1]),
+            (&rows, vec![r as i64]),
+        ];
+        (0..self.tp)
+            .map(|d| {
+                host.iter()
+                    .map(|(v, dims)| {
+                        self.client
+                            .buffer_from_host_on(d, v, dims)
+                            .map_err(exec_err("uploading step inputs"))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -384,21 +414,37 @@ impl StepExecutor for DeviceExecutor {
         self.compile_bucket(bucket, decode)?;
         let shapes = self.shapes(bucket, decode);
         let inputs = self.inputs(batch, &shapes)?;
-        debug_assert_eq!(inputs.len(), NUM_STEP_INPUTS);
         let pools = std::mem::take(&mut self.pools);
-        let mut args: Vec<Arg> = inputs.iter().map(Arg::Borrowed).collect();
-        args.extend(pools.into_iter().map(Arg::Donated));
-        args.extend(self.weights.iter().map(Arg::Borrowed));
+        // Per device: its inputs, its pools (donated: updated in place) and its weights.
+        let args: Vec<Vec<Arg>> = inputs
+            .iter()
+            .zip(pools)
+            .zip(&self.weights)
+            .map(|((inputs, pools), weights)| {
+                let mut args: Vec<Arg> = inputs.iter().map(Arg::Borrowed).collect();
+                args.extend(pools.into_iter().map(Arg::Donated));
+                args.extend(weights.iter().map(Arg::Borrowed));
+                args
+            })
+            .collect();
         let exec_start = Instant::now();
-        let mut out = self.programs[&(bucket, decode)]
+        let out = self.programs[&(bucket, decode)]
             .0
-            .execute(args)
+            .execute_partitioned(args)
             .map_err(exec_err(
                 "executing the step (the KV pools were donated and are lost)",
             ))?;
         let dl_start = Instant::now();
-        let logits_buf = out.remove(0);
-        self.pools = out;
+        // Every device ends with the same logits (the hidden state is all-reduced and the LM
+        // head is whole on each): device 0's are read.
+        let mut logits_buf = None;
+        for mut device in out {
+            let logits = device.remove(0);
+            logits_buf.get_or_insert(logits);
+            self.pools.push(device);
+        }
+        let logits_buf = logits_buf
+            .ok_or_else(|| EngineError::Executor("the step returned no outputs".into()))?;
         let mut logits = logits_buf
             .to_host::<f32>()
             .map_err(exec_err("reading logits"))?;

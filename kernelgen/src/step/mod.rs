@@ -26,6 +26,7 @@
 pub mod executor;
 pub mod profile;
 pub mod program;
+pub mod tp;
 pub mod weights;
 
 pub use executor::{DeviceExecutor, MemoryReport};

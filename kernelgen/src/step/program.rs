@@ -95,11 +95,22 @@ pub struct StepDims {
     /// f32 constants as exact hex bit patterns.
     pub eps: String,
     pub inv_h: String,
+    /// Devices of tensor parallelism (1: the single-device program); the sizes above are one
+    /// device's ([`super::tp::shard_config`]).
+    pub tp: usize,
+    /// `0, 1, .., tp-1`: the all-reduce's one group.
+    pub tp_groups: String,
 }
 
 impl StepDims {
-    pub fn new(m: &LlamaConfig, s: &StepShapes) -> StepDims {
+    /// The dims of `m` (one device's model when `tp` > 1) at shapes `s`.
+    pub fn new(m: &LlamaConfig, s: &StepShapes, tp: usize) -> StepDims {
         StepDims {
+            tp,
+            tp_groups: (0..tp)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             module_name: format!("step_t{}", s.tokens),
             t: s.tokens,
             s: s.seqs,
@@ -185,10 +196,11 @@ pub fn bucket_kernel(
     })?)
 }
 
-/// Renders the step template for `m` at `shapes` (unlinked: it declares `@rpa_attention`).
-pub fn render(m: &LlamaConfig, shapes: &StepShapes) -> Result<String, EmitError> {
+/// Renders the step template for `m` (one device's model when `tp` > 1) at `shapes` (unlinked:
+/// it declares `@rpa_attention`).
+pub fn render(m: &LlamaConfig, shapes: &StepShapes, tp: usize) -> Result<String, EmitError> {
     let mut ctx = tera::Context::new();
-    ctx.insert("d", &StepDims::new(m, shapes));
+    ctx.insert("d", &StepDims::new(m, shapes, tp));
     let mut header = emit::header("Llama step program");
     header.push(format!(
         "bucket: {} tokens, {} seqs, {} logits rows, {} pool pages of {} tokens",
@@ -198,18 +210,29 @@ pub fn render(m: &LlamaConfig, shapes: &StepShapes) -> Result<String, EmitError>
     templates::render("step.stablehlo.mlir.tera", &ctx)
 }
 
-/// What the executor compiles its programs from: the model's config and where the kernel comes
-/// from; [`StepSource::program`] emits and links one bucket's program on demand.
+/// What the executor compiles its programs from: the model's config, where the kernel comes
+/// from and over how many devices; [`StepSource::program`] emits and links one bucket's program
+/// on demand.
 #[derive(Clone, Debug)]
 pub struct StepSource {
+    /// The whole model (each device runs [`StepSource::shard`] of it).
     pub model: LlamaConfig,
     pub kernel: KernelSource,
+    /// Devices of tensor parallelism (1: one device), valid for `model`
+    /// ([`super::tp::shard_config`]).
+    pub tp: usize,
 }
 
 impl StepSource {
+    /// One device's model.
+    pub fn shard(&self) -> Result<LlamaConfig, super::tp::TpError> {
+        super::tp::shard_config(&self.model, self.tp)
+    }
+
     /// The checked, linked program text for `shapes`.
     pub fn program(&self, shapes: &StepShapes) -> Result<String, Error> {
-        emit(&self.model, shapes, &self.kernel).map(|p| p.module.generic_text)
+        let shard = self.shard()?;
+        emit_tp(&shard, shapes, &self.kernel, self.tp).map(|p| p.module.generic_text)
     }
 }
 
@@ -219,9 +242,19 @@ pub fn emit(
     shapes: &StepShapes,
     source: &KernelSource,
 ) -> Result<StepProgram, Error> {
+    emit_tp(m, shapes, source, 1)
+}
+
+/// [`emit`] for one device of `tp` (`m` is that device's model): the kernel at its heads.
+pub fn emit_tp(
+    m: &LlamaConfig,
+    shapes: &StepShapes,
+    source: &KernelSource,
+    tp: usize,
+) -> Result<StepProgram, Error> {
     let kernel = bucket_kernel(m, shapes, source)?;
     let kernel_text = stablehlo::emit_linkable(&kernel)?.text;
-    let program = render(m, shapes)?;
+    let program = render(m, shapes, tp)?;
     let module = link(&program, &kernel_text, KERNEL_SYMBOL)?;
     Ok(StepProgram { module, kernel })
 }

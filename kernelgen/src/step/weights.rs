@@ -37,34 +37,59 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
 /// embedding (and an untied LM head), a fifth of a small model, is then not held a second time
 /// while every other part is uploaded.
 pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buffer>, EngineError> {
+    Ok(upload_weights_tp(client, src, 1)?.remove(0))
+}
+
+/// [`upload_weights`] for `tp` devices: device `d` (`[d]` of the result) gets its shard of each
+/// part ([`super::tp::shard_part`]), in the shard model's dims.
+pub fn upload_weights_tp(
+    client: &Client,
+    src: &dyn WeightSource,
+    tp: usize,
+) -> Result<Vec<Vec<Buffer>>, EngineError> {
     let m = src.config();
+    let shard = super::tp::shard_config(m, tp).map_err(|e| EngineError::Config(e.to_string()))?;
     let dims = |d: &[usize]| d.iter().map(|&d| d as i64).collect::<Vec<i64>>();
     let rope = rope_inv_freq(m);
-    let rope = client
-        .buffer_from_host(&rope, &[rope.len() as i64])
-        .map_err(|e| EngineError::Executor(format!("uploading rope_inv_freq: {e}")))?;
+    let up_err = |what: String| move |e| EngineError::Executor(format!("uploading {what}: {e}"));
+    let mut uploaded: Vec<Vec<Option<Buffer>>> = Vec::with_capacity(tp);
     let parts = Part::all(m);
+    for d in 0..tp {
+        let rope = client
+            .buffer_from_host_on(d, &rope, &[rope.len() as i64])
+            .map_err(up_err("rope_inv_freq".into()))?;
+        uploaded.push(
+            std::iter::once(Some(rope))
+                .chain(parts.iter().map(|_| None))
+                .collect(),
+        );
+    }
     let len = |p: Part| p.dims(m).iter().product::<usize>();
     let mut order: Vec<usize> = (0..parts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(len(parts[i])));
-    let mut uploaded: Vec<Option<Buffer>> = parts.iter().map(|_| None).collect();
     let mut scratch: Vec<f32> = Vec::new();
     for i in order {
         let p = parts[i];
         if scratch.capacity() > 2 * len(p) {
             scratch = Vec::with_capacity(len(p));
         }
-        let what = || format!("uploading {}", p.name());
         let data = src
             .part(p, &mut scratch)
-            .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
-        let buffer = client
-            .buffer_from_host(data, &dims(&p.dims(m)))
-            .map_err(|e| EngineError::Executor(format!("{}: {e}", what())))?;
-        uploaded[i] = Some(buffer);
+            .map_err(|e| EngineError::Executor(format!("uploading {}: {e}", p.name())))?;
+        for (d, device) in uploaded.iter_mut().enumerate() {
+            let buffer = if tp == 1 {
+                client.buffer_from_host_on(d, data, &dims(&p.dims(m)))
+            } else {
+                let part = super::tp::shard_part(m, tp, d, p, data);
+                client.buffer_from_host_on(d, &part, &dims(&p.dims(&shard)))
+            }
+            .map_err(up_err(p.name()))?;
+            device[i + 1] = Some(buffer);
+        }
     }
-    Ok(std::iter::once(rope)
-        .chain(uploaded.into_iter().flatten())
+    Ok(uploaded
+        .into_iter()
+        .map(|device| device.into_iter().flatten().collect())
         .collect())
 }
 
