@@ -210,19 +210,24 @@ fn choose_blocks(
 /// Refuses, before the weights are read, an engine whose weights + KV pool + runtime headroom
 /// do not fit the host's available memory (a CPU plugin's device memory is the host's): the
 /// "host memory" rule of [`runtime::plan`], naming the figures and the pages that would fit.
+/// Under tensor parallelism every device's share (`shard`, `tp` of them) is in host memory.
 fn check_host_memory(
-    m: &LlamaConfig,
+    shard: &LlamaConfig,
+    tp: usize,
     engine: &EngineConfig,
     kv_dtype: Dtype,
 ) -> Result<(), EngineError> {
     let mut plan = engine_plan(engine);
-    plan.kv_bytes_per_token = Some(runtime::plan::kv_bytes_per_token(
-        m.num_kv_heads as u64,
-        m.head_dim as u64,
-        kv_dtype.bytes(),
-        m.num_layers as u64,
-    ));
-    plan.weight_bytes = Some(4 * crate::step::weights::num_params(m));
+    let tp = tp as u64;
+    plan.kv_bytes_per_token = Some(
+        tp * runtime::plan::kv_bytes_per_token(
+            shard.num_kv_heads as u64,
+            shard.head_dim as u64,
+            kv_dtype.bytes(),
+            shard.num_layers as u64,
+        ),
+    );
+    plan.weight_bytes = Some(tp * 4 * crate::step::weights::num_params(shard));
     plan.host_bytes = runtime::mem::available_host_bytes();
     plan.validate().map_err(EngineError::Config)
 }
@@ -315,7 +320,7 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     }
     let kernel_warning = chosen.and_then(|c| c.warning);
     if client.platform_name().map_err(plugin_err)? == "cpu" {
-        check_host_memory(&model.config, &opts.engine, opts.kv_dtype)?;
+        check_host_memory(&shard, opts.tp, &opts.engine, opts.kv_dtype)?;
     }
     Ok(Opened {
         opts: opts.clone(),

@@ -238,7 +238,7 @@ fn bad_inputs_fail_with_one_clear_error() {
         // SmolLM2's 9 q heads: the degrees it can use are named.
         (
             vec!["--tp", "2"],
-            "q head count (9) is not divisible by 2; degrees this model can use: 1, 3",
+            "9 q heads and 3 KV heads cannot be split over 2 devices",
         ),
     ];
     for (extra, needle) in cases {

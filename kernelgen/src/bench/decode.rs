@@ -26,6 +26,9 @@ pub struct DecodeBench {
     pub page_size: usize,
     /// Batch-1 step time is also measured at these pool sizes (it must not grow with them).
     pub pool_pages: Vec<usize>,
+    /// Degrees of tensor parallelism the decode batches run at; prefill and the pool sizes run
+    /// at the first.
+    pub tp: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -51,6 +54,8 @@ pub struct DecodeReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
     pub batch: usize,
+    /// Devices of tensor parallelism.
+    pub tp: usize,
     /// Median over the measured rounds.
     pub tokens_per_s: f64,
     /// Lowest and highest over the measured rounds.
@@ -73,9 +78,12 @@ pub struct Breakdown {
     /// Building and uploading the step's small inputs.
     pub inputs_ms: f64,
     /// The step's projections (QKV, O, gate/up, down, LM head) run alone as one program on the
-    /// same weight buffers (`step::profile`), median of 10.
+    /// same weight buffers (`step::profile`), median of 10. Under tensor parallelism, device
+    /// 0's share of them, alone.
     pub matmuls_ms: f64,
-    /// The rest of the program: attention kernel, norms, RoPE, KV writes, and the logits copy.
+    /// The rest of the program: attention kernel, norms, RoPE, KV writes, and the logits copy;
+    /// under tensor parallelism also the all-reduces and the other devices' matmuls where they
+    /// do not overlap device 0's.
     pub rest_of_program_ms: f64,
     /// Weight bytes per step over `matmuls_ms`: the read rate the matmuls reach.
     pub matmul_read_gbs: f64,
@@ -128,9 +136,9 @@ struct BatchFigures {
 }
 
 /// Median seconds of the step's matmuls alone at `rows` rows, on the executor's own weights.
-fn time_matmuls(served: &Served, rows: usize) -> Result<f64, BenchError> {
+fn time_matmuls(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchError> {
     let exec = served.engine.executor();
-    let m = &served.model;
+    let m = &crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
     let chain = matmul_chain(m, rows).map_err(crate::Error::from)?;
     let exe = exec
         .client()
@@ -178,9 +186,15 @@ fn run_round(
 
 /// The median round's decode step taken apart: its engine, input and program times, and the
 /// step's matmuls timed alone on the same weights.
-fn take_apart(served: &Served, batch: usize, r: &Round) -> Result<Breakdown, BenchError> {
-    let matmuls = time_matmuls(served, batch)?;
-    let weight_bytes = decode_weight_bytes(&served.model);
+fn take_apart(
+    served: &Served,
+    batch: usize,
+    r: &Round,
+    tp: usize,
+) -> Result<Breakdown, BenchError> {
+    let matmuls = time_matmuls(served, batch, tp)?;
+    let shard = crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
+    let weight_bytes = decode_weight_bytes(&shard);
     let ms = |s: f64| s * 1e3;
     Ok(Breakdown {
         engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
@@ -219,7 +233,7 @@ fn run_batch(
         decode_range: spread(rounds.iter().map(|r| r.decode_tokens_per_s).collect()).1,
         prefill: spread(rounds.iter().map(|r| r.prefill_tokens_per_s).collect()),
         breakdown: if breakdown {
-            Some(take_apart(&served, batch, &median)?)
+            Some(take_apart(&served, batch, &median, b.served.tp)?)
         } else {
             None
         },
@@ -251,6 +265,9 @@ fn validate(b: &DecodeBench) -> Result<(), BenchError> {
     let bad = |m: &str| Err(BenchError::Options(m.to_string()));
     if b.batches.is_empty() || b.batches.contains(&0) {
         return bad("--batches: give batch sizes >= 1, e.g. --batches 1,8,32");
+    }
+    if b.tp.is_empty() {
+        return bad("--tp: give degrees, e.g. --tp 1,3");
     }
     if b.repeats == 0 {
         return bad("--repeats must be >= 1");
@@ -292,29 +309,52 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
     drop(client);
     let bw_bound = r.bandwidth_gbs * 1e9 / weight_bytes as f64;
     let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
-    for &batch in &b.batches {
-        progress(&format!("decode batch {batch} ..."));
-        let f = run_batch(b, batch, b.prompt_len, b.new_tokens, 0, true)?;
-        let bound = (bw_bound * batch as f64).min(flop_bound);
-        r.decode.push(Figure {
-            batch,
-            tokens_per_s: f.median.decode_tokens_per_s,
-            tokens_per_s_range: f.decode_range,
-            bound_tokens_per_s: bound,
-            ratio: f.median.decode_tokens_per_s / bound,
-            step_ms: f.median.decode_step_s * 1e3,
-            kernel: f.kernel.clone(),
-            breakdown: f.breakdown,
-        });
-        r.note_warning(f.kernel_warning);
-        r.memory = Some(f.memory);
+    for &tp in &b.tp {
+        // Every degree refused before any work, naming the ones the model can use.
+        crate::step::tp::shard_config(c, tp).map_err(crate::Error::from)?;
     }
+    let first_tp = DecodeBench {
+        served: BenchModel {
+            tp: b.tp[0],
+            ..b.served.clone()
+        },
+        ..b.clone()
+    };
+    for &tp in &b.tp {
+        let at_tp = DecodeBench {
+            served: BenchModel {
+                tp,
+                ..b.served.clone()
+            },
+            ..b.clone()
+        };
+        for &batch in &b.batches {
+            progress(&format!("decode batch {batch}, tp {tp} ..."));
+            let f = run_batch(&at_tp, batch, b.prompt_len, b.new_tokens, 0, true)?;
+            let bound = (bw_bound * batch as f64).min(flop_bound);
+            r.decode.push(Figure {
+                batch,
+                tp,
+                tokens_per_s: f.median.decode_tokens_per_s,
+                tokens_per_s_range: f.decode_range,
+                bound_tokens_per_s: bound,
+                ratio: f.median.decode_tokens_per_s / bound,
+                step_ms: f.median.decode_step_s * 1e3,
+                kernel: f.kernel.clone(),
+                breakdown: f.breakdown,
+            });
+            r.note_warning(f.kernel_warning);
+            r.memory = Some(f.memory);
+        }
+    }
+    let b = &first_tp;
     progress("prefill ...");
     let pf = run_batch(b, 1, b.prefill_len, 2, 0, false)?;
     let (pps, pps_range) = pf.prefill;
     r.note_warning(pf.kernel_warning);
     r.prefill = Some(Figure {
         batch: 1,
+        tp: b.served.tp,
         tokens_per_s: pps,
         tokens_per_s_range: pps_range,
         bound_tokens_per_s: flop_bound,

@@ -37,6 +37,8 @@ pub struct BenchModel {
     pub kernel: Option<PathBuf>,
     pub blocks: Option<crate::step::program::BlockSizes>,
     pub plugin: PathBuf,
+    /// Devices of tensor parallelism ([`crate::step::tp`]).
+    pub tp: usize,
 }
 
 impl BenchModel {
@@ -53,7 +55,7 @@ impl BenchModel {
             program_cache: None,
             max_loaded_programs: None,
             prefix_caching: false,
-            tp: 1,
+            tp: self.tp,
         }
     }
 }

@@ -373,6 +373,9 @@ pub struct DecodeArgs {
     /// Also measure batch-1 step time at these pool sizes
     #[arg(long, value_delimiter = ',', default_value = "256,2048")]
     pub pool_pages: Vec<usize>,
+    /// Degrees of tensor parallelism to measure the decode batches at (`generate --tp`), in order; prefill and the pool sizes run at the first. On a CPU the devices share the cores and the memory bandwidth: TP cannot beat 1 there, the figures say what its collectives cost
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub tp: Vec<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -447,6 +450,7 @@ fn bench_model(served: &ServedArgs, plugin: &PluginArg) -> bench::BenchModel {
         kernel: served.kernel.clone(),
         blocks: served.blocks(),
         plugin: plugin.path(),
+        tp: 1,
     }
 }
 
@@ -460,6 +464,7 @@ fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         prefill_len: a.prefill_len,
         page_size: a.page_size,
         pool_pages: a.pool_pages.clone(),
+        tp: a.tp.clone(),
     };
     let r = bench::decode::run(&b, &mut |m| eprintln!("{m}")).map_err(classify)?;
     if a.json {
@@ -614,8 +619,13 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
             f.step_ms
         )
     };
+    let tp_shown = r.decode.iter().any(|f| f.tp > 1);
+    let name = |f: &Figure| match tp_shown {
+        true => format!("decode b{} tp {}", f.batch, f.tp),
+        false => format!("decode batch {}", f.batch),
+    };
     for f in &r.decode {
-        row(format!("decode batch {}", f.batch), f);
+        row(name(f), f);
     }
     if let Some(f) = &r.prefill {
         row(format!("prefill {prefill_len} tok"), f);
@@ -628,7 +638,7 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         if let Some(b) = &f.breakdown {
             println!(
                 "{:<30} {:>7.2} {:>8.2} {:>9.2} {:>9.2} {:>7.2}   {:.1} GB/s",
-                format!("  batch {}", f.batch),
+                format!("  {}", name(f)),
                 b.engine_host_ms,
                 b.inputs_ms,
                 b.matmuls_ms,

@@ -176,7 +176,10 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
             Some(path) => {
                 let file = runtime::model::ModelFile::open(path)
                     .with_context(|| format!("--model {}", path.display()))?;
-                Some(4 * kernelgen::step::weights::num_params(&file.config))
+                // One device's weights: its shard under --tp (the embedding, norms and LM
+                // head whole), as the runtime uploads them.
+                let shard = kernelgen::step::tp::shard_config(&file.config, a.opts.tp as usize)?;
+                Some(4 * kernelgen::step::weights::num_params(&shard))
             }
             None => None,
         },

@@ -16,6 +16,8 @@
 //! `num_partitions = tp` and runs one copy per device; every device ends with the same hidden
 //! state and logits. `tp = 1` is the single-device program, unchanged.
 
+use crate::config::Geometry;
+use crate::vmem::request::per_device;
 use runtime::model::{LlamaConfig, Part};
 
 /// Why a tensor-parallel degree cannot serve a model.
@@ -24,19 +26,37 @@ pub enum TpError {
     #[error("--tp 0: the degree of tensor parallelism is at least 1")]
     Zero,
     #[error(
-        "--tp {tp}: {what} ({count}) is not divisible by {tp}; degrees this model can use: {valid}"
+        "--tp {tp}: {q} q heads and {kv} KV heads cannot be split over {tp} devices (q heads \
+         divide evenly; KV heads divide evenly, or each is replicated on tp/KV devices); degrees \
+         this model can use: {valid}"
     )]
-    NotDivisible {
+    Heads {
         tp: usize,
-        what: &'static str,
-        count: usize,
+        q: usize,
+        kv: usize,
         valid: String,
     },
     #[error(
-        "--tp {tp}: {kv} KV heads can neither be split {tp} ways nor replicated evenly over {tp} \
-         devices; degrees this model can use: {valid}"
+        "--tp {tp}: the intermediate size ({size}) is not divisible by {tp}; degrees this model \
+         can use: {valid}"
     )]
-    KvHeads { tp: usize, kv: usize, valid: String },
+    Intermediate {
+        tp: usize,
+        size: usize,
+        valid: String,
+    },
+}
+
+/// The heads one device of `tp` holds, by the formula `check --tp` and `plan --tp` use
+/// ([`crate::vmem::request::per_device`]); `None` when `tp` cannot split them.
+fn heads(m: &LlamaConfig, tp: usize) -> Option<(usize, usize)> {
+    let g = Geometry {
+        num_q_heads: u32::try_from(m.num_q_heads).ok()?,
+        num_kv_heads: u32::try_from(m.num_kv_heads).ok()?,
+        head_dim: u32::try_from(m.head_dim).ok()?,
+    };
+    let (g, _) = per_device(g, u32::try_from(tp).ok()?).ok()?;
+    Some((g.num_q_heads as usize, g.num_kv_heads as usize))
 }
 
 /// The model one device of `tp` runs: its q heads, KV heads and intermediate size.
@@ -51,28 +71,23 @@ pub fn shard_config(m: &LlamaConfig, tp: usize) -> Result<LlamaConfig, TpError> 
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (hq, hkv, f) = (m.num_q_heads, m.num_kv_heads, m.intermediate_size);
-    for (what, count) in [("the q head count", hq), ("the intermediate size", f)] {
-        if !count.is_multiple_of(tp) {
-            return Err(TpError::NotDivisible {
-                tp,
-                what,
-                count,
-                valid: valid(),
-            });
-        }
-    }
-    if !hkv.is_multiple_of(tp) && !tp.is_multiple_of(hkv) {
-        return Err(TpError::KvHeads {
+    let (q, kv) = heads(m, tp).ok_or_else(|| TpError::Heads {
+        tp,
+        q: m.num_q_heads,
+        kv: m.num_kv_heads,
+        valid: valid(),
+    })?;
+    if !m.intermediate_size.is_multiple_of(tp) {
+        return Err(TpError::Intermediate {
             tp,
-            kv: hkv,
+            size: m.intermediate_size,
             valid: valid(),
         });
     }
     Ok(LlamaConfig {
-        num_q_heads: hq / tp,
-        num_kv_heads: (hkv / tp).max(1),
-        intermediate_size: f / tp,
+        num_q_heads: q,
+        num_kv_heads: kv,
+        intermediate_size: m.intermediate_size / tp,
         ..m.clone()
     })
 }
@@ -80,11 +95,7 @@ pub fn shard_config(m: &LlamaConfig, tp: usize) -> Result<LlamaConfig, TpError> 
 /// Every degree [`shard_config`] accepts for `m`, ascending.
 pub fn valid_degrees(m: &LlamaConfig) -> Vec<usize> {
     (1..=m.num_q_heads)
-        .filter(|&tp| {
-            m.num_q_heads.is_multiple_of(tp)
-                && m.intermediate_size.is_multiple_of(tp)
-                && (m.num_kv_heads.is_multiple_of(tp) || tp.is_multiple_of(m.num_kv_heads))
-        })
+        .filter(|&tp| heads(m, tp).is_some() && m.intermediate_size.is_multiple_of(tp))
         .collect()
 }
 
@@ -157,7 +168,13 @@ mod tests {
         assert_eq!((s.num_q_heads, s.num_kv_heads), (4, 2));
         assert_eq!(shard_config(&m, 0), Err(TpError::Zero));
         let e = shard_config(&m, 3).unwrap_err().to_string();
-        assert!(e.contains("--tp 3") && e.contains("1, 2, 4, 8"), "{e}");
+        assert!(e.contains("--tp 3") && e.contains("use: 1, 2, 4, 8"), "{e}");
+        // KV heads neither divisible by nor dividing the degree.
+        let e = shard_config(&config(12, 8), 12).unwrap_err().to_string();
+        assert!(
+            e.contains("8 KV heads") && e.contains("use: 1, 2, 4"),
+            "{e}"
+        );
         // SmolLM2's 9 q / 3 KV heads, intermediate 1536: 3 splits both, 9 does not divide 1536.
         let smol = LlamaConfig {
             intermediate_size: 1536,
