@@ -304,6 +304,39 @@ mod tests {
                 .module
                 .generic_text
                 .contains("tf.aliasing_output = 1 : i32"));
+            assert!(!c.contains_key("stablehlo.all_reduce"), "one device: {c:?}");
         }
+    }
+
+    /// Over two devices each layer sums the partial outputs of `wo` and `w_down` across them,
+    /// every parameter and result is manual, and the kernel runs at one device's heads.
+    #[test]
+    fn a_tensor_parallel_step_all_reduces_twice_per_layer() {
+        let engine = EngineConfig {
+            max_seqs: 4,
+            max_pages: 16,
+            page_size: 4,
+            max_seq_len: 32,
+            max_tokens_per_round: 8,
+        };
+        let m = tiny_config();
+        let shard = crate::step::tp::shard_config(&m, 2).unwrap();
+        let shapes = StepShapes::new(&engine, 8, runtime::dtype::Dtype::F32);
+        let source = KernelSource::Blocks(BlockSizes::uniform(4, 2));
+        let p = emit_tp(&shard, &shapes, &source, 2).unwrap_or_else(|e| panic!("{e}"));
+        let c = &p.module.op_counts;
+        assert_eq!(c["stablehlo.all_reduce"], 2 * m.num_layers, "{c:?}");
+        assert_eq!(p.kernel.geometry().num_q_heads as usize, m.num_q_heads / 2);
+        let text = &p.module.generic_text;
+        // Inputs, pools, rope, embed, six per layer, final norm (tied: no LM head); the logits
+        // and the pools out.
+        let (layers, head) = (m.num_layers, usize::from(!m.tie_word_embeddings));
+        let params = 8 + layers + 2 + 6 * layers + 1 + head;
+        let results = 1 + layers;
+        assert_eq!(
+            text.matches("{manual}").count(),
+            params + results,
+            "every parameter and result manual"
+        );
     }
 }
