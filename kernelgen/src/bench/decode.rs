@@ -10,8 +10,9 @@ use crate::step::weights::num_params;
 use crate::step::MemoryReport;
 use runtime::engine::EngineConfig;
 use runtime::model::LlamaConfig;
-use runtime::pjrt::{Api, Client, CompileOptions};
+use runtime::pjrt::{Api, Arg, Client, CompileOptions};
 use serde::Serialize;
+use std::time::Instant;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -81,9 +82,13 @@ pub struct Breakdown {
     /// same weight buffers (`step::profile`), median of 10. Under tensor parallelism, device
     /// 0's share of them, alone.
     pub matmuls_ms: f64,
+    /// Under tensor parallelism: the step's all-reduces (two per layer, over every device)
+    /// run alone as one program on the same devices (`step::profile`), median of 10.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_reduces_ms: Option<f64>,
     /// The rest of the program: attention kernel, norms, RoPE, KV writes, and the logits copy;
-    /// under tensor parallelism also the all-reduces and the other devices' matmuls where they
-    /// do not overlap device 0's.
+    /// under tensor parallelism also the other devices' matmuls where they do not overlap
+    /// device 0's.
     pub rest_of_program_ms: f64,
     /// Weight bytes per step over `matmuls_ms`: the read rate the matmuls reach.
     pub matmul_read_gbs: f64,
@@ -157,6 +162,38 @@ fn time_matmuls(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchErr
     Ok(times[times.len() / 2])
 }
 
+/// Median seconds of the step's all-reduces alone over `tp` devices at `rows` rows, on the
+/// executor's own devices.
+fn time_all_reduces(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchError> {
+    let client = served.engine.executor().client();
+    let m = &served.model;
+    let chain = crate::step::profile::all_reduce_chain(m, rows, tp).map_err(crate::Error::from)?;
+    let exe = client
+        .compile(
+            &chain.generic_text,
+            &CompileOptions::new().with_partitions(tp as i64),
+        )
+        .map_err(pjrt("compiling the all-reduce chain"))?;
+    let x: Vec<f32> = (0..rows * m.hidden_size).map(|i| (i % 7) as f32).collect();
+    let dims = [rows as i64, m.hidden_size as i64];
+    let xs = (0..tp)
+        .map(|d| client.buffer_from_host_on(d, &x, &dims))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pjrt("uploading the all-reduce chain's input"))?;
+    let mut times = Vec::new();
+    for i in 0..13 {
+        let args = xs.iter().map(|b| vec![Arg::Borrowed(b)]).collect();
+        let t = Instant::now();
+        exe.execute_partitioned(args)
+            .map_err(pjrt("running the all-reduce chain"))?;
+        if i >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 /// Submits `batch` prompts of `prompt_len` tokens for `new_tokens` each and steps the engine
 /// until all finish; returns that round's figures.
 fn run_round(
@@ -193,6 +230,10 @@ fn take_apart(
     tp: usize,
 ) -> Result<Breakdown, BenchError> {
     let matmuls = time_matmuls(served, batch, tp)?;
+    let all_reduces = match tp {
+        1 => None,
+        _ => Some(time_all_reduces(served, batch, tp)?),
+    };
     let shard = crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
     let weight_bytes = decode_weight_bytes(&shard);
     let ms = |s: f64| s * 1e3;
@@ -200,7 +241,8 @@ fn take_apart(
         engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
         inputs_ms: ms(r.inputs_s),
         matmuls_ms: ms(matmuls),
-        rest_of_program_ms: ms(r.program_s - matmuls),
+        all_reduces_ms: all_reduces.map(ms),
+        rest_of_program_ms: ms(r.program_s - matmuls - all_reduces.unwrap_or(0.0)),
         matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
     })
 }

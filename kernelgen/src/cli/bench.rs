@@ -631,17 +631,19 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         row(format!("prefill {prefill_len} tok"), f);
     }
     println!(
-        "\nwhere a decode step goes (ms): {:>7} {:>8} {:>9} {:>9} {:>7}   matmul reads",
-        "engine", "inputs", "matmuls", "rest", "step"
+        "\nwhere a decode step goes (ms): {:>7} {:>8} {:>9} {:>10} {:>9} {:>7}   matmul reads",
+        "engine", "inputs", "matmuls", "all-reduce", "rest", "step"
     );
     for f in &r.decode {
         if let Some(b) = &f.breakdown {
             println!(
-                "{:<30} {:>7.2} {:>8.2} {:>9.2} {:>9.2} {:>7.2}   {:.1} GB/s",
+                "{:<30} {:>7.2} {:>8.2} {:>9.2} {:>10} {:>9.2} {:>7.2}   {:.1} GB/s",
                 format!("  {}", name(f)),
                 b.engine_host_ms,
                 b.inputs_ms,
                 b.matmuls_ms,
+                b.all_reduces_ms
+                    .map_or("-".to_string(), |a| format!("{a:.2}")),
                 b.rest_of_program_ms,
                 f.step_ms,
                 b.matmul_read_gbs
@@ -649,7 +651,7 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         }
     }
     println!(
-        "  engine: scheduling and sampling on the host; inputs: building and uploading them; matmuls: the step's projections alone on the same weights; rest: attention kernel, norms, RoPE, KV writes, logits copy\n"
+        "  engine: scheduling and sampling on the host; inputs: building and uploading them; matmuls: the step's projections alone on the same weights (under --tp, device 0's share); all-reduce: the step's collectives alone (--tp > 1); rest: attention kernel, norms, RoPE, KV writes, logits copy (and under --tp the other devices' matmuls not overlapping device 0's)\n"
     );
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");

@@ -30,6 +30,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/step_matmuls.stablehlo.mlir.tera"),
     ),
     (
+        "step_all_reduces.stablehlo.mlir.tera",
+        include_str!("../../../templates/step_all_reduces.stablehlo.mlir.tera"),
+    ),
+    (
         "kernel_chain.stablehlo.mlir.tera",
         include_str!("../../../templates/kernel_chain.stablehlo.mlir.tera"),
     ),

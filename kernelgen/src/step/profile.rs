@@ -4,7 +4,8 @@
 //! the model (QKV, O, gate/up, down per layer, then the LM head), reading the very weight
 //! buffers the step reads. Its parameters are `x f32[rows, H]` followed by every weight of
 //! [`super::weights::pack_weights_dims`] in order, so it runs against
-//! [`super::DeviceExecutor::weights`] without another upload.
+//! [`super::DeviceExecutor::weights`] without another upload. Under tensor parallelism,
+//! [`all_reduce_chain`] is the step's collectives alone.
 
 use super::weights::pack_weights_dims;
 use crate::emit::mlir::CheckedModule;
@@ -52,6 +53,45 @@ pub fn matmul_chain(m: &LlamaConfig, rows: usize) -> Result<CheckedModule, EmitE
     emit::render_checked("step_matmuls.stablehlo.mlir.tera", &ctx)
 }
 
+/// Sizes the all-reduce chain template spells.
+#[derive(Serialize)]
+struct AllReduceChain {
+    rows: usize,
+    h: usize,
+    count: usize,
+    tp: usize,
+    groups: String,
+}
+
+/// The tensor-parallel step's all-reduces alone (two per layer, each over `tp` devices, of a
+/// `[rows, H]` hidden state, each reading the last), as one checked per-device program.
+pub fn all_reduce_chain(
+    m: &LlamaConfig,
+    rows: usize,
+    tp: usize,
+) -> Result<CheckedModule, EmitError> {
+    let p = AllReduceChain {
+        rows,
+        h: m.hidden_size,
+        count: 2 * m.num_layers,
+        tp,
+        groups: (0..tp)
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let mut ctx = tera::Context::new();
+    ctx.insert("p", &p);
+    ctx.insert(
+        "header",
+        &emit::header(&format!(
+            "the step's all-reduces alone: {} over {tp} devices, {rows} rows",
+            p.count
+        )),
+    );
+    emit::render_checked("step_all_reduces.stablehlo.mlir.tera", &ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +111,13 @@ mod tests {
             let params = pack_weights_dims(&m).len() + 1;
             assert!(c.generic_text.matches("tensor<").count() > params);
         }
+    }
+
+    /// Two all-reduces per layer, chained.
+    #[test]
+    fn the_all_reduce_chain_has_the_steps_collectives() {
+        let m = TinyConfig::default().llama_config();
+        let c = all_reduce_chain(&m, 4, 2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.op_counts["stablehlo.all_reduce"], 2 * m.num_layers);
     }
 }
