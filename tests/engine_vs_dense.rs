@@ -383,3 +383,36 @@ fn tensor_parallel_greedy_equals_one_device() {
         );
     }
 }
+
+/// Tensor parallelism on the default model: SmolLM2-135M (9 q / 3 KV heads) over three devices
+/// decodes exactly the tokens one device does on the 16-prompt mixed-arrival scenario, drawn
+/// until its small pool forces preemption.
+#[test]
+fn smollm2_at_tp_3_decodes_the_tokens_of_one_device() {
+    let path = verify::fixtures::require_default_model();
+    let model = runtime::model::gguf::load_gguf(&path).unwrap();
+    let dir = std::env::temp_dir().join(format!("kg-evd-tp-programs-{}", std::process::id()));
+    let setup = ProgramSetup {
+        cache: Some(runtime::cache::executables::ExecutableCache::at(&dir)),
+        ..ProgramSetup::default()
+    };
+    let kernel = || KernelSource::Blocks(BlockSizes::uniform(16, 2));
+    let first = rand::random::<u64>() % 10_000;
+    let (seed, prompts, one, one_f) = (first..first + 6)
+        .map(|seed| {
+            let prompts = scenario(seed, model.config.vocab_size as u32);
+            let (one, f) = serve_with(&model, kernel(), &prompts, &setup, 1);
+            (seed, prompts, one, f)
+        })
+        .find(|r| r.3.preemptions >= 1)
+        .expect("no scenario of six outgrew the pool");
+    eprintln!("seed {seed}: {} preemptions", one_f.preemptions);
+    let (three, f) = serve_with(&model, kernel(), &prompts, &setup, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(f.non_finite, 0);
+    assert_eq!(tokens(&three), tokens(&one), "seed {seed}: tp 3 vs tp 1");
+    assert_eq!(
+        f.pool_bytes, one_f.pool_bytes,
+        "three pools of one KV head each"
+    );
+}
