@@ -290,12 +290,16 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
         source,
     };
     let api = Api::load(&opts.plugin).map_err(plugin_err)?;
-    // The CPU plugin makes as many devices as asked; other plugins ignore the option.
-    let client = match opts.tp {
-        1 => Client::new(api),
-        n => Client::with_options(api, &[("cpu_device_count", OptionValue::Int(n as i64))]),
+    let mut client = Client::new(api.clone()).map_err(plugin_err)?;
+    // The CPU plugin makes as many devices as it is asked for (its `cpu_device_count` create
+    // option); other plugins have the devices they have.
+    if client.addressable_device_count() < opts.tp
+        && client.platform_name().is_ok_and(|p| p == "cpu")
+    {
+        drop(client);
+        let n = OptionValue::Int(opts.tp as i64);
+        client = Client::with_options(api, &[("cpu_device_count", n)]).map_err(plugin_err)?;
     }
-    .map_err(plugin_err)?;
     if client.addressable_device_count() < opts.tp {
         return Err(ServeError::TooFewDevices {
             tp: opts.tp,

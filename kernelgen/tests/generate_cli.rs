@@ -6,6 +6,15 @@ use std::path::PathBuf;
 use crate::common::*;
 
 /// A fresh, existing scratch directory.
+/// The JSON lines batch mode wrote to `path`.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = scratch("kg-gen", name);
     std::fs::create_dir_all(&d).unwrap();
@@ -63,11 +72,7 @@ fn batch_mode_writes_one_json_line_per_request() {
     args.extend_from_slice(ENGINE);
     let o = kernelgen(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["id"], "a");
     assert!(lines[1]["token_ids"][0].as_array().unwrap().len() <= 4);
@@ -465,11 +470,7 @@ fn tensor_parallel_generate_matches_one_device() {
             "--tp {tp}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&out);
         assert_eq!(lines.len(), 3);
         texts.push(
             lines

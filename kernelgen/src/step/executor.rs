@@ -76,8 +76,11 @@ pub struct DeviceExecutor {
     kv_dtype: Dtype,
     vocab: usize,
     buckets: Vec<usize>,
-    /// Loaded programs by (token bucket, decode-only), with the step count of their last use.
+    /// Loaded programs by (token bucket, decode-only), with the `uses` count of their last use.
     programs: BTreeMap<(usize, bool), (Executable, u64)>,
+    /// Program uses so far: the clock of least-recently-used unloading (never reset, unlike
+    /// `times`, which benchmarks clear between rounds).
+    uses: u64,
     /// Every program loaded once (a later load is a reload).
     seen: std::collections::BTreeSet<(usize, bool)>,
     /// At most this many programs loaded at once; `None`: no bound.
@@ -168,6 +171,7 @@ impl DeviceExecutor {
             buckets,
             programs: BTreeMap::new(),
             seen: Default::default(),
+            uses: 0,
             max_loaded: setup.max_loaded.map(|n| n.max(1)),
             source,
             tp,
@@ -251,7 +255,8 @@ impl DeviceExecutor {
         decode: bool,
     ) -> Result<&Executable, EngineError> {
         let key = (bucket, decode);
-        let now = self.times.all.steps as u64;
+        self.uses += 1;
+        let now = self.uses;
         if let Some(entry) = self.programs.get_mut(&key) {
             entry.1 = now;
         } else {

@@ -265,6 +265,16 @@ mod tests {
     use runtime::dtype::Dtype;
     use runtime::engine::EngineConfig;
 
+    fn small_engine() -> EngineConfig {
+        EngineConfig {
+            max_seqs: 4,
+            max_pages: 16,
+            page_size: 4,
+            max_seq_len: 32,
+            max_tokens_per_round: 8,
+        }
+    }
+
     fn tiny_config() -> LlamaConfig {
         verify::fixtures::tiny::TinyConfig {
             tie_word_embeddings: true,
@@ -275,13 +285,7 @@ mod tests {
 
     #[test]
     fn step_program_links_the_kernel_once_and_calls_it_per_layer() {
-        let engine = EngineConfig {
-            max_seqs: 4,
-            max_pages: 16,
-            page_size: 4,
-            max_seq_len: 32,
-            max_tokens_per_round: 8,
-        };
+        let engine = small_engine();
         for (tokens, dtype) in [(1, Dtype::F32), (8, Dtype::Bf16)] {
             let shapes = StepShapes::new(&engine, tokens, dtype);
             let p = emit(
@@ -312,13 +316,7 @@ mod tests {
     /// every parameter and result is manual, and the kernel runs at one device's heads.
     #[test]
     fn a_tensor_parallel_step_all_reduces_twice_per_layer() {
-        let engine = EngineConfig {
-            max_seqs: 4,
-            max_pages: 16,
-            page_size: 4,
-            max_seq_len: 32,
-            max_tokens_per_round: 8,
-        };
+        let engine = small_engine();
         let m = tiny_config();
         let shard = crate::step::tp::shard_config(&m, 2).unwrap();
         let shapes = StepShapes::new(&engine, 8, runtime::dtype::Dtype::F32);
