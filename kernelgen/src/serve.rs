@@ -124,14 +124,6 @@ pub enum ServeError {
     Tune(#[from] tune::TuneError),
     #[error(transparent)]
     Tp(#[from] crate::step::tp::TpError),
-    #[error(
-        "--tp {tp}: the plugin {plugin} has {devices} device(s); pass --tp {devices} or fewer"
-    )]
-    TooFewDevices {
-        tp: usize,
-        plugin: PathBuf,
-        devices: usize,
-    },
 }
 
 /// A model file opened (config now, weights read as they are uploaded) and its tokenizer, from
@@ -292,20 +284,14 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     let api = Api::load(&opts.plugin).map_err(plugin_err)?;
     let mut client = Client::new(api.clone()).map_err(plugin_err)?;
     // The CPU plugin makes as many devices as it is asked for (its `cpu_device_count` create
-    // option); other plugins have the devices they have.
+    // option); other plugins have the devices they have, and the executor refuses a `--tp`
+    // beyond them before any compile.
     if client.addressable_device_count() < opts.tp
         && client.platform_name().is_ok_and(|p| p == "cpu")
     {
         drop(client);
         let n = OptionValue::Int(opts.tp as i64);
         client = Client::with_options(api, &[("cpu_device_count", n)]).map_err(plugin_err)?;
-    }
-    if client.addressable_device_count() < opts.tp {
-        return Err(ServeError::TooFewDevices {
-            tp: opts.tp,
-            plugin: opts.plugin.clone(),
-            devices: client.addressable_device_count(),
-        });
     }
     memory.record("plugin loaded");
     let chosen = match &opts.kernel {

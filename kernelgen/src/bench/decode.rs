@@ -302,6 +302,19 @@ pub fn decode_weight_bytes(c: &LlamaConfig) -> u64 {
     4 * (num_params(c) - embed + if c.tie_word_embeddings { embed } else { 0 })
 }
 
+impl DecodeBench {
+    /// The same benchmark with its engines at `tp` devices.
+    fn at_tp(&self, tp: usize) -> DecodeBench {
+        DecodeBench {
+            served: BenchModel {
+                tp,
+                ..self.served.clone()
+            },
+            ..self.clone()
+        }
+    }
+}
+
 /// Checks `b` before any work: every count positive and the prompt fits the model.
 fn validate(b: &DecodeBench) -> Result<(), BenchError> {
     let bad = |m: &str| Err(BenchError::Options(m.to_string()));
@@ -355,21 +368,9 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         // Every degree refused before any work, naming the ones the model can use.
         crate::step::tp::shard_config(c, tp).map_err(crate::Error::from)?;
     }
-    let first_tp = DecodeBench {
-        served: BenchModel {
-            tp: b.tp[0],
-            ..b.served.clone()
-        },
-        ..b.clone()
-    };
+    let first_tp = b.at_tp(b.tp[0]);
     for &tp in &b.tp {
-        let at_tp = DecodeBench {
-            served: BenchModel {
-                tp,
-                ..b.served.clone()
-            },
-            ..b.clone()
-        };
+        let at_tp = b.at_tp(tp);
         for &batch in &b.batches {
             progress(&format!("decode batch {batch}, tp {tp} ..."));
             let f = run_batch(&at_tp, batch, b.prompt_len, b.new_tokens, 0, true)?;

@@ -7,7 +7,7 @@
 //! copied or moved back to the host. Programs are compiled (or loaded from the program cache) per
 //! token-count bucket on first use, and kept loaded, up to [`ProgramSetup::max_loaded`] of them.
 
-use super::weights::upload_weights_tp;
+use super::weights::upload_weights;
 use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
 use runtime::cache::executables::{ExecutableCache, Origin};
 use runtime::dtype::Dtype;
@@ -187,7 +187,7 @@ impl DeviceExecutor {
             let bucket = exec.bucket_for(tokens)?;
             exec.compile_bucket(bucket, decode)?;
         }
-        exec.weights = upload_weights_tp(&exec.client, model, tp)?;
+        exec.weights = upload_weights(&exec.client, model, tp)?;
         exec.memory.record("weights uploaded");
         let shapes = StepShapes::new(engine, exec.buckets[0], kv_dtype);
         let pool_dims = shapes.pool_dims(&shard);
@@ -385,15 +385,16 @@ impl DeviceExecutor {
         let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
         let rows = pad(&rows, 0, r);
         let num_seqs = [batch.seqs.len() as i32];
-        let host: [(&[i32], Vec<i64>); NUM_STEP_INPUTS] = [
-            (&tokens, vec![t as i64]),
-            (&positions, vec![t as i64]),
-            (&slots, vec![t as i64]),
-            (&kv_lens, vec![s as i64]),
-            (&pages, vec![s as i64, pps as i64]),
-            (&cu, vec![s as i64 + 1]),
-            (&num_seqs, vec![1]),
-            (&rows, vec![r as i64]),
+        let (t, s, r, pps) = (t as i64, s as i64, r as i64, pps as i64);
+        let host: [(&[i32], &[i64]); NUM_STEP_INPUTS] = [
+            (&tokens, &[t]),
+            (&positions, &[t]),
+            (&slots, &[t]),
+            (&kv_lens, &[s]),
+            (&pages, &[s, pps]),
+            (&cu, &[s + 1]),
+            (&num_seqs, &[1]),
+            (&rows, &[r]),
         ];
         (0..self.tp)
             .map(|d| {

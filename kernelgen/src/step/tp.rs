@@ -19,6 +19,7 @@
 use crate::config::Geometry;
 use crate::vmem::request::per_device;
 use runtime::model::{LlamaConfig, Part};
+use std::borrow::Cow;
 
 /// Why a tensor-parallel degree cannot serve a model.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,10 +108,16 @@ fn kv_head_start(m: &LlamaConfig, tp: usize, d: usize) -> usize {
 
 /// Device `d`'s share of `part` (`full`, laid out as [`Part::dims`] of `m` says), as the shard
 /// model's part of the same name: rows of `wqkv` and of the gate/up stack, columns of `wo` and
-/// `w_down`; the rest whole.
-pub fn shard_part(m: &LlamaConfig, tp: usize, d: usize, part: Part, full: &[f32]) -> Vec<f32> {
+/// `w_down`; the rest, and every part at `tp` = 1, is `full` itself (borrowed, not copied).
+pub fn shard_part<'a>(
+    m: &LlamaConfig,
+    tp: usize,
+    d: usize,
+    part: Part,
+    full: &'a [f32],
+) -> Cow<'a, [f32]> {
     if tp == 1 {
-        return full.to_vec();
+        return Cow::Borrowed(full);
     }
     let (h, hd, f) = (m.hidden_size, m.head_dim, m.intermediate_size);
     let lq = m.num_q_heads / tp;
@@ -123,7 +130,7 @@ pub fn shard_part(m: &LlamaConfig, tp: usize, d: usize, part: Part, full: &[f32]
         full.chunks_exact(width)
             .flat_map(move |row| row[start..start + count].iter().copied())
     };
-    match part {
+    Cow::Owned(match part {
         Part::Wqkv(_) => {
             let (q_dim, kv_dim) = (m.num_q_heads * hd, m.num_kv_heads * hd);
             let kv0 = kv_head_start(m, tp, d) * hd;
@@ -136,9 +143,9 @@ pub fn shard_part(m: &LlamaConfig, tp: usize, d: usize, part: Part, full: &[f32]
         Part::WGateUp(_) => rows(d * lf, lf, h).chain(rows(f + d * lf, lf, h)).collect(),
         Part::WDown(_) => columns(d * lf, lf, f).collect(),
         Part::Embed | Part::AttnNorm(_) | Part::FfnNorm(_) | Part::FinalNorm | Part::LmHead => {
-            full.to_vec()
+            return Cow::Borrowed(full);
         }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -36,13 +36,10 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
 /// scratch is swapped for a smaller one once the parts left are less than half its size: the
 /// embedding (and an untied LM head), a fifth of a small model, is then not held a second time
 /// while every other part is uploaded.
-pub fn upload_weights(client: &Client, src: &dyn WeightSource) -> Result<Vec<Buffer>, EngineError> {
-    Ok(upload_weights_tp(client, src, 1)?.remove(0))
-}
-
-/// [`upload_weights`] for `tp` devices: device `d` (`[d]` of the result) gets its shard of each
-/// part ([`super::tp::shard_part`]), in the shard model's dims.
-pub fn upload_weights_tp(
+///
+/// Under tensor parallelism (`tp` devices) device `d` (`[d]` of the result) gets its shard of
+/// each part ([`super::tp::shard_part`]), in the shard model's dims.
+pub fn upload_weights(
     client: &Client,
     src: &dyn WeightSource,
     tp: usize,
@@ -77,13 +74,10 @@ pub fn upload_weights_tp(
             .part(p, &mut scratch)
             .map_err(|e| EngineError::Executor(format!("uploading {}: {e}", p.name())))?;
         for (d, device) in uploaded.iter_mut().enumerate() {
-            let buffer = if tp == 1 {
-                client.buffer_from_host_on(d, data, &dims(&p.dims(m)))
-            } else {
-                let part = super::tp::shard_part(m, tp, d, p, data);
-                client.buffer_from_host_on(d, &part, &dims(&p.dims(&shard)))
-            }
-            .map_err(up_err(p.name()))?;
+            let part = super::tp::shard_part(m, tp, d, p, data);
+            let buffer = client
+                .buffer_from_host_on(d, &part, &dims(&p.dims(&shard)))
+                .map_err(up_err(p.name()))?;
             device[i + 1] = Some(buffer);
         }
     }
