@@ -35,6 +35,9 @@ pub enum Schedule {
     /// All sequences in lockstep: few large ops, but every sequence pays for the longest.
     /// Best for decode batches.
     Batched,
+    /// One XLA FFI custom call to kernelgen's native CPU kernel (`runtime::kernels::rpa`), which
+    /// reads pages in place: the fastest form on the XLA CPU backend, and only there.
+    Host,
 }
 
 impl Schedule {
@@ -42,10 +45,11 @@ impl Schedule {
         match s {
             "sequential" => Ok(Schedule::Sequential),
             "batched" => Ok(Schedule::Batched),
+            "host" => Ok(Schedule::Host),
             _ => Err(ConfigError::field(
                 "schedule",
                 s,
-                "one of sequential, batched",
+                "one of sequential, batched, host",
             )),
         }
     }
@@ -300,6 +304,7 @@ impl KernelConfig {
         let suffix = match self.p.schedule {
             Schedule::Sequential => "",
             Schedule::Batched => "-batched",
+            Schedule::Host => "-host",
         };
         format!(
             "rpa-q{}-kv{}{suffix}",
@@ -381,8 +386,10 @@ impl fmt::Display for KernelConfig {
         if let Some(c) = p.soft_cap {
             write!(f, " soft_cap={c}")?;
         }
-        if p.schedule == Schedule::Batched {
-            write!(f, " schedule=batched")?;
+        match p.schedule {
+            Schedule::Sequential => {}
+            Schedule::Batched => write!(f, " schedule=batched")?,
+            Schedule::Host => write!(f, " schedule=host")?,
         }
         Ok(())
     }

@@ -134,6 +134,7 @@ fn render_with(cfg: &KernelConfig, return_pool: bool) -> Result<String, EmitErro
     let template = match cfg.schedule() {
         crate::config::Schedule::Sequential => "rpa.stablehlo.mlir.tera",
         crate::config::Schedule::Batched => "rpa_batched.stablehlo.mlir.tera",
+        crate::config::Schedule::Host => "rpa_host.stablehlo.mlir.tera",
     };
     templates::render(template, &ctx)
 }

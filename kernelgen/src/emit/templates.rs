@@ -26,6 +26,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/rpa_batched.stablehlo.mlir.tera"),
     ),
     (
+        "rpa_host.stablehlo.mlir.tera",
+        include_str!("../../../templates/rpa_host.stablehlo.mlir.tera"),
+    ),
+    (
         "step_matmuls.stablehlo.mlir.tera",
         include_str!("../../../templates/step_matmuls.stablehlo.mlir.tera"),
     ),
@@ -50,10 +54,11 @@ const TEMPLATES: &[(&str, &str)] = &[
 /// The templates the attention kernel is generated from (StableHLO, both schedules, and
 /// Pallas), concatenated: what a tuned block size was measured on.
 pub fn kernel_source() -> String {
-    const KERNEL: [&str; 4] = [
+    const KERNEL: [&str; 5] = [
         "macros.tera",
         "rpa.stablehlo.mlir.tera",
         "rpa_batched.stablehlo.mlir.tera",
+        "rpa_host.stablehlo.mlir.tera",
         "rpa.pallas.py.tera",
     ];
     TEMPLATES

@@ -246,12 +246,45 @@ pub fn check_op(op: &OpView) -> Check {
             op.attr("replica_groups")?;
             expect_eq("result", &op.results[0], &op.operands[0])
         }
+        "custom_call" => custom_call(op),
         "return" => Ok(()), // checked by the op that owns the region
         _ => Err(format!(
             "no shape rule for '{}': add one in emit/typecheck.rs before emitting it",
             op.name
         )),
     }
+}
+
+/// The only custom call kernelgen emits: the host RPA kernel (`runtime::kernels`), whose
+/// operands are the kernel interface's and whose result has q's type.
+fn custom_call(op: &OpView) -> Check {
+    let target = op.attr("call_target_name")?;
+    ensure(target == "\"kernelgen_rpa\"", || {
+        format!("unknown custom call target {target} (kernelgen emits only \"kernelgen_rpa\")")
+    })?;
+    op.arity(6, 1)?;
+    let [q, kv, kv_lens, pages, cu, n] = &op.operands[..] else {
+        unreachable!("arity checked")
+    };
+    expect_eq("result", &op.results[0], q)?;
+    let i32_of = |dims: Vec<i64>| TensorType {
+        dims,
+        elem: "i32".into(),
+    };
+    ensure(
+        q.rank() == 3 && kv.rank() == 4 && kv.elem == q.elem,
+        || format!("q {q} and kv_pages {kv} must be [t, hq, d] and [pages, size, 2*hkv, d] of one dtype"),
+    )?;
+    ensure(
+        kv.dims[3] == q.dims[2] && kv.dims[2] % 2 == 0 && kv.dims[2] > 0 && q.dims[1] % (kv.dims[2] / 2) == 0,
+        || format!("kv_pages {kv} does not fit q {q}: head_dim must match and q heads be a multiple of kv heads"),
+    )?;
+    ensure(pages.rank() == 2, || format!("page_indices {pages} must be [seqs, pages_per_seq]"))?;
+    let s = pages.dims[0];
+    expect_eq("page_indices", pages, &i32_of(pages.dims.clone()))?;
+    expect_eq("kv_lens", kv_lens, &i32_of(vec![s]))?;
+    expect_eq("cu_q_lens", cu, &i32_of(vec![s + 1]))?;
+    expect_eq("num_seqs", n, &i32_of(vec![1]))
 }
 
 fn elementwise(op: &OpView, n: usize) -> Check {

@@ -33,6 +33,8 @@ pub struct Api {
     table_size: usize,
     version: (i32, i32),
     path: PathBuf,
+    /// Whether kernelgen's host kernels ([`crate::kernels`]) were registered, or why not.
+    host_kernels: std::result::Result<(), String>,
     /// Held only to keep the code mapped; never read.
     _library: libloading::Library,
 }
@@ -128,11 +130,12 @@ impl Api {
             });
         }
 
-        let api = Api {
+        let mut api = Api {
             table,
             table_size,
             version,
             path: path.to_path_buf(),
+            host_kernels: Err("not registered yet".into()),
             _library: library,
         };
         api.check_required_functions()?;
@@ -142,6 +145,7 @@ impl Api {
             // SAFETY: `args` is a valid, fully initialized argument struct.
             unsafe { api.invoke("PJRT_Plugin_Initialize", init, &mut args) }?;
         }
+        api.host_kernels = crate::kernels::register(&api).map_err(|e| e.to_string());
         Ok(api)
     }
 
@@ -167,6 +171,19 @@ impl Api {
     /// The plugin's `(major, minor)` C API version.
     pub fn version(&self) -> (i32, i32) {
         self.version
+    }
+
+    /// Whether programs may call kernelgen's host kernels (XLA FFI custom calls on the
+    /// plugin's host platform); the error says why not (no FFI extension, handler refused).
+    pub fn host_kernels(&self) -> std::result::Result<(), &str> {
+        self.host_kernels.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// The head of the plugin's extension list (null when it has none).
+    pub(crate) fn extension_start(&self) -> *const sys::PJRT_Extension_Base {
+        // SAFETY: `extension_start` precedes the version in every C API version, and the table
+        // is a static owned by the loaded library.
+        unsafe { self.table.as_ref() }.extension_start
     }
 
     /// Path the plugin was loaded from (canonicalized).

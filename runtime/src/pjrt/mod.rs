@@ -49,6 +49,7 @@ mod element;
 mod error;
 mod event;
 mod executable;
+pub mod ffi;
 
 #[cfg(test)]
 mod bench;

@@ -1,0 +1,271 @@
+//! Native host kernels, called from StableHLO programs as XLA FFI custom calls.
+//!
+//! - [`rpa`]: ragged paged attention reading K/V pages in place (custom call target
+//!   [`RPA_TARGET`]; kernelgen's `host` schedule emits the call).
+//!
+//! [`register`] installs the handlers with a plugin ([`crate::pjrt::Api::load`] does it for every
+//! plugin it loads, so compiled and deserialized executables both find them). Handlers never
+//! unwind into XLA: a refused call or a panic becomes an `XLA_FFI_Error` that fails the
+//! execution with its message.
+
+pub mod rpa;
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use half::bf16;
+
+use crate::pjrt::ffi::{dtype, AttrValue, BufferRef, Call, CallFrame, Stage, XlaError};
+use crate::pjrt::{Api, PjrtError};
+use rpa::{Element, RpaMeta, RpaParams, RpaShape, Serial, Workers};
+
+/// The custom call target of the host RPA kernel.
+pub const RPA_TARGET: &str = "kernelgen_rpa";
+
+/// The XLA platform name of host (CPU) custom calls.
+pub const HOST_PLATFORM: &str = "Host";
+
+/// Registers every host kernel with the plugin behind `api`.
+pub fn register(api: &Api) -> Result<(), PjrtError> {
+    api.register_ffi_handler(RPA_TARGET, HOST_PLATFORM, rpa_handler)
+}
+
+/// The FFI entry point of [`rpa::rpa`].
+///
+/// # Safety
+/// Called by XLA with its call frame.
+unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: `frame` is XLA's call frame, valid for this call.
+    let result = std::panic::catch_unwind(|| match unsafe { CallFrame::decode(frame) } {
+        Ok(Stage::Execute(call)) => execute_rpa(&call, frame),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    });
+    match result {
+        Ok(Ok(())) => std::ptr::null_mut(),
+        // SAFETY: as above.
+        Ok(Err(message)) => unsafe { CallFrame::error(frame, &message, false) },
+        // SAFETY: as above.
+        Err(_) => unsafe { CallFrame::error(frame, "kernelgen_rpa panicked", true) },
+    }
+}
+
+fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    let [q, kv, kv_lens, page_indices, cu_q_lens, num_seqs] = call.args[..] else {
+        return Err(format!(
+            "{RPA_TARGET} takes 6 operands (q, kv_pages, kv_lens, page_indices, cu_q_lens, \
+             num_seqs), got {}",
+            call.args.len()
+        ));
+    };
+    let [out] = call.rets[..] else {
+        return Err(format!("{RPA_TARGET} returns 1 result, got {}", call.rets.len()));
+    };
+    let shape = shape_of(&q, &kv, &page_indices, &out)?;
+    let params = params_of(call)?;
+    for (name, b) in [
+        ("kv_lens", kv_lens),
+        ("page_indices", page_indices),
+        ("cu_q_lens", cu_q_lens),
+        ("num_seqs", num_seqs),
+    ] {
+        if b.dtype != dtype::S32 {
+            return Err(format!("{RPA_TARGET}: {name} must be i32"));
+        }
+    }
+    if num_seqs.elements() != 1 {
+        return Err(format!("{RPA_TARGET}: num_seqs must hold one element"));
+    }
+    // SAFETY: XLA's buffers hold `elements()` values of their declared dtype (checked above
+    // for the metadata), and live for the call.
+    let meta = unsafe {
+        RpaMeta {
+            kv_lens: slice(&kv_lens),
+            page_indices: slice(&page_indices),
+            cu_q_lens: slice(&cu_q_lens),
+            num_seqs: *num_seqs.data.cast::<i32>(),
+        }
+    };
+    let workers = XlaPool { frame };
+    if q.dtype != kv.dtype || q.dtype != out.dtype {
+        return Err(format!("{RPA_TARGET}: q, kv_pages and the result must share a dtype"));
+    }
+    match q.dtype {
+        // SAFETY: dtypes checked; the result does not alias the operands (no aliasing is
+        // declared on the custom call).
+        dtype::F32 => unsafe { run::<f32>(&shape, &params, q, kv, &meta, out, &workers) },
+        // SAFETY: as above.
+        dtype::BF16 => unsafe { run::<bf16>(&shape, &params, q, kv, &meta, out, &workers) },
+        d => Err(format!("{RPA_TARGET}: unsupported dtype {d} (f32 or bf16)")),
+    }
+}
+
+unsafe fn run<T: Element>(
+    shape: &RpaShape,
+    params: &RpaParams,
+    q: BufferRef,
+    kv: BufferRef,
+    meta: &RpaMeta,
+    out: BufferRef,
+    workers: &dyn Workers,
+) -> Result<(), String> {
+    // SAFETY: the caller checked the dtypes; buffers live for the call.
+    let (q, kv) = unsafe { (slice::<T>(&q), slice::<T>(&kv)) };
+    // SAFETY: as above; XLA hands the handler exclusive use of its result buffer.
+    let out = unsafe { std::slice::from_raw_parts_mut(out.data.cast::<T>(), out.elements()) };
+    rpa::rpa(shape, params, q, kv, meta, out, workers).map_err(|e| e.to_string())
+}
+
+/// # Safety
+/// `b` must hold `b.elements()` values of type `T`, alive for `'a`.
+unsafe fn slice<'a, T>(b: &BufferRef) -> &'a [T] {
+    let n = b.elements();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(b.data.cast::<T>().cast_const(), n) }
+}
+
+fn shape_of(
+    q: &BufferRef,
+    kv: &BufferRef,
+    page_indices: &BufferRef,
+    out: &BufferRef,
+) -> Result<RpaShape, String> {
+    let dims = |b: &BufferRef, name: &str, rank: usize| -> Result<Vec<usize>, String> {
+        if b.dims.len() != rank || b.dims.iter().any(|&d| d < 0) {
+            return Err(format!("{RPA_TARGET}: {name} must have rank {rank}, got {:?}", b.dims));
+        }
+        Ok(b.dims.iter().map(|&d| d as usize).collect())
+    };
+    let (qd, kd, pd) = (dims(q, "q", 3)?, dims(kv, "kv_pages", 4)?, dims(page_indices, "page_indices", 2)?);
+    if out.dims != q.dims || kd[3] != qd[2] || kd[2] % 2 != 0 {
+        return Err(format!(
+            "{RPA_TARGET}: q {:?}, kv_pages {:?} and the result {:?} disagree",
+            q.dims, kv.dims, out.dims
+        ));
+    }
+    Ok(RpaShape {
+        tokens: qd[0],
+        q_heads: qd[1],
+        kv_heads: kd[2] / 2,
+        head_dim: qd[2],
+        total_pages: kd[0],
+        page_size: kd[1],
+        max_seqs: pd[0],
+        pages_per_seq: pd[1],
+    })
+}
+
+fn params_of(call: &Call) -> Result<RpaParams, String> {
+    let int = |name: &str| -> Result<usize, String> {
+        match call.attr(name) {
+            Some(AttrValue::I32(v)) if v >= 0 => Ok(v as usize),
+            Some(AttrValue::I64(v)) if v >= 0 => Ok(v as usize),
+            None => Err(format!("{RPA_TARGET}: attribute {name} is missing")),
+            Some(v) => Err(format!("{RPA_TARGET}: attribute {name} = {v:?} must be a non-negative integer")),
+        }
+    };
+    let float = |name: &str| -> Result<f32, String> {
+        match call.attr(name) {
+            Some(AttrValue::F32(v)) if v.is_finite() => Ok(v),
+            None => Err(format!("{RPA_TARGET}: attribute {name} is missing")),
+            Some(v) => Err(format!("{RPA_TARGET}: attribute {name} = {v:?} must be a finite f32")),
+        }
+    };
+    let soft_cap = float("soft_cap")?;
+    let window = int("sliding_window")?;
+    Ok(RpaParams {
+        sm_scale: float("sm_scale")?,
+        soft_cap: (soft_cap > 0.0).then_some(soft_cap),
+        sliding_window: (window > 0).then_some(window),
+        q_block: int("q_block")?.max(1),
+        kv_pages_block: int("kv_pages_block")?.max(1),
+    })
+}
+
+/// Work items shared with XLA's intra-op thread pool (`XLA_FFI_ThreadPool_Schedule`): helper
+/// tasks and the calling thread take items from one counter; the call returns once every item
+/// is done. Falls back to the calling thread alone when the plugin has no pool.
+struct XlaPool {
+    frame: *mut CallFrame,
+}
+
+struct Shared {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panicked: AtomicBool,
+    n: usize,
+    /// The caller's closure; dereferenced only for claimed items (index < n), which all finish
+    /// before the caller returns.
+    f: *const (dyn Fn(usize) + Sync),
+}
+
+// SAFETY: `f` is only called for claimed items while the caller waits (see above).
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                return;
+            }
+            // SAFETY: `i < n`, so the caller is still waiting and `f` is alive.
+            let call = std::panic::AssertUnwindSafe(|| unsafe { (*self.f)(i) });
+            if std::panic::catch_unwind(call).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+unsafe extern "C" fn pool_task(data: *mut c_void) {
+    // SAFETY: `data` is an `Arc<Shared>` leaked by `XlaPool::run` for this task.
+    let shared = unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) };
+    shared.work();
+}
+
+impl Workers for XlaPool {
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let helpers = std::thread::available_parallelism()
+            .map_or(1, |p| p.get())
+            .saturating_sub(1)
+            .min(n.saturating_sub(1));
+        if helpers == 0 {
+            return Serial.run(n, f);
+        }
+        // SAFETY: erasing the closure's lifetime; `Shared::work` calls it only while this
+        // function waits below.
+        let f: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+        let shared = Arc::new(Shared {
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            n,
+            f,
+        });
+        for _ in 0..helpers {
+            let data = Arc::into_raw(Arc::clone(&shared)).cast_mut().cast::<c_void>();
+            // SAFETY: `frame` is XLA's call frame for this call; `pool_task` takes ownership of
+            // `data` when it runs.
+            if unsafe { !CallFrame::schedule(self.frame, pool_task, data) } {
+                // SAFETY: the task was not scheduled; reclaim its reference.
+                drop(unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) });
+                break;
+            }
+        }
+        shared.work();
+        while shared.done.load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+        if shared.panicked.load(Ordering::Relaxed) {
+            panic!("a work item panicked");
+        }
+    }
+}

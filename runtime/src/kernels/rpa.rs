@@ -1,0 +1,441 @@
+//! Ragged paged attention on the host CPU, reading K/V pages where they lie in the pool.
+//!
+//! Same interface and semantics as the generated StableHLO kernels (`templates/rpa*.tera`,
+//! `verify::rpa` is the f64 reference): `q[tokens, q_heads, d]`, `kv_pages[pages, page_size,
+//! 2 * kv_heads, d]` (K at head `2h`, V at `2h + 1`), `kv_lens[seqs]`, `page_indices[seqs,
+//! pages_per_seq]`, `cu_q_lens[seqs + 1]`, `num_seqs`.
+//!
+//! Work is split into items of (sequence, KV head, block of `q_block` query rows); each item
+//! holds the block's rows for every query head of its group, so a key is read once for the
+//! whole group. Keys are taken `kv_pages_block` pages at a time: scores for the chunk, then an
+//! online-softmax update (running max `m`, sum `l`, accumulator `acc`), then the P.V product.
+//! Only keys some row of the block may see are read; slots past a sequence's `kv_len`, pages
+//! it does not own and rows past `num_seqs` are never touched, so whatever they hold (NaN
+//! included) cannot reach the output. Page ids are clamped into the pool like the StableHLO
+//! form's gather. Rows at or past `cu_q_lens[num_seqs]` are written as zeros.
+//!
+//! Metadata that breaks the contract (a sequence with more query rows than keys, more keys
+//! than its pages hold, `cu_q_lens` decreasing or past the buffer) is an error, never a
+//! fault.
+
+use half::bf16;
+
+/// Buffer geometry, read from the operands' dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpaShape {
+    pub tokens: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub total_pages: usize,
+    pub page_size: usize,
+    pub max_seqs: usize,
+    pub pages_per_seq: usize,
+}
+
+/// The call's static parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RpaParams {
+    pub sm_scale: f32,
+    pub soft_cap: Option<f32>,
+    pub sliding_window: Option<usize>,
+    /// Query rows per work item.
+    pub q_block: usize,
+    /// Pages of keys scored per online-softmax update.
+    pub kv_pages_block: usize,
+}
+
+/// The per-call metadata operands.
+#[derive(Clone, Copy, Debug)]
+pub struct RpaMeta<'a> {
+    pub kv_lens: &'a [i32],
+    pub page_indices: &'a [i32],
+    pub cu_q_lens: &'a [i32],
+    pub num_seqs: i32,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RpaError {
+    #[error("kernelgen_rpa: {0}")]
+    Shape(String),
+    #[error("kernelgen_rpa: sequence {seq}: {what}")]
+    Metadata { seq: usize, what: String },
+}
+
+/// An element type of q, the pool and the output.
+pub trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+}
+
+impl Element for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        // Exact: bf16 is the top half of an f32. Written as a shift so loops vectorize.
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> bf16 {
+        bf16::from_f32(x)
+    }
+}
+
+/// Runs `f(0..n)`, possibly on several threads; returns when every call has returned.
+pub trait Workers {
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// Everything on the calling thread.
+pub struct Serial;
+
+impl Workers for Serial {
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f);
+    }
+}
+
+/// One work item: rows `r0..r1` of sequence `seq`, KV head `kvh`.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    seq: usize,
+    kvh: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Checks the metadata and lists the work items (validation happens here, once).
+fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta) -> Result<Vec<Item>, RpaError> {
+    let num_seqs = usize::try_from(m.num_seqs)
+        .ok()
+        .filter(|&n| n <= s.max_seqs)
+        .ok_or_else(|| {
+            RpaError::Shape(format!(
+                "num_seqs = {} is outside 0..={}",
+                m.num_seqs, s.max_seqs
+            ))
+        })?;
+    let q_block = p.q_block.max(1);
+    let mut items = Vec::new();
+    let mut prev_end = 0usize;
+    for seq in 0..num_seqs {
+        let bad = |what: String| RpaError::Metadata { seq, what };
+        let (start, end) = (m.cu_q_lens[seq], m.cu_q_lens[seq + 1]);
+        if start < 0 || end < start || end as usize > s.tokens || (start as usize) < prev_end {
+            return Err(bad(format!(
+                "cu_q_lens[{seq}..={}] = {start}..{end} is not an increasing range within the {} \
+                 query rows",
+                seq + 1,
+                s.tokens
+            )));
+        }
+        prev_end = end as usize;
+        let q_len = (end - start) as usize;
+        let kv_len = m.kv_lens[seq];
+        let cap = s.pages_per_seq * s.page_size;
+        if kv_len < 0 || (kv_len as usize) < q_len || kv_len as usize > cap {
+            return Err(bad(format!(
+                "kv_lens = {kv_len} must lie in {q_len}..={cap} (its query rows ..= its pages' \
+                 slots)"
+            )));
+        }
+        for kvh in 0..s.kv_heads {
+            for r0 in (0..q_len).step_by(q_block) {
+                items.push(Item {
+                    seq,
+                    kvh,
+                    r0,
+                    r1: (r0 + q_block).min(q_len),
+                });
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// Ragged paged attention: writes `out` (same shape as `q`).
+pub fn rpa<T: Element>(
+    s: &RpaShape,
+    p: &RpaParams,
+    q: &[T],
+    kv_pages: &[T],
+    m: &RpaMeta,
+    out: &mut [T],
+    workers: &dyn Workers,
+) -> Result<(), RpaError> {
+    check_lengths(s, q, kv_pages, m, out)?;
+    let items = plan(s, p, m)?;
+    let valid_rows = m.cu_q_lens[m.num_seqs as usize] as usize;
+    let row = s.q_heads * s.head_dim;
+    out[valid_rows * row..].fill(T::from_f32(0.0));
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let ctx = Ctx { s, p, q, kv_pages, m };
+    let body = |i: usize| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            // SAFETY: items write disjoint (row, head) ranges of `out` (see `Ctx::item`).
+            unsafe { ctx.item(&items[i], &mut scratch, &out_ptr) };
+        })
+    };
+    workers.run(items.len(), &body);
+    Ok(())
+}
+
+fn check_lengths<T>(
+    s: &RpaShape,
+    q: &[T],
+    kv_pages: &[T],
+    m: &RpaMeta,
+    out: &[T],
+) -> Result<(), RpaError> {
+    let expect = |name: &str, got: usize, want: usize| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(RpaError::Shape(format!(
+                "{name} holds {got} elements, the shape says {want}"
+            )))
+        }
+    };
+    if s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 || s.head_dim == 0 || s.page_size == 0 {
+        return Err(RpaError::Shape(format!(
+            "q heads {} must be a multiple of kv heads {}, head_dim and page_size positive",
+            s.q_heads, s.kv_heads
+        )));
+    }
+    expect("q", q.len(), s.tokens * s.q_heads * s.head_dim)?;
+    expect("out", out.len(), q.len())?;
+    expect(
+        "kv_pages",
+        kv_pages.len(),
+        s.total_pages * s.page_size * 2 * s.kv_heads * s.head_dim,
+    )?;
+    expect("kv_lens", m.kv_lens.len(), s.max_seqs)?;
+    expect(
+        "page_indices",
+        m.page_indices.len(),
+        s.max_seqs * s.pages_per_seq,
+    )?;
+    expect("cu_q_lens", m.cu_q_lens.len(), s.max_seqs + 1)
+}
+
+struct SharedOut<T>(*mut T);
+// SAFETY: work items write disjoint ranges through it.
+unsafe impl<T> Sync for SharedOut<T> {}
+
+struct Ctx<'a, T> {
+    s: &'a RpaShape,
+    p: &'a RpaParams,
+    q: &'a [T],
+    kv_pages: &'a [T],
+    m: &'a RpaMeta<'a>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+    keys: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+impl<T: Element> Ctx<'_, T> {
+    /// # Safety
+    /// `out` must point to `tokens * q_heads * head_dim` elements, and no other item may write
+    /// rows `r0..r1` of this item's sequence for this item's KV head's query heads.
+    unsafe fn item(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features (checked just above).
+                return unsafe { self.item_avx512(it, sc, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { self.item_avx2(it, sc, out) };
+            }
+        }
+        self.item_body::<false>(it, sc, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_avx512(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
+        self.item_body::<true>(it, sc, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_avx2(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
+        self.item_body::<true>(it, sc, out)
+    }
+
+    /// Offset of `kv_pages[page(key), slot(key), 2 * kvh, 0]` for key `k` of sequence `seq`.
+    #[inline(always)]
+    fn key_offset(&self, seq: usize, kvh: usize, k: usize) -> usize {
+        let s = self.s;
+        let id = self.m.page_indices[seq * s.pages_per_seq + k / s.page_size];
+        let page = (id.max(0) as usize).min(s.total_pages - 1);
+        ((page * s.page_size + k % s.page_size) * 2 * s.kv_heads + 2 * kvh) * s.head_dim
+    }
+
+    #[inline(always)]
+    fn item_body<const FMA: bool>(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
+        let (s, p) = (self.s, self.p);
+        let d = s.head_dim;
+        let g = s.q_heads / s.kv_heads;
+        let nr = (it.r1 - it.r0) * g;
+        let q_start = self.m.cu_q_lens[it.seq] as usize;
+        let q_len = self.m.cu_q_lens[it.seq + 1] as usize - q_start;
+        let kv_len = self.m.kv_lens[it.seq] as usize;
+        let pos = |r: usize| kv_len - q_len + r;
+        let lo_of = |r: usize| match p.sliding_window {
+            Some(w) => (pos(r) + 1).saturating_sub(w),
+            None => 0,
+        };
+
+        // The block's query rows, scaled: row i = (query row r0 + i / g, head kvh * g + i % g).
+        sc.q.clear();
+        for r in it.r0..it.r1 {
+            let base = ((q_start + r) * s.q_heads + it.kvh * g) * d;
+            sc.q.extend(self.q[base..base + g * d].iter().map(|x| x.to_f32() * p.sm_scale));
+        }
+        sc.m.clear();
+        sc.m.resize(nr, f32::NEG_INFINITY);
+        sc.l.clear();
+        sc.l.resize(nr, 0.0);
+        sc.acc.clear();
+        sc.acc.resize(nr * d, 0.0);
+
+        let (key_lo, key_hi) = (lo_of(it.r0), pos(it.r1 - 1) + 1);
+        let chunk = (p.kv_pages_block.max(1) * s.page_size).max(1);
+        let mut c0 = key_lo;
+        while c0 < key_hi {
+            let c1 = (c0 + chunk).min(key_hi);
+            let ck = c1 - c0;
+            sc.keys.clear();
+            sc.keys
+                .extend((c0..c1).map(|k| self.key_offset(it.seq, it.kvh, k)));
+            sc.scores.clear();
+            sc.scores.resize(nr * ck, 0.0);
+            for (j, &off) in sc.keys.iter().enumerate() {
+                let key = &self.kv_pages[off..off + d];
+                for i in 0..nr {
+                    sc.scores[i * ck + j] = dot::<T, FMA>(&sc.q[i * d..(i + 1) * d], key);
+                }
+            }
+            for i in 0..nr {
+                let r = it.r0 + i / g;
+                let (lo, hi) = (lo_of(r), pos(r));
+                let row = &mut sc.scores[i * ck..(i + 1) * ck];
+                let mut mx = f32::NEG_INFINITY;
+                for (j, x) in row.iter_mut().enumerate() {
+                    let k = c0 + j;
+                    if k < lo || k > hi {
+                        *x = f32::NEG_INFINITY;
+                        continue;
+                    }
+                    if let Some(cap) = p.soft_cap {
+                        *x = cap * (*x / cap).tanh();
+                    }
+                    mx = mx.max(*x);
+                }
+                if mx == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let m_new = sc.m[i].max(mx);
+                let corr = (sc.m[i] - m_new).exp();
+                let mut sum = 0.0f32;
+                for x in row.iter_mut() {
+                    *x = if *x == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (*x - m_new).exp()
+                    };
+                    sum += *x;
+                }
+                sc.l[i] = sc.l[i] * corr + sum;
+                sc.m[i] = m_new;
+                if corr != 1.0 {
+                    sc.acc[i * d..(i + 1) * d].iter_mut().for_each(|a| *a *= corr);
+                }
+            }
+            for (j, &off) in sc.keys.iter().enumerate() {
+                let value = &self.kv_pages[off + d..off + 2 * d];
+                for i in 0..nr {
+                    let w = sc.scores[i * ck + j];
+                    if w != 0.0 {
+                        axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+                    }
+                }
+            }
+            c0 = c1;
+        }
+
+        for i in 0..nr {
+            let (r, h) = (it.r0 + i / g, it.kvh * g + i % g);
+            let base = ((q_start + r) * s.q_heads + h) * d;
+            let inv = 1.0 / sc.l[i];
+            for (e, a) in sc.acc[i * d..(i + 1) * d].iter().enumerate() {
+                // SAFETY: `base + e` lies in this item's (row, head) range of `out` (caller's
+                // contract), which no other item writes.
+                unsafe { *out.0.add(base + e) = T::from_f32(a * inv) };
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `a . b` with 16 independent partial sums (so the loop vectorizes without reassociation).
+#[inline(always)]
+fn dot<T: Element, const FMA: bool>(a: &[f32], b: &[T]) -> f32 {
+    const L: usize = 16;
+    let n = a.len() - a.len() % L;
+    let mut acc = [0.0f32; L];
+    for (ca, cb) in a[..n].chunks_exact(L).zip(b[..n].chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] = madd::<FMA>(ca[l], cb[l].to_f32(), acc[l]);
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in a[n..].iter().zip(&b[n..]) {
+        sum = madd::<FMA>(*x, y.to_f32(), sum);
+    }
+    sum
+}
+
+/// `acc += w * v`.
+#[inline(always)]
+fn axpy<T: Element, const FMA: bool>(w: f32, v: &[T], acc: &mut [f32]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a = madd::<FMA>(w, x.to_f32(), *a);
+    }
+}
