@@ -2,12 +2,13 @@
 //! decodes greedily exactly what a dense reference decoder does (same weights, f32, plain causal
 //! attention over contiguous K/V, no pages): 16 prompts of mixed lengths arriving at random
 //! steps, page_size 16, a pool small enough to force preemption. Two kernels with different
-//! block sizes give identical tokens. A request whose own K/V turn NaN fails alone, and the
-//! NaN it leaves in the pages it frees never reaches the requests that reuse them.
+//! block sizes give identical tokens, and so does the native host kernel (an XLA FFI custom
+//! call). A request whose own K/V turn NaN fails alone, and the NaN it leaves in the pages it
+//! frees never reaches the requests that reuse them, with either kernel form.
 
 use e2e::{serving_client, serving_client_with_devices};
 use kernelgen::step::executor::ProgramSetup;
-use kernelgen::step::program::BlockSizes;
+use kernelgen::step::program::{BlockSizes, KernelForm};
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepSource};
 use rand::{Rng, SeedableRng};
@@ -263,12 +264,30 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         outputs[0], outputs[1],
         "two kernel artifacts gave different greedy tokens"
     );
+    let (host, _, _) = serve(&model, host_blocks(16, 2), &prompts);
+    assert_eq!(
+        tokens(&host),
+        tokens(&got),
+        "host kernel vs portable kernel"
+    );
     assert_eq!(
         tokens(&got),
         outputs[0],
         "artifact kernel vs emitted kernel"
     );
     eprintln!("16 prompts, {preemptions} preemptions, all tokens equal the dense reference");
+}
+
+/// The token whose embedding the NaN test poisons: scenario() draws prompt tokens from 3.., so
+/// only injected ones hit it.
+const POISON: u32 = 2;
+
+/// Emitted kernels in the native host form ([`KernelForm::Host`]).
+fn host_blocks(q: u32, kv: u32) -> KernelSource {
+    KernelSource::Blocks(BlockSizes {
+        form: KernelForm::Host,
+        ..BlockSizes::uniform(q, kv)
+    })
 }
 
 /// A token whose embedding is NaN turns the K/V of every request that contains it NaN (from that
@@ -279,7 +298,6 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
 /// nests (the decode steps run the batched one, prefill steps the sequential one).
 #[test]
 fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
-    const POISON: u32 = 2; // scenario() draws prompt tokens from 3.., so only injected ones hit it
     let seed = std::env::var("KG_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -305,11 +323,22 @@ fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
             *arrival = 0;
         }
     }
-    let (got, _, non_finite) = serve(
-        &model,
+    for kernel in [
         KernelSource::Blocks(BlockSizes::uniform(16, 2)),
-        &prompts,
-    );
+        host_blocks(16, 2),
+    ] {
+        check_poisoned_run(&model, kernel, &prompts, &poisoned, seed);
+    }
+}
+
+fn check_poisoned_run(
+    model: &Model,
+    kernel: KernelSource,
+    prompts: &[(usize, Vec<u32>, usize)],
+    poisoned: &[usize],
+    seed: u64,
+) {
+    let (got, _, non_finite) = serve(model, kernel, prompts);
     let mut self_poisoned = 0;
     for (i, (_, prompt, new)) in prompts.iter().enumerate() {
         let (tokens, reason) = &got[&i];
@@ -324,7 +353,7 @@ fn a_request_with_nan_kv_fails_alone_and_its_pages_poison_no_one() {
                 "prompt {i} sampled {tokens:?} from NaN logits"
             );
         } else {
-            let mut want = generate_greedy(&model, prompt, *new, &[]);
+            let mut want = generate_greedy(model, prompt, *new, &[]);
             // A clean request may generate the poison token itself: its next step, if it has
             // one, then fails.
             let mut want_reason = reason.clone();

@@ -1,5 +1,6 @@
 //! Property: the emitted StableHLO kernel, compiled and run by the real PJRT CPU plugin, matches
-//! the f64 reference on random geometries, block sizes and ragged batches.
+//! the f64 reference on random geometries, block sizes and ragged batches, in each of its three
+//! forms (sequential and batched StableHLO, and the host kernel's FFI custom call).
 //!
 //! Tolerances (normwise: max |out - ref| / max |ref| over valid rows): f32 1e-5; bf16 inputs with
 //! f32 accumulation 2e-2 against the reference on the same bf16-rounded inputs. Padding rows must
@@ -45,7 +46,11 @@ fn case() -> impl Strategy<Value = Case> {
         0.0f64..=1.0,
         0.0f64..=1.0,
         any::<u64>(),
-        prop_oneof![Just(Schedule::Sequential), Just(Schedule::Batched)],
+        prop_oneof![
+            Just(Schedule::Sequential),
+            Just(Schedule::Batched),
+            Just(Schedule::Host)
+        ],
         prop::sample::select(Poison::ALL.to_vec()),
     );
     (shapes, attention)

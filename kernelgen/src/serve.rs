@@ -5,7 +5,7 @@
 use crate::artifact::Artifact;
 use crate::config::Dtype;
 use crate::step::executor::ProgramSetup;
-use crate::step::program::BlockSizes;
+use crate::step::program::{AttentionChoice, BlockSizes, KernelForm};
 use crate::step::{default_buckets, DeviceExecutor, KernelSource, StepSource};
 use crate::tune::{self, table};
 use runtime::model::LlamaConfig;
@@ -105,11 +105,15 @@ pub struct ServeOptions {
     pub prefix_caching: bool,
     /// Devices of tensor parallelism ([`crate::step::tp`]); 1: one device.
     pub tp: usize,
+    /// The attention kernel's form for emitted kernels (an artifact's schedule is its own).
+    pub attention: AttentionChoice,
 }
 
 /// Why serving could not start. Each is refused before any compile or device work.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("{0}")]
+    Attention(String),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -298,15 +302,28 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
         Some(_) => None,
         None => Some(choose_blocks(opts, &shard, &client)?),
     };
+    let form = opts
+        .attention
+        .resolve(
+            &client.platform_name().map_err(plugin_err)?,
+            client.plugin().host_kernels(),
+        )
+        .map_err(ServeError::Attention)?;
     let (kernel, mut desc) = kernel_source(
         opts.kernel.as_deref(),
-        chosen.as_ref().map_or(tune::FALLBACK, |c| c.blocks),
+        BlockSizes {
+            form,
+            ..chosen.as_ref().map_or(tune::FALLBACK, |c| c.blocks)
+        },
         &shard,
         opts.engine.page_size,
         opts.kv_dtype,
     )?;
     if let Some(c) = &chosen {
         desc = c.desc.clone();
+        if form == KernelForm::Host {
+            desc.push_str(", host kernel");
+        }
     }
     let kernel_warning = chosen.and_then(|c| c.warning);
     if client.platform_name().map_err(plugin_err)? == "cpu" {

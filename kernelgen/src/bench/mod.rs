@@ -39,6 +39,8 @@ pub struct BenchModel {
     pub plugin: PathBuf,
     /// Devices of tensor parallelism ([`crate::step::tp`]).
     pub tp: usize,
+    /// The attention kernel's form.
+    pub attention: crate::step::program::AttentionChoice,
 }
 
 impl BenchModel {
@@ -56,6 +58,7 @@ impl BenchModel {
             max_loaded_programs: None,
             prefix_caching: false,
             tp: self.tp,
+            attention: self.attention,
         }
     }
 }

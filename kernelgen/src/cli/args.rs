@@ -5,7 +5,7 @@
 
 use clap::Args;
 use kernelgen::config::{defaults, Dtype, KernelSpec, Schedule};
-use kernelgen::step::program::BlockSizes;
+use kernelgen::step::program::{AttentionChoice, BlockSizes};
 use runtime::engine::EngineConfig;
 use std::path::PathBuf;
 
@@ -157,6 +157,18 @@ pub struct ServedArgs {
     /// kv_pages_block of the emitted kernels when --kernel is not given [default: the tuned table's entries, else 4]
     #[arg(long = "kv")]
     pub kv_pages_block: Option<u32>,
+    /// Attention kernel form of emitted kernels: auto (the native host kernel, an XLA FFI custom call, on the XLA CPU plugin; portable StableHLO elsewhere), host (refused where the plugin cannot run it), portable (StableHLO only, any backend)
+    #[arg(long, value_name = "auto|host|portable", default_value = "auto", value_parser = parse_attention)]
+    pub attention: AttentionChoice,
+}
+
+fn parse_attention(s: &str) -> Result<AttentionChoice, String> {
+    match s {
+        "auto" => Ok(AttentionChoice::Auto),
+        "host" => Ok(AttentionChoice::Host),
+        "portable" => Ok(AttentionChoice::Portable),
+        _ => Err(format!("'{s}' is not one of auto, host, portable")),
+    }
 }
 
 impl ServedArgs {
@@ -217,6 +229,7 @@ pub fn serve_options(
         max_loaded_programs: cache.max_loaded(),
         prefix_caching,
         tp: engine.tp,
+        attention: served.attention,
     };
     if !opts.model.exists() {
         anyhow::bail!(

@@ -451,6 +451,7 @@ fn bench_model(served: &ServedArgs, plugin: &PluginArg) -> bench::BenchModel {
         blocks: served.blocks(),
         plugin: plugin.path(),
         tp: 1,
+        attention: served.attention,
     }
 }
 

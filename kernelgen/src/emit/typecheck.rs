@@ -271,15 +271,23 @@ fn custom_call(op: &OpView) -> Check {
         dims,
         elem: "i32".into(),
     };
+    ensure(q.rank() == 3 && kv.rank() == 4 && kv.elem == q.elem, || {
+        format!(
+            "q {q} and kv_pages {kv} must be [t, hq, d] and [pages, size, 2*hkv, d] of one dtype"
+        )
+    })?;
     ensure(
-        q.rank() == 3 && kv.rank() == 4 && kv.elem == q.elem,
-        || format!("q {q} and kv_pages {kv} must be [t, hq, d] and [pages, size, 2*hkv, d] of one dtype"),
+        kv.dims[3] == q.dims[2]
+            && kv.dims[2] % 2 == 0
+            && kv.dims[2] > 0
+            && q.dims[1] % (kv.dims[2] / 2) == 0,
+        || {
+            format!("kv_pages {kv} does not fit q {q}: head_dim must match and q heads be a multiple of kv heads")
+        },
     )?;
-    ensure(
-        kv.dims[3] == q.dims[2] && kv.dims[2] % 2 == 0 && kv.dims[2] > 0 && q.dims[1] % (kv.dims[2] / 2) == 0,
-        || format!("kv_pages {kv} does not fit q {q}: head_dim must match and q heads be a multiple of kv heads"),
-    )?;
-    ensure(pages.rank() == 2, || format!("page_indices {pages} must be [seqs, pages_per_seq]"))?;
+    ensure(pages.rank() == 2, || {
+        format!("page_indices {pages} must be [seqs, pages_per_seq]")
+    })?;
     let s = pages.dims[0];
     expect_eq("page_indices", pages, &i32_of(pages.dims.clone()))?;
     expect_eq("kv_lens", kv_lens, &i32_of(vec![s]))?;

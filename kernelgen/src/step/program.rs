@@ -30,6 +30,55 @@ pub enum KernelSource {
     Blocks(BlockSizes),
 }
 
+/// Which form of the attention kernel emitted programs link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelForm {
+    /// StableHLO only (the sequential schedule for prefill, batched for decode): any backend.
+    #[default]
+    Portable,
+    /// The native host kernel as an XLA FFI custom call ([`Schedule::Host`]): XLA CPU only.
+    Host,
+}
+
+/// What `--attention` asks for; [`AttentionChoice::resolve`] turns it into a [`KernelForm`] for
+/// the plugin at hand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionChoice {
+    /// The host kernel where the plugin runs it (XLA CPU with the handler registered), else
+    /// the portable form.
+    #[default]
+    Auto,
+    Host,
+    Portable,
+}
+
+impl AttentionChoice {
+    /// The form for a plugin on `platform` whose host-kernel registration gave `host_kernels`.
+    pub fn resolve(
+        self,
+        platform: &str,
+        host_kernels: std::result::Result<(), &str>,
+    ) -> std::result::Result<KernelForm, String> {
+        let host_ok = match (platform, host_kernels) {
+            ("cpu", Ok(())) => Ok(()),
+            ("cpu", Err(why)) => Err(format!("the plugin did not take the host kernel: {why}")),
+            (other, _) => Err(format!(
+                "the host kernel runs on XLA CPU only, this plugin is {other}"
+            )),
+        };
+        match (self, host_ok) {
+            (AttentionChoice::Portable, _) | (AttentionChoice::Auto, Err(_)) => {
+                Ok(KernelForm::Portable)
+            }
+            (_, Ok(())) => Ok(KernelForm::Host),
+            (AttentionChoice::Host, Err(why)) => Err(format!(
+                "--attention host is unavailable: {why}; use --attention portable (or auto)"
+            )),
+        }
+    }
+}
+
 /// The block sizes of emitted kernels: prefill and mixed programs use `q_block` and
 /// `kv_pages_block`; decode-only programs (one row per sequence: q_block 1, the batched
 /// schedule) use `decode_kv_pages_block`. Tuned separately by `kernelgen tune`.
@@ -38,6 +87,8 @@ pub struct BlockSizes {
     pub q_block: u32,
     pub kv_pages_block: u32,
     pub decode_kv_pages_block: u32,
+    /// Portable StableHLO or the host kernel.
+    pub form: KernelForm,
 }
 
 impl BlockSizes {
@@ -47,6 +98,7 @@ impl BlockSizes {
             q_block,
             kv_pages_block,
             decode_kv_pages_block: kv_pages_block,
+            form: KernelForm::Portable,
         }
     }
 }
@@ -60,6 +112,9 @@ impl std::fmt::Display for BlockSizes {
         )?;
         if self.decode_kv_pages_block != self.kv_pages_block {
             write!(f, " (decode kv_pages_block={})", self.decode_kv_pages_block)?;
+        }
+        if self.form == KernelForm::Host {
+            write!(f, ", host kernel")?;
         }
         Ok(())
     }
@@ -160,15 +215,19 @@ pub fn bucket_kernel(
             let c = &a.manifest.config;
             (c.q_block(), c.kv_pages_block(), c.dtype(), c.schedule())
         }
-        KernelSource::Blocks(b) if s.decode => {
-            (1, b.decode_kv_pages_block, s.kv_dtype, Schedule::Batched)
+        KernelSource::Blocks(b) => {
+            let schedule = match (b.form, s.decode) {
+                (KernelForm::Host, _) => Schedule::Host,
+                (KernelForm::Portable, true) => Schedule::Batched,
+                (KernelForm::Portable, false) => Schedule::Sequential,
+            };
+            let kv = if s.decode {
+                b.decode_kv_pages_block
+            } else {
+                b.kv_pages_block
+            };
+            (b.q_block, kv, s.kv_dtype, schedule)
         }
-        KernelSource::Blocks(b) => (
-            b.q_block,
-            b.kv_pages_block,
-            s.kv_dtype,
-            Schedule::Sequential,
-        ),
     };
     Ok(KernelConfig::new(KernelParams {
         geometry: Geometry {
@@ -188,10 +247,11 @@ pub fn bucket_kernel(
         sm_scale: None,
         sliding_window: None,
         soft_cap: None,
-        schedule: if s.decode {
-            Schedule::Batched
-        } else {
-            schedule
+        // The host kernel serves every bucket; the portable decode form is the batched schedule.
+        schedule: match schedule {
+            Schedule::Host => Schedule::Host,
+            _ if s.decode => Schedule::Batched,
+            other => other,
         },
     })?)
 }

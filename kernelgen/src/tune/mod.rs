@@ -583,6 +583,7 @@ pub const FALLBACK: crate::step::program::BlockSizes = crate::step::program::Blo
     q_block: 32,
     kv_pages_block: 4,
     decode_kv_pages_block: 4,
+    form: crate::step::program::KernelForm::Portable,
 };
 
 /// Block sizes chosen for a served model, and what to tell the user about them.

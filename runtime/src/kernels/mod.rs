@@ -60,7 +60,10 @@ fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         ));
     };
     let [out] = call.rets[..] else {
-        return Err(format!("{RPA_TARGET} returns 1 result, got {}", call.rets.len()));
+        return Err(format!(
+            "{RPA_TARGET} returns 1 result, got {}",
+            call.rets.len()
+        ));
     };
     let shape = shape_of(&q, &kv, &page_indices, &out)?;
     let params = params_of(call)?;
@@ -89,7 +92,9 @@ fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
     };
     let workers = XlaPool { frame };
     if q.dtype != kv.dtype || q.dtype != out.dtype {
-        return Err(format!("{RPA_TARGET}: q, kv_pages and the result must share a dtype"));
+        return Err(format!(
+            "{RPA_TARGET}: q, kv_pages and the result must share a dtype"
+        ));
     }
     match q.dtype {
         // SAFETY: dtypes checked; the result does not alias the operands (no aliasing is
@@ -136,11 +141,18 @@ fn shape_of(
 ) -> Result<RpaShape, String> {
     let dims = |b: &BufferRef, name: &str, rank: usize| -> Result<Vec<usize>, String> {
         if b.dims.len() != rank || b.dims.iter().any(|&d| d < 0) {
-            return Err(format!("{RPA_TARGET}: {name} must have rank {rank}, got {:?}", b.dims));
+            return Err(format!(
+                "{RPA_TARGET}: {name} must have rank {rank}, got {:?}",
+                b.dims
+            ));
         }
         Ok(b.dims.iter().map(|&d| d as usize).collect())
     };
-    let (qd, kd, pd) = (dims(q, "q", 3)?, dims(kv, "kv_pages", 4)?, dims(page_indices, "page_indices", 2)?);
+    let (qd, kd, pd) = (
+        dims(q, "q", 3)?,
+        dims(kv, "kv_pages", 4)?,
+        dims(page_indices, "page_indices", 2)?,
+    );
     if out.dims != q.dims || kd[3] != qd[2] || kd[2] % 2 != 0 {
         return Err(format!(
             "{RPA_TARGET}: q {:?}, kv_pages {:?} and the result {:?} disagree",
@@ -165,14 +177,18 @@ fn params_of(call: &Call) -> Result<RpaParams, String> {
             Some(AttrValue::I32(v)) if v >= 0 => Ok(v as usize),
             Some(AttrValue::I64(v)) if v >= 0 => Ok(v as usize),
             None => Err(format!("{RPA_TARGET}: attribute {name} is missing")),
-            Some(v) => Err(format!("{RPA_TARGET}: attribute {name} = {v:?} must be a non-negative integer")),
+            Some(v) => Err(format!(
+                "{RPA_TARGET}: attribute {name} = {v:?} must be a non-negative integer"
+            )),
         }
     };
     let float = |name: &str| -> Result<f32, String> {
         match call.attr(name) {
             Some(AttrValue::F32(v)) if v.is_finite() => Ok(v),
             None => Err(format!("{RPA_TARGET}: attribute {name} is missing")),
-            Some(v) => Err(format!("{RPA_TARGET}: attribute {name} = {v:?} must be a finite f32")),
+            Some(v) => Err(format!(
+                "{RPA_TARGET}: attribute {name} = {v:?} must be a finite f32"
+            )),
         }
     };
     let soft_cap = float("soft_cap")?;
@@ -232,11 +248,12 @@ unsafe extern "C" fn pool_task(data: *mut c_void) {
 }
 
 impl Workers for XlaPool {
+    fn threads(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    }
+
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let helpers = std::thread::available_parallelism()
-            .map_or(1, |p| p.get())
-            .saturating_sub(1)
-            .min(n.saturating_sub(1));
+        let helpers = self.threads().saturating_sub(1).min(n.saturating_sub(1));
         if helpers == 0 {
             return Serial.run(n, f);
         }
@@ -251,7 +268,9 @@ impl Workers for XlaPool {
             f,
         });
         for _ in 0..helpers {
-            let data = Arc::into_raw(Arc::clone(&shared)).cast_mut().cast::<c_void>();
+            let data = Arc::into_raw(Arc::clone(&shared))
+                .cast_mut()
+                .cast::<c_void>();
             // SAFETY: `frame` is XLA's call frame for this call; `pool_task` takes ownership of
             // `data` when it runs.
             if unsafe { !CallFrame::schedule(self.frame, pool_task, data) } {

@@ -94,6 +94,8 @@ impl Element for bf16 {
 
 /// Runs `f(0..n)`, possibly on several threads; returns when every call has returned.
 pub trait Workers {
+    /// How many threads `run` may use.
+    fn threads(&self) -> usize;
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
 }
 
@@ -101,22 +103,32 @@ pub trait Workers {
 pub struct Serial;
 
 impl Workers for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..n).for_each(f);
     }
 }
 
-/// One work item: rows `r0..r1` of sequence `seq`, KV head `kvh`.
+/// One work item: rows `r0..r1` of sequence `seq`, KV heads `h0..h1` (with their query heads).
 #[derive(Clone, Copy, Debug)]
 struct Item {
     seq: usize,
-    kvh: usize,
+    h0: usize,
+    h1: usize,
     r0: usize,
     r1: usize,
 }
 
+/// How many key slots ahead the scoring pass prefetches.
+const PREFETCH_SLOTS: usize = 2;
+
+/// Items per thread the planner aims for, so threads finish close together.
+const ITEMS_PER_THREAD: usize = 4;
+
 /// Checks the metadata and lists the work items (validation happens here, once).
-fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta) -> Result<Vec<Item>, RpaError> {
+fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Vec<Item>, RpaError> {
     let num_seqs = usize::try_from(m.num_seqs)
         .ok()
         .filter(|&n| n <= s.max_seqs)
@@ -127,7 +139,7 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta) -> Result<Vec<Item>, RpaError>
             ))
         })?;
     let q_block = p.q_block.max(1);
-    let mut items = Vec::new();
+    let mut blocks = Vec::new();
     let mut prev_end = 0usize;
     for seq in 0..num_seqs {
         let bad = |what: String| RpaError::Metadata { seq, what };
@@ -150,15 +162,27 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta) -> Result<Vec<Item>, RpaError>
                  slots)"
             )));
         }
-        for kvh in 0..s.kv_heads {
-            for r0 in (0..q_len).step_by(q_block) {
-                items.push(Item {
-                    seq,
-                    kvh,
-                    r0,
-                    r1: (r0 + q_block).min(q_len),
-                });
-            }
+        blocks.extend(
+            (0..q_len)
+                .step_by(q_block)
+                .map(|r0| (seq, r0, (r0 + q_block).min(q_len))),
+        );
+    }
+    // A key slot holds every KV head side by side, so an item that takes all heads reads its
+    // pages front to back. Heads are split only when there are too few blocks to share out.
+    let want = threads.max(1) * ITEMS_PER_THREAD;
+    let splits = want.div_ceil(blocks.len().max(1)).clamp(1, s.kv_heads);
+    let per = s.kv_heads.div_ceil(splits);
+    let mut items = Vec::with_capacity(blocks.len() * splits);
+    for (seq, r0, r1) in blocks {
+        for h0 in (0..s.kv_heads).step_by(per) {
+            items.push(Item {
+                seq,
+                h0,
+                h1: (h0 + per).min(s.kv_heads),
+                r0,
+                r1,
+            });
         }
     }
     Ok(items)
@@ -175,12 +199,18 @@ pub fn rpa<T: Element>(
     workers: &dyn Workers,
 ) -> Result<(), RpaError> {
     check_lengths(s, q, kv_pages, m, out)?;
-    let items = plan(s, p, m)?;
+    let items = plan(s, p, m, workers.threads())?;
     let valid_rows = m.cu_q_lens[m.num_seqs as usize] as usize;
     let row = s.q_heads * s.head_dim;
     out[valid_rows * row..].fill(T::from_f32(0.0));
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let ctx = Ctx { s, p, q, kv_pages, m };
+    let ctx = Ctx {
+        s,
+        p,
+        q,
+        kv_pages,
+        m,
+    };
     let body = |i: usize| {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
@@ -208,7 +238,7 @@ fn check_lengths<T>(
             )))
         }
     };
-    if s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 || s.head_dim == 0 || s.page_size == 0 {
+    if s.kv_heads == 0 || !s.q_heads.is_multiple_of(s.kv_heads) || s.head_dim == 0 || s.page_size == 0 {
         return Err(RpaError::Shape(format!(
             "q heads {} must be a multiple of kv heads {}, head_dim and page_size positive",
             s.q_heads, s.kv_heads
@@ -289,21 +319,45 @@ impl<T: Element> Ctx<'_, T> {
         self.item_body::<true>(it, sc, out)
     }
 
-    /// Offset of `kv_pages[page(key), slot(key), 2 * kvh, 0]` for key `k` of sequence `seq`.
+    /// Offset of `kv_pages[page(key), slot(key), 0, 0]` for key `k` of sequence `seq`.
     #[inline(always)]
-    fn key_offset(&self, seq: usize, kvh: usize, k: usize) -> usize {
+    fn slot_offset(&self, seq: usize, k: usize) -> usize {
         let s = self.s;
         let id = self.m.page_indices[seq * s.pages_per_seq + k / s.page_size];
         let page = (id.max(0) as usize).min(s.total_pages - 1);
-        ((page * s.page_size + k % s.page_size) * 2 * s.kv_heads + 2 * kvh) * s.head_dim
+        (page * s.page_size + k % s.page_size) * 2 * s.kv_heads * s.head_dim
     }
 
+    /// Asks for the K and V rows of heads `h0..h1` in the slot at `slot` to be brought into
+    /// cache: a slot's heads are read with gaps (K, then V a pass later), which the hardware
+    /// prefetchers follow poorly.
+    #[inline(always)]
+    fn prefetch(&self, slot: usize, h0: usize, h1: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let line = 64 / std::mem::size_of::<T>();
+            let range =
+                &self.kv_pages[slot + 2 * h0 * self.s.head_dim..slot + 2 * h1 * self.s.head_dim];
+            for e in (0..range.len()).step_by(line) {
+                // SAFETY: a prefetch of an address inside the pool; it never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(range.as_ptr().add(e).cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (slot, h0, h1);
+    }
+
+    /// Row `i` of the item's tiles is (KV head `h0 + i / (rows * g)`, query row
+    /// `r0 + (i / g) % rows`, head `i % g` of that KV head's group).
     #[inline(always)]
     fn item_body<const FMA: bool>(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
         let (s, p) = (self.s, self.p);
         let d = s.head_dim;
         let g = s.q_heads / s.kv_heads;
-        let nr = (it.r1 - it.r0) * g;
+        let rows = it.r1 - it.r0;
+        let per_head = rows * g;
+        let nr = (it.h1 - it.h0) * per_head;
         let q_start = self.m.cu_q_lens[it.seq] as usize;
         let q_len = self.m.cu_q_lens[it.seq + 1] as usize - q_start;
         let kv_len = self.m.kv_lens[it.seq] as usize;
@@ -312,12 +366,19 @@ impl<T: Element> Ctx<'_, T> {
             Some(w) => (pos(r) + 1).saturating_sub(w),
             None => 0,
         };
+        let q_row = |i: usize| {
+            let (kvh, r, j) = (it.h0 + i / per_head, it.r0 + (i / g) % rows, i % g);
+            ((q_start + r) * s.q_heads + kvh * g + j) * d
+        };
 
-        // The block's query rows, scaled: row i = (query row r0 + i / g, head kvh * g + i % g).
         sc.q.clear();
-        for r in it.r0..it.r1 {
-            let base = ((q_start + r) * s.q_heads + it.kvh * g) * d;
-            sc.q.extend(self.q[base..base + g * d].iter().map(|x| x.to_f32() * p.sm_scale));
+        for i in 0..nr {
+            let base = q_row(i);
+            sc.q.extend(
+                self.q[base..base + d]
+                    .iter()
+                    .map(|x| x.to_f32() * p.sm_scale),
+            );
         }
         sc.m.clear();
         sc.m.resize(nr, f32::NEG_INFINITY);
@@ -334,17 +395,31 @@ impl<T: Element> Ctx<'_, T> {
             let ck = c1 - c0;
             sc.keys.clear();
             sc.keys
-                .extend((c0..c1).map(|k| self.key_offset(it.seq, it.kvh, k)));
+                .extend((c0..c1).map(|k| self.slot_offset(it.seq, k)));
             sc.scores.clear();
             sc.scores.resize(nr * ck, 0.0);
-            for (j, &off) in sc.keys.iter().enumerate() {
-                let key = &self.kv_pages[off..off + d];
-                for i in 0..nr {
-                    sc.scores[i * ck + j] = dot::<T, FMA>(&sc.q[i * d..(i + 1) * d], key);
+            for (j, &slot) in sc.keys.iter().enumerate() {
+                if let Some(&ahead) = sc.keys.get(j + PREFETCH_SLOTS) {
+                    self.prefetch(ahead, it.h0, it.h1);
+                }
+                for h in it.h0..it.h1 {
+                    let key = &self.kv_pages[slot + 2 * h * d..][..d];
+                    let first = (h - it.h0) * per_head;
+                    let mut i = first;
+                    while i + 4 <= first + per_head {
+                        let r = dot4::<T, FMA>(&sc.q[i * d..(i + 4) * d], key);
+                        for (e, v) in r.into_iter().enumerate() {
+                            sc.scores[(i + e) * ck + j] = v;
+                        }
+                        i += 4;
+                    }
+                    for i in i..first + per_head {
+                        sc.scores[i * ck + j] = dot::<T, FMA>(&sc.q[i * d..(i + 1) * d], key);
+                    }
                 }
             }
             for i in 0..nr {
-                let r = it.r0 + i / g;
+                let r = it.r0 + (i / g) % rows;
                 let (lo, hi) = (lo_of(r), pos(r));
                 let row = &mut sc.scores[i * ck..(i + 1) * ck];
                 let mut mx = f32::NEG_INFINITY;
@@ -365,27 +440,24 @@ impl<T: Element> Ctx<'_, T> {
                 }
                 let m_new = sc.m[i].max(mx);
                 let corr = (sc.m[i] - m_new).exp();
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = if *x == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (*x - m_new).exp()
-                    };
-                    sum += *x;
-                }
+                let sum = exp_shifted(row, m_new);
                 sc.l[i] = sc.l[i] * corr + sum;
                 sc.m[i] = m_new;
                 if corr != 1.0 {
-                    sc.acc[i * d..(i + 1) * d].iter_mut().for_each(|a| *a *= corr);
+                    sc.acc[i * d..(i + 1) * d]
+                        .iter_mut()
+                        .for_each(|a| *a *= corr);
                 }
             }
-            for (j, &off) in sc.keys.iter().enumerate() {
-                let value = &self.kv_pages[off + d..off + 2 * d];
-                for i in 0..nr {
-                    let w = sc.scores[i * ck + j];
-                    if w != 0.0 {
-                        axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+            for (j, &slot) in sc.keys.iter().enumerate() {
+                for h in it.h0..it.h1 {
+                    let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
+                    let first = (h - it.h0) * per_head;
+                    for i in first..first + per_head {
+                        let w = sc.scores[i * ck + j];
+                        if w != 0.0 {
+                            axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+                        }
                     }
                 }
             }
@@ -393,8 +465,7 @@ impl<T: Element> Ctx<'_, T> {
         }
 
         for i in 0..nr {
-            let (r, h) = (it.r0 + i / g, it.kvh * g + i % g);
-            let base = ((q_start + r) * s.q_heads + h) * d;
+            let base = q_row(i);
             let inv = 1.0 / sc.l[i];
             for (e, a) in sc.acc[i * d..(i + 1) * d].iter().enumerate() {
                 // SAFETY: `base + e` lies in this item's (row, head) range of `out` (caller's
@@ -403,6 +474,55 @@ impl<T: Element> Ctx<'_, T> {
             }
         }
     }
+}
+
+/// `x = exp(x - m)` for every entry, with masked entries (`-inf`) set to 0; returns the sum.
+/// Vectorizes (no libm call): see [`exp_approx`].
+#[inline(always)]
+fn exp_shifted(row: &mut [f32], m: f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let n = row.len() - row.len() % L;
+    let one = |x: &mut f32| {
+        *x = if *x == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp_approx(*x - m)
+        };
+        *x
+    };
+    for c in row[..n].chunks_exact_mut(L) {
+        for l in 0..L {
+            acc[l] += one(&mut c[l]);
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for x in &mut row[n..] {
+        sum += one(x);
+    }
+    sum
+}
+
+/// `e^x` for `x <= 0` (the online softmax's only case; larger `x` are clamped to 88), within
+/// 2e-7 relative: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor
+/// polynomial (remainder `r^7 / 7! < 1.3e-7`), `2^n` built in the exponent bits. Inputs below
+/// -87 give `e^-87` (~1.6e-38) instead of smaller values: negligible beside the row's largest
+/// weight, which is 1.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[inline(always)]
@@ -432,10 +552,62 @@ fn dot<T: Element, const FMA: bool>(a: &[f32], b: &[T]) -> f32 {
     sum
 }
 
+/// Four rows of `q` (`4 * d` values) against one key: the key is loaded once, and the four
+/// accumulators are independent chains.
+#[inline(always)]
+fn dot4<T: Element, const FMA: bool>(q: &[f32], b: &[T]) -> [f32; 4] {
+    const L: usize = 16;
+    let d = b.len();
+    let n = d - d % L;
+    let (q0, rest) = q.split_at(d);
+    let (q1, rest) = rest.split_at(d);
+    let (q2, q3) = rest.split_at(d);
+    let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    for ((((c0, c1), c2), c3), cb) in q0[..n]
+        .chunks_exact(L)
+        .zip(q1[..n].chunks_exact(L))
+        .zip(q2[..n].chunks_exact(L))
+        .zip(q3[..n].chunks_exact(L))
+        .zip(b[..n].chunks_exact(L))
+    {
+        for l in 0..L {
+            let k = cb[l].to_f32();
+            a0[l] = madd::<FMA>(c0[l], k, a0[l]);
+            a1[l] = madd::<FMA>(c1[l], k, a1[l]);
+            a2[l] = madd::<FMA>(c2[l], k, a2[l]);
+            a3[l] = madd::<FMA>(c3[l], k, a3[l]);
+        }
+    }
+    let mut out = [a0, a1, a2, a3].map(|a| a.iter().sum::<f32>());
+    for (o, qr) in out.iter_mut().zip([q0, q1, q2, q3]) {
+        for (x, y) in qr[n..].iter().zip(&b[n..]) {
+            *o = madd::<FMA>(*x, y.to_f32(), *o);
+        }
+    }
+    out
+}
+
 /// `acc += w * v`.
 #[inline(always)]
 fn axpy<T: Element, const FMA: bool>(w: f32, v: &[T], acc: &mut [f32]) {
     for (a, x) in acc.iter_mut().zip(v) {
         *a = madd::<FMA>(w, x.to_f32(), *a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_approx_is_within_its_stated_error() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 87.0 * i as f64 / 200_000.0;
+            let rel = (exp_approx(x as f32) as f64 / (x as f32 as f64).exp() - 1.0).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 4e-7, "worst relative error {worst:e}");
+        assert_eq!(exp_approx(0.0), 1.0);
     }
 }

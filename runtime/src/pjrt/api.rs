@@ -176,7 +176,10 @@ impl Api {
     /// Whether programs may call kernelgen's host kernels (XLA FFI custom calls on the
     /// plugin's host platform); the error says why not (no FFI extension, handler refused).
     pub fn host_kernels(&self) -> std::result::Result<(), &str> {
-        self.host_kernels.as_ref().map(|_| ()).map_err(String::as_str)
+        self.host_kernels
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
     }
 
     /// The head of the plugin's extension list (null when it has none).

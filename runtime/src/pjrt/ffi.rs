@@ -53,14 +53,20 @@ struct FfiExtension {
     base: sys::PJRT_Extension_Base,
     type_id_register: *const c_void,
     user_data_add: *const c_void,
-    register_handler: Option<unsafe extern "C" fn(*mut RegisterHandlerArgs) -> *mut sys::PJRT_Error>,
+    register_handler:
+        Option<unsafe extern "C" fn(*mut RegisterHandlerArgs) -> *mut sys::PJRT_Error>,
 }
 
 impl Api {
     /// Registers `handler` as the typed-FFI custom call target `target` on `platform`
     /// (`"Host"` for XLA CPU). Fails when the plugin has no FFI extension, when its extension
     /// predates `register_handler`, or when XLA refuses the handler's API version.
-    pub fn register_ffi_handler(&self, target: &str, platform: &str, handler: Handler) -> Result<()> {
+    pub fn register_ffi_handler(
+        &self,
+        target: &str,
+        platform: &str,
+        handler: Handler,
+    ) -> Result<()> {
         let ext = self.ffi_extension()?;
         // SAFETY: `ffi_extension` checked that the struct is large enough to hold the field.
         let register = unsafe { (*ext).register_handler }
@@ -340,7 +346,10 @@ impl CallFrame {
                 return false;
             }
             type Schedule = unsafe extern "C" fn(*mut ScheduleArgs) -> *mut XlaError;
-            let slot = api.cast::<u8>().add(SCHEDULE_OFFSET).cast::<Option<Schedule>>();
+            let slot = api
+                .cast::<u8>()
+                .add(SCHEDULE_OFFSET)
+                .cast::<Option<Schedule>>();
             let Some(schedule) = *slot else {
                 return false;
             };
@@ -407,12 +416,15 @@ unsafe fn buffers<'a>(list: &List) -> std::result::Result<Vec<BufferRef<'a>>, St
     Ok(out)
 }
 
-unsafe fn scalar_attrs<'a>(list: &AttrList) -> std::result::Result<Vec<(&'a str, AttrValue)>, String> {
+unsafe fn scalar_attrs<'a>(
+    list: &AttrList,
+) -> std::result::Result<Vec<(&'a str, AttrValue)>, String> {
     let n = list.size.max(0) as usize;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         // SAFETY: the list holds `n` types, names and attributes (caller's contract).
-        let (ty, name, attr) = unsafe { (*list.types.add(i), *list.names.add(i), *list.attrs.add(i)) };
+        let (ty, name, attr) =
+            unsafe { (*list.types.add(i), *list.names.add(i), *list.attrs.add(i)) };
         // SAFETY: names are byte spans that live as long as the call.
         let name = unsafe { std::slice::from_raw_parts((*name).ptr, (*name).len) };
         let name = std::str::from_utf8(name).map_err(|_| "attribute name is not UTF-8")?;
