@@ -237,6 +237,23 @@ mod tests {
     }
 
     #[test]
+    fn host_schedule_is_one_custom_call_carrying_the_parameters() {
+        let mut p = cfg(8, 3, Some(7), Some(2.5)).params().clone();
+        p.schedule = crate::config::Schedule::Host;
+        let k = emit(&KernelConfig::new(p).unwrap()).unwrap();
+        assert_eq!(k.module.op_counts["stablehlo.custom_call"], 1);
+        assert!(!k.module.op_counts.contains_key("stablehlo.while"));
+        for attr in [
+            "q_block = 8",
+            "kv_pages_block = 3",
+            "sliding_window = 7",
+            "kernelgen_rpa",
+        ] {
+            assert!(k.text.contains(attr), "{attr} missing from\n{}", k.text);
+        }
+    }
+
+    #[test]
     fn block_sizes_change_the_program() {
         let a = emit(&cfg(8, 3, None, None)).unwrap().module.generic_text;
         let b = emit(&cfg(16, 2, None, None)).unwrap().module.generic_text;

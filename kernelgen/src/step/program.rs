@@ -344,6 +344,21 @@ mod tests {
     }
 
     #[test]
+    fn attention_choice_takes_the_host_kernel_only_where_it_runs() {
+        use AttentionChoice::*;
+        assert_eq!(Auto.resolve("cpu", Ok(())), Ok(KernelForm::Host));
+        assert_eq!(Auto.resolve("cpu", Err("no FFI")), Ok(KernelForm::Portable));
+        assert_eq!(Auto.resolve("cuda", Ok(())), Ok(KernelForm::Portable));
+        assert_eq!(Portable.resolve("cpu", Ok(())), Ok(KernelForm::Portable));
+        let refused = Host.resolve("tpu", Ok(())).unwrap_err();
+        assert!(refused.contains("XLA CPU only") && refused.contains("--attention portable"));
+        assert!(Host
+            .resolve("cpu", Err("no FFI"))
+            .unwrap_err()
+            .contains("no FFI"));
+    }
+
+    #[test]
     fn step_program_links_the_kernel_once_and_calls_it_per_layer() {
         let engine = small_engine();
         for (tokens, dtype) in [(1, Dtype::F32), (8, Dtype::Bf16)] {

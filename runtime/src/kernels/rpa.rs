@@ -238,7 +238,12 @@ fn check_lengths<T>(
             )))
         }
     };
-    if s.kv_heads == 0 || !s.q_heads.is_multiple_of(s.kv_heads) || s.head_dim == 0 || s.page_size == 0 {
+    if s.kv_heads == 0
+        || !s.q_heads.is_multiple_of(s.kv_heads)
+        || s.head_dim == 0
+        || s.page_size == 0
+        || s.total_pages == 0
+    {
         return Err(RpaError::Shape(format!(
             "q heads {} must be a multiple of kv heads {}, head_dim and page_size positive",
             s.q_heads, s.kv_heads
@@ -348,6 +353,29 @@ impl<T: Element> Ctx<'_, T> {
         let _ = (slot, h0, h1);
     }
 
+    /// Scores of rows `rows` (at most 4) against `key`, into column `j` of the score tile.
+    #[inline(always)]
+    fn score_rows<const FMA: bool>(
+        q: &[f32],
+        scores: &mut [f32],
+        rows: std::ops::Range<usize>,
+        (j, ck): (usize, usize),
+        key: &[T],
+    ) {
+        let d = key.len();
+        let mut i = rows.start;
+        while i + 4 <= rows.end {
+            let r = dot4::<T, FMA>(&q[i * d..(i + 4) * d], key);
+            for (e, v) in r.into_iter().enumerate() {
+                scores[(i + e) * ck + j] = v;
+            }
+            i += 4;
+        }
+        for i in i..rows.end {
+            scores[i * ck + j] = dot::<T, FMA>(&q[i * d..(i + 1) * d], key);
+        }
+    }
+
     /// Row `i` of the item's tiles is (KV head `h0 + i / (rows * g)`, query row
     /// `r0 + (i / g) % rows`, head `i % g` of that KV head's group).
     #[inline(always)]
@@ -398,23 +426,37 @@ impl<T: Element> Ctx<'_, T> {
                 .extend((c0..c1).map(|k| self.slot_offset(it.seq, k)));
             sc.scores.clear();
             sc.scores.resize(nr * ck, 0.0);
-            for (j, &slot) in sc.keys.iter().enumerate() {
-                if let Some(&ahead) = sc.keys.get(j + PREFETCH_SLOTS) {
-                    self.prefetch(ahead, it.h0, it.h1);
+            // Scores: each KV head's rows four at a time against the chunk's keys, so four
+            // query rows stay in registers while the head's keys stream through L1.
+            if per_head <= 4 {
+                // Decode-like items: few rows; prefetch the next slots as keys are read.
+                for (j, &slot) in sc.keys.iter().enumerate() {
+                    if let Some(&ahead) = sc.keys.get(j + PREFETCH_SLOTS) {
+                        self.prefetch(ahead, it.h0, it.h1);
+                    }
+                    for h in it.h0..it.h1 {
+                        let key = &self.kv_pages[slot + 2 * h * d..][..d];
+                        let first = (h - it.h0) * per_head;
+                        Self::score_rows::<FMA>(
+                            &sc.q,
+                            &mut sc.scores,
+                            first..first + per_head,
+                            (j, ck),
+                            key,
+                        );
+                    }
                 }
+            } else {
                 for h in it.h0..it.h1 {
-                    let key = &self.kv_pages[slot + 2 * h * d..][..d];
                     let first = (h - it.h0) * per_head;
                     let mut i = first;
-                    while i + 4 <= first + per_head {
-                        let r = dot4::<T, FMA>(&sc.q[i * d..(i + 4) * d], key);
-                        for (e, v) in r.into_iter().enumerate() {
-                            sc.scores[(i + e) * ck + j] = v;
+                    while i < first + per_head {
+                        let end = (i + 4).min(first + per_head);
+                        for (j, &slot) in sc.keys.iter().enumerate() {
+                            let key = &self.kv_pages[slot + 2 * h * d..][..d];
+                            Self::score_rows::<FMA>(&sc.q, &mut sc.scores, i..end, (j, ck), key);
                         }
-                        i += 4;
-                    }
-                    for i in i..first + per_head {
-                        sc.scores[i * ck + j] = dot::<T, FMA>(&sc.q[i * d..(i + 1) * d], key);
+                        i = end;
                     }
                 }
             }
@@ -449,14 +491,32 @@ impl<T: Element> Ctx<'_, T> {
                         .for_each(|a| *a *= corr);
                 }
             }
-            for (j, &slot) in sc.keys.iter().enumerate() {
+            // P.V. Few rows: each value row is read once for all of them. Many rows: each row's
+            // accumulator stays in L1 while its head's values stream by.
+            if per_head <= 4 {
+                for (j, &slot) in sc.keys.iter().enumerate() {
+                    for h in it.h0..it.h1 {
+                        let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
+                        let first = (h - it.h0) * per_head;
+                        for i in first..first + per_head {
+                            let w = sc.scores[i * ck + j];
+                            if w != 0.0 {
+                                axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+                            }
+                        }
+                    }
+                }
+            } else {
                 for h in it.h0..it.h1 {
-                    let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
                     let first = (h - it.h0) * per_head;
                     for i in first..first + per_head {
-                        let w = sc.scores[i * ck + j];
-                        if w != 0.0 {
-                            axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+                        let acc = &mut sc.acc[i * d..(i + 1) * d];
+                        for (j, &slot) in sc.keys.iter().enumerate() {
+                            let w = sc.scores[i * ck + j];
+                            if w != 0.0 {
+                                let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
+                                axpy::<T, FMA>(w, value, acc);
+                            }
                         }
                     }
                 }
