@@ -188,6 +188,9 @@ impl DeviceExecutor {
             exec.compile_bucket(bucket, decode)?;
         }
         exec.weights = upload_weights(&exec.client, model, tp)?;
+        // Each part was dequantized into a host buffer freed after its upload: hand that heap
+        // back rather than keep it as the process's high-water mark.
+        runtime::mem::release_free_heap();
         exec.memory.record("weights uploaded");
         let shapes = StepShapes::new(engine, exec.buckets[0], kv_dtype);
         let pool_dims = shapes.pool_dims(&shard);
