@@ -145,9 +145,25 @@ fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
         );
     }
 
-    // --kv-len sets every sequence's length
-    let r = bench_kernel(&[a_s, "--kv-len", "33", "--repeats", "1"]);
+    // The bandwidth bound: every sequence's K/V bytes at the bandwidth measured in the run.
+    let bound = r["bound_ms"].as_f64().unwrap();
+    let kv_bytes: u64 = seqs.iter().map(|s| s[1].as_u64().unwrap()).sum::<u64>() * 2 * 3 * 64 * 4; // SmolLM2: 3 KV heads of 64, f32
+    let want = 2.0 * kv_bytes as f64 / (r["bandwidth_gbs"].as_f64().unwrap() * 1e9) * 1e3;
+    assert!((bound - want).abs() <= 1e-9 * want, "{bound} vs {want}");
+    for row in rows {
+        let of_bound = row["of_bound"].as_f64().unwrap();
+        assert!((of_bound - bound / row["chain_ms"].as_f64().unwrap()).abs() <= 1e-9);
+    }
+
+    // --kv-len sets every sequence's length; --peer jax times the JAX peer on that batch
+    let r = bench_kernel(&[a_s, "--kv-len", "33", "--repeats", "1", "--peer", "jax"]);
     assert!(r["seqs"].as_array().unwrap().iter().all(|s| s[1] == 33));
+    let peer = &r["peer"];
+    let peer_ms = peer["chain_ms"].as_f64().unwrap();
+    assert!(peer_ms > 0.0, "{peer}");
+    let speedup = peer["speedups"][0].as_f64().unwrap();
+    let ms = r["rows"][0]["chain_ms"].as_f64().unwrap();
+    assert!((speedup - peer_ms / ms).abs() <= 1e-9 * speedup, "{peer}");
 }
 
 #[test]

@@ -30,6 +30,19 @@ pub struct KernelBench {
     pub repeats: u32,
     pub seed: u64,
     pub plugin: PathBuf,
+    /// Also time the JAX dense-gather peer (`kernelgen/peers/rpa_dense_jax.py`) on the same
+    /// batch, chain and page tables, in the project's JAX venv.
+    pub peer_jax: bool,
+}
+
+/// The JAX peer's timing, and how many times faster each artifact ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerRow {
+    pub peer: &'static str,
+    pub chain_ms: f64,
+    pub chain_ms_range: (f64, f64),
+    /// The peer's median over each artifact's, in the artifacts' order.
+    pub speedups: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +56,9 @@ pub struct Row {
     pub per_call_us: f64,
     /// `chain_ms` over the first artifact's.
     pub ratio: f64,
+    /// The bandwidth bound over `chain_ms`: the fraction of the host's memory bandwidth the
+    /// chain's K/V reads ran at.
+    pub of_bound: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +70,13 @@ pub struct KernelReport {
     /// (q_len, kv_len) of each sequence of the batch.
     pub seqs: Vec<(usize, usize)>,
     pub rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerRow>,
+    /// Memory bandwidth measured in the same run ([`super::probes::bandwidth`]), GB/s.
+    pub bandwidth_gbs: f64,
+    /// Milliseconds the chain's K/V bytes (every sequence's keys and values, each call) take at
+    /// that bandwidth.
+    pub bound_ms: f64,
 }
 
 /// Sizes the chain template spells (names follow the template).
@@ -187,11 +210,13 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
     // one page table per call.
     let mut buffers = upload_batch(&client, first, &batch).map_err(pjrt("uploading the batch"))?;
     buffers.remove(PAGE_INDICES_INPUT);
-    for layer in 0..b.layers {
-        let table = layer_page_table(&batch.page_indices, layer, first.total_pages());
+    let tables: Vec<Vec<i32>> = (0..b.layers)
+        .map(|layer| layer_page_table(&batch.page_indices, layer, first.total_pages()))
+        .collect();
+    for table in &tables {
         let dims = [first.max_num_seqs() as i64, first.pages_per_seq() as i64];
         let buffer = client
-            .buffer_from_host(&table, &dims)
+            .buffer_from_host(table, &dims)
             .map_err(pjrt("uploading a page table"))?;
         buffers.push(buffer);
     }
@@ -226,6 +251,13 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
     }
     let medians: Vec<_> = times.into_iter().map(spread).collect();
     let base = medians[0].0;
+    let bandwidth_gbs = super::probes::bandwidth(&client)?;
+    let g = first.geometry();
+    let kv_bytes: usize = batch.seq_lens().iter().map(|s| s.1).sum::<usize>()
+        * 2
+        * (g.num_kv_heads * g.head_dim) as usize
+        * first.dtype().bytes() as usize;
+    let bound_ms = (kv_bytes as f64 * b.layers as f64) / (bandwidth_gbs * 1e9) * 1e3;
     let rows = medians
         .iter()
         .zip(artifacts.iter().zip(&b.artifacts))
@@ -236,8 +268,20 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
             chain_ms_range: range,
             per_call_us: ms * 1e3 / b.layers as f64,
             ratio: ms / base,
+            of_bound: bound_ms / ms,
         })
         .collect();
+    let peer = if b.peer_jax {
+        let (ms, range) = jax_peer(b, first, &batch, &tables)?;
+        Some(PeerRow {
+            peer: "jax dense-gather",
+            chain_ms: ms,
+            chain_ms_range: range,
+            speedups: medians.iter().map(|m| ms / m.0).collect(),
+        })
+    } else {
+        None
+    };
     Ok(KernelReport {
         plugin: b.plugin.display().to_string(),
         layers: b.layers,
@@ -245,5 +289,73 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
         seed: b.seed,
         seqs: batch.seq_lens(),
         rows,
+        peer,
+        bandwidth_gbs,
+        bound_ms,
     })
+}
+
+/// The JAX peer script, written next to the project's JAX venv when first used.
+const JAX_PEER: &str = include_str!("../../peers/rpa_dense_jax.py");
+
+/// Runs the JAX peer on `batch` with the chain's page tables; its median and range in ms.
+fn jax_peer(
+    b: &KernelBench,
+    cfg: &KernelConfig,
+    batch: &RaggedBatch,
+    tables: &[Vec<i32>],
+) -> Result<(f64, (f64, f64)), BenchError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let peer_err = |e: String| BenchError::Peer(e);
+    let python = crate::tpu::oracle::ensure_venv(&mut |m| eprintln!("{m}"))
+        .map_err(|e| peer_err(format!("{e} (the venv scripts/setup.sh makes)")))?;
+    let script = runtime::cache::cache_dir()
+        .join("venv")
+        .join("rpa_dense_jax.py");
+    if std::fs::read_to_string(&script).ok().as_deref() != Some(JAX_PEER) {
+        std::fs::write(&script, JAX_PEER).map_err(|e| peer_err(e.to_string()))?;
+    }
+    let g = cfg.geometry();
+    let (s, pps) = (cfg.max_num_seqs() as usize, cfg.pages_per_seq() as usize);
+    let request = serde_json::json!({
+        "q_shape": [cfg.max_num_tokens(), g.num_q_heads, g.head_dim],
+        "kv_shape": [cfg.total_pages(), cfg.page_size(), 2 * g.num_kv_heads, g.head_dim],
+        "dtype": cfg.dtype().numpy(),
+        "kv_lens": batch.kv_lens,
+        "cu_q_lens": batch.cu_q_lens,
+        "tables": tables.iter().map(|t| t.chunks(pps).take(s).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "sm_scale": cfg.sm_scale(),
+        "warmup": 3,
+        "repeats": b.repeats,
+    });
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .env("JAX_PLATFORMS", "cpu")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| peer_err(format!("cannot start {}: {e}", python.display())))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(request.to_string().as_bytes())
+        .map_err(|e| peer_err(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| peer_err(e.to_string()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("no message");
+        return Err(peer_err(format!("the script failed: {last}")));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| peer_err(format!("unreadable answer: {e}")))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| peer_err(format!("answer has no {k}")))
+    };
+    Ok((num("median_ms")?, (num("min_ms")?, num("max_ms")?)))
 }

@@ -104,6 +104,9 @@ pub enum BenchError {
     /// What was being done; the PJRT error is its source (printed after it by the CLI).
     #[error("{what}")]
     Pjrt { what: String, source: PjrtError },
+    /// The JAX peer of `bench kernel --peer jax` could not run.
+    #[error("the JAX peer (--peer jax): {0}")]
+    Peer(String),
 }
 
 /// Attaches what was being done to a PJRT error.

@@ -418,6 +418,9 @@ pub struct KernelBenchArgs {
     pub seed: u64,
     #[command(flatten)]
     pub plugin: PluginArg,
+    /// Also time a peer on the same batch, chain and page tables, and print how many times faster each artifact ran: `jax` is a dense-gather jnp formulation (gather each sequence's pages, masked softmax) jit-compiled by XLA CPU in the project's JAX venv (made by scripts/setup.sh; first use creates it)
+    #[arg(long, value_name = "jax", value_parser = ["jax"])]
+    pub peer: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -675,6 +678,7 @@ fn run_kernel(a: KernelBenchArgs) -> anyhow::Result<ExitCode> {
         repeats: a.repeats,
         seed: a.seed,
         plugin: a.plugin.path(),
+        peer_jax: a.peer.is_some(),
     };
     let report = bench::kernel::run(&b).map_err(classify)?;
     if a.json {
@@ -696,18 +700,37 @@ fn print_kernel(report: &KernelReport) {
         report.repeats
     );
     println!(
-        "{:<28} {:>10} {:>18} {:>10} {:>7}",
-        "artifact", "ms/run", "min-max", "us/call", "ratio"
+        "bandwidth bound: {:.3} ms per run (the K/V bytes at {:.1} GB/s, measured now)",
+        report.bound_ms, report.bandwidth_gbs
+    );
+    println!(
+        "{:<28} {:>10} {:>18} {:>10} {:>7} {:>8}",
+        "artifact", "ms/run", "min-max", "us/call", "ratio", "of bound"
     );
     for r in &report.rows {
         println!(
-            "{:<28} {:>10.3} {:>18} {:>10.1} {:>7.2}",
+            "{:<28} {:>10.3} {:>18} {:>10.1} {:>7.2} {:>8.2}",
             r.artifact,
             r.chain_ms,
             format!("{:.3}-{:.3}", r.chain_ms_range.0, r.chain_ms_range.1),
             r.per_call_us,
-            r.ratio
+            r.ratio,
+            r.of_bound
         );
+    }
+    if let Some(p) = &report.peer {
+        println!(
+            "{:<28} {:>10.3} {:>18}",
+            p.peer,
+            p.chain_ms,
+            format!("{:.3}-{:.3}", p.chain_ms_range.0, p.chain_ms_range.1),
+        );
+        for (r, x) in report.rows.iter().zip(&p.speedups) {
+            println!(
+                "  {} runs {x:.2}x faster than the {} peer",
+                r.artifact, p.peer
+            );
+        }
     }
     for r in &report.rows {
         println!("  {}: {}", r.artifact, r.config);

@@ -285,6 +285,8 @@ struct Scratch {
     l: Vec<f32>,
     acc: Vec<f32>,
     keys: Vec<usize>,
+    /// One value row widened to f32.
+    value: Vec<f32>,
 }
 
 thread_local! {
@@ -353,29 +355,6 @@ impl<T: Element> Ctx<'_, T> {
         let _ = (slot, h0, h1);
     }
 
-    /// Scores of rows `rows` (at most 4) against `key`, into column `j` of the score tile.
-    #[inline(always)]
-    fn score_rows<const FMA: bool>(
-        q: &[f32],
-        scores: &mut [f32],
-        rows: std::ops::Range<usize>,
-        (j, ck): (usize, usize),
-        key: &[T],
-    ) {
-        let d = key.len();
-        let mut i = rows.start;
-        while i + 4 <= rows.end {
-            let r = dot4::<T, FMA>(&q[i * d..(i + 4) * d], key);
-            for (e, v) in r.into_iter().enumerate() {
-                scores[(i + e) * ck + j] = v;
-            }
-            i += 4;
-        }
-        for i in i..rows.end {
-            scores[i * ck + j] = dot::<T, FMA>(&q[i * d..(i + 1) * d], key);
-        }
-    }
-
     /// Row `i` of the item's tiles is (KV head `h0 + i / (rows * g)`, query row
     /// `r0 + (i / g) % rows`, head `i % g` of that KV head's group).
     #[inline(always)]
@@ -426,6 +405,7 @@ impl<T: Element> Ctx<'_, T> {
                 .extend((c0..c1).map(|k| self.slot_offset(it.seq, k)));
             sc.scores.clear();
             sc.scores.resize(nr * ck, 0.0);
+            sc.value.resize(d, 0.0);
             // Scores: each KV head's rows four at a time against the chunk's keys, so four
             // query rows stay in registers while the head's keys stream through L1.
             if per_head <= 4 {
@@ -437,13 +417,17 @@ impl<T: Element> Ctx<'_, T> {
                     for h in it.h0..it.h1 {
                         let key = &self.kv_pages[slot + 2 * h * d..][..d];
                         let first = (h - it.h0) * per_head;
-                        Self::score_rows::<FMA>(
-                            &sc.q,
-                            &mut sc.scores,
-                            first..first + per_head,
-                            (j, ck),
-                            key,
-                        );
+                        let rows = first..first + per_head;
+                        if std::mem::size_of::<T>() == 4 || per_head.is_multiple_of(4) {
+                            score_rows::<T, FMA>(&sc.q, &mut sc.scores, rows, (j, ck), key);
+                        } else {
+                            // Narrow keys for fewer than four rows: widened once for them.
+                            sc.value
+                                .iter_mut()
+                                .zip(key)
+                                .for_each(|(f, k)| *f = k.to_f32());
+                            score_rows::<f32, FMA>(&sc.q, &mut sc.scores, rows, (j, ck), &sc.value);
+                        }
                     }
                 }
             } else {
@@ -454,7 +438,7 @@ impl<T: Element> Ctx<'_, T> {
                         let end = (i + 4).min(first + per_head);
                         for (j, &slot) in sc.keys.iter().enumerate() {
                             let key = &self.kv_pages[slot + 2 * h * d..][..d];
-                            Self::score_rows::<FMA>(&sc.q, &mut sc.scores, i..end, (j, ck), key);
+                            score_rows::<T, FMA>(&sc.q, &mut sc.scores, i..end, (j, ck), key);
                         }
                         i = end;
                     }
@@ -464,19 +448,17 @@ impl<T: Element> Ctx<'_, T> {
                 let r = it.r0 + (i / g) % rows;
                 let (lo, hi) = (lo_of(r), pos(r));
                 let row = &mut sc.scores[i * ck..(i + 1) * ck];
-                let mut mx = f32::NEG_INFINITY;
-                for (j, x) in row.iter_mut().enumerate() {
-                    let k = c0 + j;
-                    if k < lo || k > hi {
-                        *x = f32::NEG_INFINITY;
-                        continue;
-                    }
-                    if let Some(cap) = p.soft_cap {
-                        *x = cap * (*x / cap).tanh();
-                    }
-                    mx = mx.max(*x);
+                // Keys this row sees in the chunk: `lo..=hi` clipped to `c0..c1`.
+                let (a, b) = (lo.max(c0) - c0, (hi + 1).min(c1).max(lo.max(c0)) - c0);
+                row[..a].fill(f32::NEG_INFINITY);
+                row[b..].fill(f32::NEG_INFINITY);
+                if let Some(cap) = p.soft_cap {
+                    row[a..b]
+                        .iter_mut()
+                        .for_each(|x| *x = cap * (*x / cap).tanh());
                 }
-                if mx == f32::NEG_INFINITY {
+                let mx = max_of(&row[a..b]);
+                if a == b {
                     row.fill(0.0);
                     continue;
                 }
@@ -497,11 +479,16 @@ impl<T: Element> Ctx<'_, T> {
                 for (j, &slot) in sc.keys.iter().enumerate() {
                     for h in it.h0..it.h1 {
                         let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
+                        // Widened once for the group's rows (a no-op copy for f32).
+                        sc.value
+                            .iter_mut()
+                            .zip(value)
+                            .for_each(|(f, v)| *f = v.to_f32());
                         let first = (h - it.h0) * per_head;
                         for i in first..first + per_head {
                             let w = sc.scores[i * ck + j];
                             if w != 0.0 {
-                                axpy::<T, FMA>(w, value, &mut sc.acc[i * d..(i + 1) * d]);
+                                axpy::<f32, FMA>(w, &sc.value, &mut sc.acc[i * d..(i + 1) * d]);
                             }
                         }
                     }
@@ -594,26 +581,54 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// `a . b` with 16 independent partial sums (so the loop vectorizes without reassociation).
+/// Scores of rows `rows` (at most 4) against `key`, into column `j` of the score tile.
 #[inline(always)]
-fn dot<T: Element, const FMA: bool>(a: &[f32], b: &[T]) -> f32 {
-    const L: usize = 16;
-    let n = a.len() - a.len() % L;
-    let mut acc = [0.0f32; L];
-    for (ca, cb) in a[..n].chunks_exact(L).zip(b[..n].chunks_exact(L)) {
-        for l in 0..L {
-            acc[l] = madd::<FMA>(ca[l], cb[l].to_f32(), acc[l]);
+fn score_rows<E: Element, const FMA: bool>(
+    q: &[f32],
+    scores: &mut [f32],
+    rows: std::ops::Range<usize>,
+    (j, ck): (usize, usize),
+    key: &[E],
+) {
+    let d = key.len();
+    let mut i = rows.start;
+    while i < rows.end {
+        let n = (rows.end - i).min(4);
+        let q = &q[i * d..(i + n) * d];
+        let mut put = |r: &[f32]| {
+            for (e, v) in r.iter().enumerate() {
+                scores[(i + e) * ck + j] = *v;
+            }
+        };
+        match n {
+            4 => put(&dot4::<E, FMA>(q, key)),
+            3 => put(&dot_rows::<E, FMA, 3>(q, key)),
+            2 => put(&dot_rows::<E, FMA, 2>(q, key)),
+            _ => put(&dot_rows::<E, FMA, 1>(q, key)),
         }
+        i += n;
     }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in a[n..].iter().zip(&b[n..]) {
-        sum = madd::<FMA>(*x, y.to_f32(), sum);
-    }
-    sum
 }
 
-/// Four rows of `q` (`4 * d` values) against one key: the key is loaded once, and the four
-/// accumulators are independent chains.
+/// The largest of `xs` (`-inf` when empty), in 16 lanes so it vectorizes.
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut m = [f32::NEG_INFINITY; L];
+    let n = xs.len() - xs.len() % L;
+    for c in xs[..n].chunks_exact(L) {
+        for l in 0..L {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    xs[n..]
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a })
+}
+
+/// Four rows of `q` (`4 * d` values) against one key, as [`dot_rows`] does for fewer: written
+/// with zipped chunk iterators, which LLVM keeps in four vector registers.
 #[inline(always)]
 fn dot4<T: Element, const FMA: bool>(q: &[f32], b: &[T]) -> [f32; 4] {
     const L: usize = 16;
@@ -641,6 +656,33 @@ fn dot4<T: Element, const FMA: bool>(q: &[f32], b: &[T]) -> [f32; 4] {
     let mut out = [a0, a1, a2, a3].map(|a| a.iter().sum::<f32>());
     for (o, qr) in out.iter_mut().zip([q0, q1, q2, q3]) {
         for (x, y) in qr[n..].iter().zip(&b[n..]) {
+            *o = madd::<FMA>(*x, y.to_f32(), *o);
+        }
+    }
+    out
+}
+
+/// `N` (1 to 4) rows of `q` (`N * d` values) against one key: the key is loaded once, and the
+/// rows' accumulators are independent chains.
+#[inline(always)]
+fn dot_rows<T: Element, const FMA: bool, const N: usize>(q: &[f32], b: &[T]) -> [f32; N] {
+    const L: usize = 16;
+    let d = b.len();
+    let n = d - d % L;
+    let mut acc = [[0.0f32; L]; N];
+    for c in (0..n).step_by(L) {
+        let key: &[T; L] = b[c..c + L].try_into().expect("L values");
+        let k = key.map(|x| x.to_f32());
+        for (r, a) in acc.iter_mut().enumerate() {
+            let qr: &[f32; L] = q[r * d + c..r * d + c + L].try_into().expect("L values");
+            for l in 0..L {
+                a[l] = madd::<FMA>(qr[l], k[l], a[l]);
+            }
+        }
+    }
+    let mut out = acc.map(|a| a.iter().sum::<f32>());
+    for (r, o) in out.iter_mut().enumerate() {
+        for (x, y) in q[r * d + n..(r + 1) * d].iter().zip(&b[n..]) {
             *o = madd::<FMA>(*x, y.to_f32(), *o);
         }
     }
