@@ -411,6 +411,20 @@ fn tensor_parallel_greedy_equals_one_device() {
             one_f.argument_bytes
         );
     }
+    // The host kernel in each device's partition of the SPMD program.
+    let (host, f) = serve_with(
+        &model,
+        host_blocks(16, 2),
+        &prompts,
+        &ProgramSetup::default(),
+        2,
+    );
+    assert_eq!(f.non_finite, 0);
+    assert_eq!(
+        tokens(&host),
+        tokens(&one),
+        "seed {seed}: host kernel at tp 2 vs tp 1"
+    );
 }
 
 /// Tensor parallelism on the default model: SmolLM2-135M (9 q / 3 KV heads) over three devices

@@ -4,7 +4,7 @@ by XLA CPU, chained once per layer like kernelgen's chain, timed on the batch ke
 
 Reads one JSON object on stdin:
   q [T, Hq, D] and kv_pages [P, page, 2*Hkv, D] shapes, dtype ("float32" | "bfloat16"),
-  kv_lens [S], cu_q_lens [S+1], num_seqs, tables (one [S, pps] page table per layer),
+  kv_lens [S], cu_q_lens [S+1], tables (one [S, pps] page table per layer),
   sm_scale, warmup, repeats.
 Every sequence holds one query row (a decode batch), as in `kernelgen bench kernel`.
 Writes {"median_ms", "min_ms", "max_ms"} on stdout.

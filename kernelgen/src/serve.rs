@@ -3,7 +3,7 @@
 //! asked to serve.
 
 use crate::artifact::Artifact;
-use crate::config::Dtype;
+use crate::config::{Dtype, Schedule};
 use crate::step::executor::ProgramSetup;
 use crate::step::program::{AttentionChoice, BlockSizes, KernelForm};
 use crate::step::{default_buckets, DeviceExecutor, KernelSource, StepSource};
@@ -302,13 +302,30 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
         Some(_) => None,
         None => Some(choose_blocks(opts, &shard, &client)?),
     };
-    let form = opts
-        .attention
-        .resolve(
-            &client.platform_name().map_err(plugin_err)?,
-            client.plugin().host_kernels(),
-        )
-        .map_err(ServeError::Attention)?;
+    let platform = client.platform_name().map_err(plugin_err)?;
+    let host_kernels = client.plugin().host_kernels();
+    // Emitted kernels take the form --attention resolves to; an artifact's schedule is its own,
+    // and one holding the host kernel needs a plugin that runs it.
+    let form = match &opts.kernel {
+        None => opts
+            .attention
+            .resolve(&platform, host_kernels)
+            .map_err(ServeError::Attention)?,
+        Some(dir) => {
+            if Artifact::open(dir)?.manifest.config.schedule() == Schedule::Host {
+                let refused = |why: String| {
+                    ServeError::Attention(format!(
+                        "artifact {} holds the host kernel (built with --schedule host): {why}; \
+                         build it with --schedule sequential or batched for this plugin",
+                        dir.display()
+                    ))
+                };
+                crate::step::program::host_kernel_available(&platform, host_kernels)
+                    .map_err(refused)?;
+            }
+            KernelForm::Portable
+        }
+    };
     let (kernel, mut desc) = kernel_source(
         opts.kernel.as_deref(),
         BlockSizes {

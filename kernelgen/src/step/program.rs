@@ -53,6 +53,21 @@ pub enum AttentionChoice {
     Portable,
 }
 
+/// Why a plugin on `platform`, whose host-kernel registration gave `host_kernels`, cannot run
+/// the host kernel; `Ok` when it can.
+pub fn host_kernel_available(
+    platform: &str,
+    host_kernels: std::result::Result<(), &str>,
+) -> std::result::Result<(), String> {
+    match (platform, host_kernels) {
+        ("cpu", Ok(())) => Ok(()),
+        ("cpu", Err(why)) => Err(format!("the plugin did not take the host kernel: {why}")),
+        (other, _) => Err(format!(
+            "the host kernel runs on XLA CPU only, this plugin is {other}"
+        )),
+    }
+}
+
 impl AttentionChoice {
     /// The form for a plugin on `platform` whose host-kernel registration gave `host_kernels`.
     pub fn resolve(
@@ -60,13 +75,7 @@ impl AttentionChoice {
         platform: &str,
         host_kernels: std::result::Result<(), &str>,
     ) -> std::result::Result<KernelForm, String> {
-        let host_ok = match (platform, host_kernels) {
-            ("cpu", Ok(())) => Ok(()),
-            ("cpu", Err(why)) => Err(format!("the plugin did not take the host kernel: {why}")),
-            (other, _) => Err(format!(
-                "the host kernel runs on XLA CPU only, this plugin is {other}"
-            )),
-        };
+        let host_ok = host_kernel_available(platform, host_kernels);
         match (self, host_ok) {
             (AttentionChoice::Portable, _) | (AttentionChoice::Auto, Err(_)) => {
                 Ok(KernelForm::Portable)

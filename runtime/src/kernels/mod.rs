@@ -46,8 +46,15 @@ unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
         Ok(Ok(())) => std::ptr::null_mut(),
         // SAFETY: as above.
         Ok(Err(message)) => unsafe { CallFrame::error(frame, &message, false) },
-        // SAFETY: as above.
-        Err(_) => unsafe { CallFrame::error(frame, "kernelgen_rpa panicked", true) },
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // SAFETY: as above.
+            unsafe { CallFrame::error(frame, &format!("{RPA_TARGET} panicked: {why}"), true) }
+        }
     }
 }
 
@@ -117,7 +124,10 @@ unsafe fn run<T: Element>(
 ) -> Result<(), String> {
     // SAFETY: the caller checked the dtypes; buffers live for the call.
     let (q, kv) = unsafe { (slice::<T>(&q), slice::<T>(&kv)) };
-    // SAFETY: as above; XLA hands the handler exclusive use of its result buffer.
+    if out.elements() == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above; XLA hands the handler exclusive use of its (non-empty) result buffer.
     let out = unsafe { std::slice::from_raw_parts_mut(out.data.cast::<T>(), out.elements()) };
     rpa::rpa(shape, params, q, kv, meta, out, workers).map_err(|e| e.to_string())
 }

@@ -139,20 +139,24 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Vec<
             ))
         })?;
     let q_block = p.q_block.max(1);
+    if m.cu_q_lens[0] != 0 {
+        return Err(RpaError::Shape(format!(
+            "cu_q_lens[0] = {} must be 0 (the first sequence starts at query row 0)",
+            m.cu_q_lens[0]
+        )));
+    }
     let mut blocks = Vec::new();
-    let mut prev_end = 0usize;
     for seq in 0..num_seqs {
         let bad = |what: String| RpaError::Metadata { seq, what };
+        // `start` is the previous sequence's end (or 0), checked in the previous round.
         let (start, end) = (m.cu_q_lens[seq], m.cu_q_lens[seq + 1]);
-        if start < 0 || end < start || end as usize > s.tokens || (start as usize) < prev_end {
+        if end < start || end as usize > s.tokens {
             return Err(bad(format!(
-                "cu_q_lens[{seq}..={}] = {start}..{end} is not an increasing range within the {} \
-                 query rows",
+                "cu_q_lens[{}] = {end} must lie in {start}..={} (cumulative query rows)",
                 seq + 1,
                 s.tokens
             )));
         }
-        prev_end = end as usize;
         let q_len = (end - start) as usize;
         let kv_len = m.kv_lens[seq];
         let cap = s.pages_per_seq * s.page_size;
@@ -238,14 +242,19 @@ fn check_lengths<T>(
             )))
         }
     };
-    if s.kv_heads == 0
-        || !s.q_heads.is_multiple_of(s.kv_heads)
-        || s.head_dim == 0
-        || s.page_size == 0
-        || s.total_pages == 0
-    {
+    let positive = [
+        ("q heads", s.q_heads),
+        ("kv heads", s.kv_heads),
+        ("head_dim", s.head_dim),
+        ("page_size", s.page_size),
+        ("total_pages", s.total_pages),
+    ];
+    if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(RpaError::Shape(format!("{name} must be positive, got 0")));
+    }
+    if !s.q_heads.is_multiple_of(s.kv_heads) {
         return Err(RpaError::Shape(format!(
-            "q heads {} must be a multiple of kv heads {}, head_dim and page_size positive",
+            "q heads {} must be a multiple of kv heads {}",
             s.q_heads, s.kv_heads
         )));
     }
@@ -449,7 +458,8 @@ impl<T: Element> Ctx<'_, T> {
                 let (lo, hi) = (lo_of(r), pos(r));
                 let row = &mut sc.scores[i * ck..(i + 1) * ck];
                 // Keys this row sees in the chunk: `lo..=hi` clipped to `c0..c1`.
-                let (a, b) = (lo.max(c0) - c0, (hi + 1).min(c1).max(lo.max(c0)) - c0);
+                let lo_c = lo.clamp(c0, c1);
+                let (a, b) = (lo_c - c0, (hi + 1).clamp(lo_c, c1) - c0);
                 row[..a].fill(f32::NEG_INFINITY);
                 row[b..].fill(f32::NEG_INFINITY);
                 if let Some(cap) = p.soft_cap {

@@ -17,8 +17,10 @@
 //!   two are told apart by `struct_size` (44 vs 36+).
 //!
 //! Every layout here was checked against the serving plugin (`lammps-jax-pjrt-cpu 0.11.2`):
-//! `register_handler` accepts a handler that answers 0.1, and the custom calls in
-//! `runtime::kernels` run through it (tests in `runtime::kernels::tests`).
+//! `register_handler` accepts a handler that answers 0.1, and `runtime::kernels`' custom calls
+//! run through it (tests/rpa_proptest.rs and tests/engine_vs_dense.rs run them on the plugin;
+//! `perf` shows their work items on XLA's `tf_XLAEigen` threads, so `ThreadPool_Schedule` is
+//! found at the offset below).
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -201,6 +203,7 @@ pub struct CallFrame {
 }
 
 const METADATA_EXTENSION: i32 = 1;
+const ARG_BUFFER: i32 = 1;
 const STAGE_EXECUTE: i32 = 3;
 const ATTR_SCALAR: i32 = 3;
 const ERRC_INVALID_ARGUMENT: i32 = 3;
@@ -209,6 +212,7 @@ const ERRC_INTERNAL: i32 = 13;
 /// `XLA_FFI_DataType` values this crate reads.
 pub mod dtype {
     pub const S32: i32 = 4;
+    pub const S64: i32 = 5;
     pub const F32: i32 = 11;
     pub const BF16: i32 = 16;
 }
@@ -328,8 +332,8 @@ struct ScheduleArgs {
     data: *mut c_void,
 }
 
-/// Byte offset of `XLA_FFI_ThreadPool_Schedule` in `XLA_FFI_Api`: the 12th function after
-/// `Error_Create`.
+/// Byte offset of `XLA_FFI_ThreadPool_Schedule` in `XLA_FFI_Api`: function index 11, counting
+/// `Error_Create` as 0.
 const SCHEDULE_OFFSET: usize = offset_of!(XlaApi, error_create) + 11 * 8;
 
 impl CallFrame {
@@ -396,7 +400,7 @@ unsafe fn buffers<'a>(list: &List) -> std::result::Result<Vec<BufferRef<'a>>, St
     for i in 0..n {
         // SAFETY: the list holds `n` types and items (caller's contract).
         let (ty, item) = unsafe { (*list.types.add(i), *list.items.add(i)) };
-        if ty != 1 {
+        if ty != ARG_BUFFER {
             return Err(format!("operand {i} is not a buffer (type {ty})"));
         }
         // SAFETY: items of type BUFFER point to `XLA_FFI_Buffer`s.
@@ -436,7 +440,7 @@ unsafe fn scalar_attrs<'a>(
             let s = &*attr.cast::<Scalar>();
             match s.dtype {
                 dtype::S32 => AttrValue::I32(*s.value.cast::<i32>()),
-                5 => AttrValue::I64(*s.value.cast::<i64>()),
+                dtype::S64 => AttrValue::I64(*s.value.cast::<i64>()),
                 dtype::F32 => AttrValue::F32(*s.value.cast::<f32>()),
                 d => return Err(format!("attribute {name} has unsupported dtype {d}")),
             }
