@@ -1,6 +1,7 @@
 //! Property: the emitted StableHLO kernel, compiled and run by the real PJRT CPU plugin, matches
 //! the f64 reference on random geometries, block sizes and ragged batches, in each of its three
-//! forms (sequential and batched StableHLO, and the host kernel's FFI custom call).
+//! forms (sequential and batched StableHLO, and the host kernel's FFI custom call); the host
+//! kernel also on page sizes from 1 to 128.
 //!
 //! Tolerances (normwise: max |out - ref| / max |ref| over valid rows): f32 1e-5; bf16 inputs with
 //! f32 accumulation 2e-2 against the reference on the same bf16-rounded inputs. Padding rows must
@@ -25,7 +26,16 @@ struct Case {
     poison: Poison,
 }
 
+/// The three forms on the page sizes every form is tuned for.
 fn case() -> impl Strategy<Value = Case> {
+    case_with(
+        vec![8, 16, 32, 64],
+        vec![Schedule::Sequential, Schedule::Batched, Schedule::Host],
+    )
+}
+
+/// Cases of `schedules` drawn with page sizes from `pages`.
+fn case_with(pages: Vec<u32>, schedules: Vec<Schedule>) -> impl Strategy<Value = Case> {
     let heads = (0u32..4, 0u32..4).prop_map(|(a, b)| {
         let (q, kv) = (1 << a.max(b), 1 << a.min(b));
         (q, kv)
@@ -33,7 +43,7 @@ fn case() -> impl Strategy<Value = Case> {
     let shapes = (
         heads,
         prop_oneof![Just(64u32), Just(128)],
-        prop_oneof![Just(8u32), Just(16), Just(32), Just(64)],
+        prop::sample::select(pages),
         prop_oneof![Just(Dtype::F32), Just(Dtype::Bf16)],
         1u32..=48, // max_num_tokens
         1u32..=6,  // max_num_seqs
@@ -46,11 +56,7 @@ fn case() -> impl Strategy<Value = Case> {
         0.0f64..=1.0,
         0.0f64..=1.0,
         any::<u64>(),
-        prop_oneof![
-            Just(Schedule::Sequential),
-            Just(Schedule::Batched),
-            Just(Schedule::Host)
-        ],
+        prop::sample::select(schedules),
         prop::sample::select(Poison::ALL.to_vec()),
     );
     (shapes, attention)
@@ -111,21 +117,54 @@ proptest! {
 
     #[test]
     fn emitted_kernel_matches_f64_reference(c in case()) {
-        let kernel = stablehlo::emit(&c.cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let runner = KernelRunner::compile(client(), &c.cfg, &kernel.text)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let tol = tolerance(c.cfg.dtype());
-        for (i, poison) in [None, Some(c.poison)].into_iter().enumerate() {
-            let o = runner.check_batch(&c.spec, c.seed.wrapping_add(i as u64), poison)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert!(o.stats.non_finite == 0, "{}: non-finite output {:?}", c.cfg, o.stats);
-            prop_assert!(o.padding_finite, "{}: padding rows not finite", c.cfg);
-            prop_assert!(o.deterministic, "{}: two runs differ", c.cfg);
-            prop_assert!(o.stats.max_rel <= tol,
-                "{}: seqs {:?}: {} > tol {tol}", c.cfg, o.seqs, o.stats);
-            eprintln!("case {} {:?} {:?} {:?}: {}", c.cfg.dtype(), c.cfg.schedule(), poison, o.seqs.len(), o.stats);
-        }
+        check_case(&c)?;
     }
+
+    /// The host kernel on every page size from 1 to 128 (the portable forms' page sizes are
+    /// bounded by their gathers' cost, the host kernel's are not).
+    #[test]
+    fn host_kernel_matches_f64_reference_on_pages_of_1_to_128(
+        c in case_with(vec![1, 2, 4, 8, 16, 32, 64, 128], vec![Schedule::Host])
+    ) {
+        check_case(&c)?;
+    }
+}
+
+/// Runs `c` clean and poisoned on the CPU plugin and holds it to the reference.
+fn check_case(c: &Case) -> Result<(), TestCaseError> {
+    let kernel = stablehlo::emit(&c.cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let runner = KernelRunner::compile(client(), &c.cfg, &kernel.text)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let tol = tolerance(c.cfg.dtype());
+    for (i, poison) in [None, Some(c.poison)].into_iter().enumerate() {
+        let o = runner
+            .check_batch(&c.spec, c.seed.wrapping_add(i as u64), poison)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(
+            o.stats.non_finite == 0,
+            "{}: non-finite output {:?}",
+            c.cfg,
+            o.stats
+        );
+        prop_assert!(o.padding_finite, "{}: padding rows not finite", c.cfg);
+        prop_assert!(o.deterministic, "{}: two runs differ", c.cfg);
+        prop_assert!(
+            o.stats.max_rel <= tol,
+            "{}: seqs {:?}: {} > tol {tol}",
+            c.cfg,
+            o.seqs,
+            o.stats
+        );
+        eprintln!(
+            "case {} {:?} {:?} {:?}: {}",
+            c.cfg.dtype(),
+            c.cfg.schedule(),
+            poison,
+            o.seqs.len(),
+            o.stats
+        );
+    }
+    Ok(())
 }
 
 /// The host kernel with a sliding window shorter than a KV chunk, inside query blocks longer
