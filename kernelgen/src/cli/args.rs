@@ -58,7 +58,7 @@ pub struct KernelArgs {
     /// Keys further back than this many positions are masked
     #[arg(long, help_heading = "Attention")]
     pub sliding_window: Option<u32>,
-    /// Loop nest of the StableHLO kernel: sequential (per sequence) or batched (all sequences in lockstep; best for decode batches)
+    /// Form of the StableHLO kernel: sequential (per sequence) or batched (all sequences in lockstep; best for decode batches), portable to any PJRT backend; or host (one XLA FFI custom call to kernelgen's native CPU kernel, which reads pages in place: XLA CPU only, the fastest form there)
     #[arg(long, default_value = "sequential", value_parser = parse_schedule, help_heading = "Attention")]
     pub schedule: Schedule,
     /// Logit soft cap: cap * tanh(logit / cap), applied before the mask

@@ -24,7 +24,8 @@ pub fn parse_dtype(s: &str) -> Result<Dtype, ConfigError> {
         .map_err(|_| ConfigError::field("dtype", s, "one of f32, bf16 (float32, bfloat16)"))
 }
 
-/// Loop nest of the StableHLO kernel (same results, different speed profile).
+/// Form of the kernel: two StableHLO loop nests and the host kernel's custom call (same
+/// results, different speed profiles and backends).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
@@ -91,7 +92,7 @@ pub struct KernelParams {
     pub sm_scale: Option<f32>,
     pub sliding_window: Option<u32>,
     pub soft_cap: Option<f32>,
-    /// Loop nest of the StableHLO kernel.
+    /// Form of the kernel ([`Schedule`]).
     #[serde(default)]
     pub schedule: Schedule,
 }
