@@ -259,7 +259,10 @@ unsafe extern "C" fn pool_task(data: *mut c_void) {
 
 impl Workers for XlaPool {
     fn threads(&self) -> usize {
-        std::thread::available_parallelism().map_or(1, |p| p.get())
+        // Read once: `available_parallelism` consults cgroup files, and this runs on every call
+        // (once per layer per step).
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |p| p.get()))
     }
 
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
