@@ -4,7 +4,7 @@
 //! arriving mid-stream, shuffled pages, padding tokens, several buckets.
 
 use e2e::{client, serving_client, BatchScript};
-use kernelgen::step::program::BlockSizes;
+use kernelgen::step::program::{BlockSizes, KernelForm};
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepSource};
 use runtime::dtype::Dtype;
@@ -36,7 +36,22 @@ fn tiny_with(seed: u64, cfg: &TinyConfig) -> Model {
 }
 
 fn run(client: Client, seed: u64, tied: bool, kv: Dtype, blocks: (u32, u32), tol: f32) {
-    run_model(client, Arc::new(tiny(seed, tied)), seed, kv, blocks, tol, 1);
+    let model = Arc::new(tiny(seed, tied));
+    run_model(client, model, seed, kv, portable(blocks), tol, 1);
+}
+
+/// Emitted kernels in the portable StableHLO form.
+fn portable(blocks: (u32, u32)) -> BlockSizes {
+    BlockSizes::uniform(blocks.0, blocks.1)
+}
+
+/// Emitted kernels in the host form: the native attention kernel, and the native matmul for
+/// buckets of up to 32 rows (every bucket here).
+fn host(blocks: (u32, u32)) -> BlockSizes {
+    BlockSizes {
+        form: KernelForm::Host,
+        ..portable(blocks)
+    }
 }
 
 /// [`run`] on `model`, its step program over `tp` devices of `client`.
@@ -45,7 +60,7 @@ fn run_model(
     model: Arc<Model>,
     seed: u64,
     kv: Dtype,
-    blocks: (u32, u32),
+    blocks: BlockSizes,
     tol: f32,
     tp: usize,
 ) {
@@ -58,7 +73,7 @@ fn run_model(
     };
     let source = StepSource {
         model: model.config.clone(),
-        kernel: KernelSource::Blocks(BlockSizes::uniform(blocks.0, blocks.1)),
+        kernel: KernelSource::Blocks(blocks),
         tp,
     };
     let mut device =
@@ -137,6 +152,19 @@ fn step_program_matches_host_reference_on_the_serving_plugin() {
     run(serving_client(), seed + 2, true, Dtype::Bf16, (8, 3), 3e-2);
 }
 
+/// The host form (the native attention kernel and the native matmul as XLA FFI custom calls)
+/// gives the host reference's logits within the portable form's tolerances, tied and untied,
+/// f32 and bf16 KV.
+#[test]
+fn step_program_with_host_kernels_matches_host_reference() {
+    let seed = rand::random::<u64>() % 1000;
+    eprintln!("seed {seed}");
+    for (tied, kv, tol) in [(false, Dtype::F32, 1e-4), (true, Dtype::Bf16, 3e-2)] {
+        let model = Arc::new(tiny(seed, tied));
+        run_model(serving_client(), model, seed, kv, host((4, 2)), tol, 1);
+    }
+}
+
 /// Tensor parallelism: the step program of an 8 q / 4 KV head model split over 2 and 4 devices
 /// (KV heads split) and 8 (each KV head replicated twice), tied and untied, gives the host
 /// reference's logits on the same random ragged batches, within the one-device tolerance: the
@@ -155,7 +183,7 @@ fn step_program_under_tensor_parallelism_matches_host_reference() {
         };
         let model = Arc::new(tiny_with(seed + tp as u64, &cfg));
         let client = e2e::serving_client_with_devices(tp);
-        run_model(client, model, seed, Dtype::F32, (4, 2), 1e-4, tp);
+        run_model(client, model, seed, Dtype::F32, portable((4, 2)), 1e-4, tp);
     }
 }
 
@@ -169,12 +197,17 @@ fn matvec(x: &[f64], w: &runtime::model::Matrix) -> Vec<f64> {
 /// The profile program `kernelgen bench decode` times as "the step's matmuls" really runs the
 /// model's projections in order on the executor's weight buffers: its logits equal an f64 host
 /// chain over the model's weights (so the packing and the parameter order are right too), tied
-/// and untied.
+/// and untied, with XLA's dot and with the native host matmul.
 #[test]
 fn matmul_chain_profile_program_runs_the_models_projections() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
-    for tied in [false, true] {
+    for (tied, form) in [
+        (false, KernelForm::Portable),
+        (true, KernelForm::Portable),
+        (false, KernelForm::Host),
+        (true, KernelForm::Host),
+    ] {
         let model = Arc::new(tiny(seed, tied));
         let (c, w) = (&model.config, &model.weights);
         let engine = EngineConfig {
@@ -189,8 +222,12 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
             kernel: KernelSource::Blocks(BlockSizes::uniform(1, 1)),
             tp: 1,
         };
+        let client = match form {
+            KernelForm::Host => serving_client(),
+            KernelForm::Portable => client(),
+        };
         let device = DeviceExecutor::new(
-            client(),
+            client,
             &*model,
             &engine,
             Dtype::F32,
@@ -203,7 +240,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let x: Vec<f32> = (0..rows * c.hidden_size)
             .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
             .collect();
-        let text = kernelgen::step::profile::matmul_chain(c, rows)
+        let text = kernelgen::step::profile::matmul_chain(c, rows, form)
             .unwrap()
             .generic_text;
         let exe = device

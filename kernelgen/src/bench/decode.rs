@@ -144,7 +144,7 @@ struct BatchFigures {
 fn time_matmuls(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchError> {
     let exec = served.engine.executor();
     let m = &crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
-    let chain = matmul_chain(m, rows).map_err(crate::Error::from)?;
+    let chain = matmul_chain(m, rows, exec.source().form()).map_err(crate::Error::from)?;
     let exe = exec
         .client()
         .compile(&chain.generic_text, &CompileOptions::new())

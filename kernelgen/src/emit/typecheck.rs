@@ -255,13 +255,42 @@ pub fn check_op(op: &OpView) -> Check {
     }
 }
 
-/// The only custom call kernelgen emits: the host RPA kernel (`runtime::kernels`), whose
-/// operands are the kernel interface's and whose result has q's type.
+/// The custom calls kernelgen emits, the native host kernels (`runtime::kernels`).
 fn custom_call(op: &OpView) -> Check {
-    let target = op.attr("call_target_name")?;
-    ensure(target == "\"kernelgen_rpa\"", || {
-        format!("unknown custom call target {target} (kernelgen emits only \"kernelgen_rpa\")")
-    })?;
+    match op.attr("call_target_name")? {
+        "\"kernelgen_rpa\"" => host_rpa(op),
+        "\"kernelgen_matmul\"" => host_matmul(op),
+        target => Err(format!(
+            "unknown custom call target {target} (kernelgen emits \"kernelgen_rpa\" and \
+             \"kernelgen_matmul\")"
+        )),
+    }
+}
+
+/// `x[m, k] f32` times `w[n, k]` (f32 or bf16) transposed: `[m, n] f32`.
+fn host_matmul(op: &OpView) -> Check {
+    op.arity(2, 1)?;
+    let (x, w) = (&op.operands[0], &op.operands[1]);
+    ensure(
+        x.rank() == 2 && w.rank() == 2 && x.dims[1] == w.dims[1],
+        || format!("x {x} and w {w} must be [m, k] and [n, k]"),
+    )?;
+    ensure(
+        x.elem == "f32" && (w.elem == "f32" || w.elem == "bf16"),
+        || format!("x {x} must be f32 and w {w} f32 or bf16"),
+    )?;
+    expect_eq(
+        "result",
+        &op.results[0],
+        &TensorType {
+            dims: vec![x.dims[0], w.dims[0]],
+            elem: "f32".into(),
+        },
+    )
+}
+
+/// The host RPA kernel: operands the kernel interface's, the result q's type.
+fn host_rpa(op: &OpView) -> Check {
     op.arity(6, 1)?;
     let [q, kv, kv_lens, pages, cu, n] = &op.operands[..] else {
         unreachable!("arity checked")

@@ -236,6 +236,11 @@ impl DeviceExecutor {
         &self.client
     }
 
+    /// Where the programs come from (the model, the kernel, the devices).
+    pub fn source(&self) -> &StepSource {
+        &self.source
+    }
+
     /// The weights uploaded to device 0, in [`super::weights::pack_weights_dims`] order.
     pub fn weights(&self) -> &[Buffer] {
         &self.weights[0]

@@ -7,6 +7,7 @@
 //! [`super::DeviceExecutor::weights`] without another upload. Under tensor parallelism,
 //! [`all_reduce_chain`] is the step's collectives alone.
 
+use super::program::{host_matmul, KernelForm};
 use super::weights::pack_weights_dims;
 use crate::emit::mlir::CheckedModule;
 use crate::emit::{self, EmitError};
@@ -25,11 +26,19 @@ struct MatmulChain {
     v: usize,
     layers: usize,
     tied: bool,
+    /// The native host matmul instead of XLA's dot.
+    host: bool,
 }
 
-/// The step's matmuls at `rows` token rows, as one checked program returning the logits.
-pub fn matmul_chain(m: &LlamaConfig, rows: usize) -> Result<CheckedModule, EmitError> {
+/// The step's matmuls at `rows` token rows, as one checked program returning the logits, in
+/// the form a step program with kernels of `form` uses at those rows.
+pub fn matmul_chain(
+    m: &LlamaConfig,
+    rows: usize,
+    form: KernelForm,
+) -> Result<CheckedModule, EmitError> {
     let p = MatmulChain {
+        host: host_matmul(form, rows),
         rows,
         h: m.hidden_size,
         qd: m.q_dim(),
@@ -106,8 +115,11 @@ mod tests {
                 ..Default::default()
             }
             .llama_config();
-            let c = matmul_chain(&m, 3).unwrap_or_else(|e| panic!("{e}"));
+            let c = matmul_chain(&m, 3, KernelForm::Portable).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.op_counts["stablehlo.dot_general"], 4 * m.num_layers + 1);
+            let c = matmul_chain(&m, 3, KernelForm::Host).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.op_counts["stablehlo.custom_call"], 4 * m.num_layers + 1);
+            assert!(!c.op_counts.contains_key("stablehlo.dot_general"));
             let params = pack_weights_dims(&m).len() + 1;
             assert!(c.generic_text.matches("tensor<").count() > params);
         }

@@ -2,12 +2,15 @@
 //!
 //! - [`rpa`]: ragged paged attention reading K/V pages in place (custom call target
 //!   [`RPA_TARGET`]; kernelgen's `host` schedule emits the call).
+//! - [`matmul`]: `x @ w^T` for the step program's projections at decode sizes (custom call
+//!   target [`MATMUL_TARGET`]; step programs with host kernels emit it).
 //!
 //! [`register`] installs the handlers with a plugin ([`crate::pjrt::Api::load`] does it for every
 //! plugin it loads, so compiled and deserialized executables both find them). Handlers never
 //! unwind into XLA: a refused call or a panic becomes an `XLA_FFI_Error` that fails the
 //! execution with its message.
 
+pub mod matmul;
 pub mod rpa;
 
 use std::ffi::c_void;
@@ -23,12 +26,16 @@ use rpa::{Element, RpaMeta, RpaParams, RpaShape, Serial, Workers};
 /// The custom call target of the host RPA kernel.
 pub const RPA_TARGET: &str = "kernelgen_rpa";
 
+/// The custom call target of the host matmul (`x @ w^T`, weight `[n, k]`).
+pub const MATMUL_TARGET: &str = "kernelgen_matmul";
+
 /// The XLA platform name of host (CPU) custom calls.
 pub const HOST_PLATFORM: &str = "Host";
 
 /// Registers every host kernel with the plugin behind `api`.
 pub fn register(api: &Api) -> Result<(), PjrtError> {
-    api.register_ffi_handler(RPA_TARGET, HOST_PLATFORM, rpa_handler)
+    api.register_ffi_handler(RPA_TARGET, HOST_PLATFORM, rpa_handler)?;
+    api.register_ffi_handler(MATMUL_TARGET, HOST_PLATFORM, matmul_handler)
 }
 
 /// The FFI entry point of [`rpa::rpa`].
@@ -36,9 +43,32 @@ pub fn register(api: &Api) -> Result<(), PjrtError> {
 /// # Safety
 /// Called by XLA with its call frame.
 unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: the caller's contract.
+    unsafe { handle(frame, RPA_TARGET, execute_rpa) }
+}
+
+/// The FFI entry point of [`matmul::matmul`].
+///
+/// # Safety
+/// Called by XLA with its call frame.
+unsafe extern "C" fn matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: the caller's contract.
+    unsafe { handle(frame, MATMUL_TARGET, execute_matmul) }
+}
+
+/// Decodes XLA's call frame and runs `execute` at the execute stage; a refusal or a panic
+/// becomes an XLA error naming `target`.
+///
+/// # Safety
+/// `frame` is XLA's call frame, valid for this call.
+unsafe fn handle(
+    frame: *mut CallFrame,
+    target: &str,
+    execute: fn(&Call, *mut CallFrame) -> Result<(), String>,
+) -> *mut XlaError {
     // SAFETY: `frame` is XLA's call frame, valid for this call.
     let result = std::panic::catch_unwind(|| match unsafe { CallFrame::decode(frame) } {
-        Ok(Stage::Execute(call)) => execute_rpa(&call, frame),
+        Ok(Stage::Execute(call)) => execute(&call, frame),
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     });
@@ -53,9 +83,58 @@ unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             // SAFETY: as above.
-            unsafe { CallFrame::error(frame, &format!("{RPA_TARGET} panicked: {why}"), true) }
+            unsafe { CallFrame::error(frame, &format!("{target} panicked: {why}"), true) }
         }
     }
+}
+
+fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    let ([x, w], [out]) = (&call.args[..], &call.rets[..]) else {
+        return Err(format!(
+            "{MATMUL_TARGET} takes 2 operands (x, w) and returns 1 result, got {} and {}",
+            call.args.len(),
+            call.rets.len()
+        ));
+    };
+    let rank2 = |b: &BufferRef, name: &str| match b.dims[..] {
+        [r, c] if r >= 0 && c >= 0 => Ok((r as usize, c as usize)),
+        _ => Err(format!(
+            "{MATMUL_TARGET}: {name} must have rank 2, got {:?}",
+            b.dims
+        )),
+    };
+    let ((m, k), (n, kw), (mo, no)) = (rank2(x, "x")?, rank2(w, "w")?, rank2(out, "the result")?);
+    if kw != k || mo != m || no != n {
+        return Err(format!(
+            "{MATMUL_TARGET}: x {:?}, w {:?} and the result {:?} disagree (x[m, k], w[n, k], \
+             result[m, n])",
+            x.dims, w.dims, out.dims
+        ));
+    }
+    if x.dtype != dtype::F32 || out.dtype != dtype::F32 {
+        return Err(format!("{MATMUL_TARGET}: x and the result must be f32"));
+    }
+    let shape = matmul::MatmulShape { m, k, n };
+    let workers = XlaPool { frame };
+    if out.elements() == 0 {
+        return Ok(());
+    }
+    // SAFETY: dtypes checked; XLA's buffers hold `elements()` values and live for the call;
+    // the (non-empty) result is the handler's alone and aliases no operand.
+    unsafe {
+        let xs = slice::<f32>(x);
+        let o = std::slice::from_raw_parts_mut(out.data.cast::<f32>(), out.elements());
+        match w.dtype {
+            dtype::F32 => matmul::matmul(&shape, xs, slice::<f32>(w), o, &workers),
+            dtype::BF16 => matmul::matmul(&shape, xs, slice::<bf16>(w), o, &workers),
+            d => {
+                return Err(format!(
+                    "{MATMUL_TARGET}: unsupported weight dtype {d} (f32 or bf16)"
+                ))
+            }
+        }
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {

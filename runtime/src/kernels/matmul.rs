@@ -1,0 +1,456 @@
+//! `x @ w^T` on the host CPU for a weight laid out `[n, k]` (out-major, the step program's
+//! layout: `runtime/src/model` stores every projection so), `x[m, k]` in f32, the result
+//! `[m, n]` in f32. The weight may be f32 or bf16 (widened exactly on load).
+//!
+//! Built for the decode step's shapes, where XLA's dot reads weights well below the host's
+//! bandwidth: `m` is 1 to a few dozen rows, so the weight is the traffic. Each weight row is
+//! read once per call: work items are blocks of weight rows, and each item walks its rows four
+//! at a time, scoring them against every row of `x` in tiles of up to 4 x 4 accumulators
+//! (16 vector registers; the four weight rows stay in L1 while the tile's `x` rows pass by).
+//! AVX-512 is used where the CPU has it (picked at run time), plain loops elsewhere.
+
+use super::rpa::{Element, Serial, Workers};
+
+/// The call's dimensions: `x[m, k]`, `w[n, k]`, `out[m, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MatmulError {
+    #[error("kernelgen_matmul: {name} holds {got} values, [{dims}] needs {want}")]
+    Length {
+        name: &'static str,
+        dims: String,
+        got: usize,
+        want: usize,
+    },
+}
+
+/// Weight rows per work item the planner aims at as a floor (a block's rows are read once).
+const MIN_BLOCK_ROWS: usize = 16;
+
+/// Items per thread the planner aims for, so threads finish close together.
+const ITEMS_PER_THREAD: usize = 8;
+
+/// `out = x @ w^T`, split over `workers`.
+pub fn matmul<W: Element>(
+    s: &MatmulShape,
+    x: &[f32],
+    w: &[W],
+    out: &mut [f32],
+    workers: &dyn Workers,
+) -> Result<(), MatmulError> {
+    let check = |name, dims: String, got: usize, want: usize| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(MatmulError::Length {
+                name,
+                dims,
+                got,
+                want,
+            })
+        }
+    };
+    check("x", format!("{}, {}", s.m, s.k), x.len(), s.m * s.k)?;
+    check("w", format!("{}, {}", s.n, s.k), w.len(), s.n * s.k)?;
+    check("out", format!("{}, {}", s.m, s.n), out.len(), s.m * s.n)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let block = block_rows(s.n, workers.threads());
+    let items = s.n.div_ceil(block);
+    let ptr = SharedOut(out.as_mut_ptr());
+    let job = |i: usize| {
+        let rows = i * block..((i + 1) * block).min(s.n);
+        // SAFETY: items write disjoint columns `rows` of `out`, which holds m * n values.
+        unsafe { rows_block(s, x, w, rows, &ptr) };
+    };
+    if items == 1 {
+        Serial.run(1, &job);
+    } else {
+        workers.run(items, &job);
+    }
+    Ok(())
+}
+
+/// Weight rows per item: a multiple of 4, at least [`MIN_BLOCK_ROWS`], about
+/// [`ITEMS_PER_THREAD`] items per thread.
+fn block_rows(n: usize, threads: usize) -> usize {
+    let per = n.div_ceil(threads.max(1) * ITEMS_PER_THREAD);
+    per.max(MIN_BLOCK_ROWS).next_multiple_of(4)
+}
+
+struct SharedOut(*mut f32);
+// SAFETY: work items write disjoint columns through it.
+unsafe impl Sync for SharedOut {}
+
+/// Columns `rows` of `out` (weight rows `rows`).
+///
+/// # Safety
+/// `out` points to `m * n` values; no other thread writes columns `rows`.
+unsafe fn rows_block<W: Element>(
+    s: &MatmulShape,
+    x: &[f32],
+    w: &[W],
+    rows: std::ops::Range<usize>,
+    out: &SharedOut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above); the caller's contract.
+            return unsafe { avx512::rows_block(s, x, w, rows, out.0) };
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { portable_rows_block(s, x, w, rows, out.0) }
+}
+
+/// # Safety
+/// As [`rows_block`].
+unsafe fn portable_rows_block<W: Element>(
+    s: &MatmulShape,
+    x: &[f32],
+    w: &[W],
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    const L: usize = 8;
+    let k = s.k;
+    let kv = k - k % L;
+    for j in rows {
+        let wr = &w[j * k..(j + 1) * k];
+        for i in 0..s.m {
+            let xr = &x[i * k..(i + 1) * k];
+            let mut acc = [0.0f32; L];
+            for (cx, cw) in xr[..kv].chunks_exact(L).zip(wr[..kv].chunks_exact(L)) {
+                for l in 0..L {
+                    acc[l] += cx[l] * cw[l].to_f32();
+                }
+            }
+            let mut sum: f32 = acc.iter().sum();
+            for (a, b) in xr[kv..].iter().zip(&wr[kv..]) {
+                sum += a * b.to_f32();
+            }
+            // SAFETY: i < m, j < n; the caller's contract.
+            unsafe { *out.add(i * s.n + j) = sum };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Element, MatmulShape};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// A weight element that loads as 16 f32 lanes.
+    pub trait Lanes: Element {
+        /// 16 values at `p`, widened to f32.
+        ///
+        /// # Safety
+        /// `p..p+16` readable; AVX-512F available.
+        unsafe fn load(p: *const Self) -> __m512;
+        /// The first `n` (< 16) values at `p`, the other lanes zero.
+        ///
+        /// # Safety
+        /// `p..p+n` readable; AVX-512F available.
+        unsafe fn load_tail(p: *const Self, n: usize) -> __m512;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
+            // SAFETY: masked lanes are not read.
+            unsafe { _mm512_maskz_loadu_ps(tail_mask(n), p) }
+        }
+    }
+
+    impl Lanes for bf16 {
+        #[inline(always)]
+        unsafe fn load(p: *const bf16) -> __m512 {
+            // SAFETY: the caller's contract; bf16 is the top half of an f32 (exact widening).
+            unsafe {
+                let h = _mm256_loadu_si256(p.cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(p: *const bf16, n: usize) -> __m512 {
+            // SAFETY: masked lanes are not read.
+            unsafe {
+                let h = _mm256_maskz_loadu_epi16(tail_mask(n), p.cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn tail_mask(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// See [`super::rows_block`].
+    ///
+    /// # Safety
+    /// As there; AVX-512F available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn rows_block<W: Element>(
+        s: &MatmulShape,
+        x: &[f32],
+        w: &[W],
+        rows: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        // The dispatch below needs `Lanes`; every `Element` is f32 or bf16.
+        if let Some(w) = cast::<W, f32>(w) {
+            // SAFETY: the caller's contract.
+            unsafe { block::<f32>(s, x, w, rows, out) }
+        } else if let Some(w) = cast::<W, bf16>(w) {
+            // SAFETY: the caller's contract.
+            unsafe { block::<bf16>(s, x, w, rows, out) }
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { super::portable_rows_block(s, x, w, rows, out) }
+        }
+    }
+
+    fn cast<A: 'static, B: 'static>(w: &[A]) -> Option<&[B]> {
+        (std::any::TypeId::of::<A>() == std::any::TypeId::of::<B>())
+            // SAFETY: A and B are the same type.
+            .then(|| unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<B>(), w.len()) })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn block<W: Lanes>(
+        s: &MatmulShape,
+        x: &[f32],
+        w: &[W],
+        rows: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let mut j = rows.start;
+        while j < rows.end {
+            let nt = (rows.end - j).min(4);
+            let mut i = 0;
+            while i < s.m {
+                let mt = (s.m - i).min(4);
+                // SAFETY: rows j..j+nt of w and i..i+mt of x exist (slices checked by the
+                // caller); out cells (i.., j..) are this item's.
+                unsafe {
+                    let t = Tile {
+                        x: x.as_ptr().add(i * s.k),
+                        w: w.as_ptr().add(j * s.k),
+                        k: s.k,
+                        out: out.add(i * s.n + j),
+                        ldo: s.n,
+                    };
+                    match (mt, nt) {
+                        (4, 4) => t.run::<4, 4>(),
+                        (4, 3) => t.run::<4, 3>(),
+                        (4, 2) => t.run::<4, 2>(),
+                        (4, _) => t.run::<4, 1>(),
+                        (3, 4) => t.run::<3, 4>(),
+                        (3, 3) => t.run::<3, 3>(),
+                        (3, 2) => t.run::<3, 2>(),
+                        (3, _) => t.run::<3, 1>(),
+                        (2, 4) => t.run::<2, 4>(),
+                        (2, 3) => t.run::<2, 3>(),
+                        (2, 2) => t.run::<2, 2>(),
+                        (2, _) => t.run::<2, 1>(),
+                        (_, 4) => t.run::<1, 4>(),
+                        (_, 3) => t.run::<1, 3>(),
+                        (_, 2) => t.run::<1, 2>(),
+                        (_, _) => t.run::<1, 1>(),
+                    }
+                }
+                i += mt;
+            }
+            j += nt;
+        }
+    }
+
+    /// One tile: rows of `x` (row stride `k`) against rows of `w` (row stride `k`), into `out`
+    /// (row stride `ldo`).
+    struct Tile<W> {
+        x: *const f32,
+        w: *const W,
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    }
+
+    impl<W: Lanes> Tile<W> {
+        /// `MT` x `NT` dot products over `k`, 16 lanes at a time.
+        ///
+        /// # Safety
+        /// The tile's rows are readable and its out cells writable; AVX-512F available.
+        #[inline(always)]
+        unsafe fn run<const MT: usize, const NT: usize>(&self) {
+            let k = self.k;
+            let kv = k - k % 16;
+            // SAFETY: the caller's contract; every offset stays below k in its row.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); NT]; MT];
+                let mut c = 0;
+                while c < kv {
+                    let mut wv = [_mm512_setzero_ps(); NT];
+                    for (jj, v) in wv.iter_mut().enumerate() {
+                        *v = W::load(self.w.add(jj * k + c));
+                    }
+                    for (ii, row) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_loadu_ps(self.x.add(ii * k + c));
+                        for (a, v) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(xv, *v, *a);
+                        }
+                    }
+                    c += 16;
+                }
+                if kv < k {
+                    let n = k - kv;
+                    let mut wv = [_mm512_setzero_ps(); NT];
+                    for (jj, v) in wv.iter_mut().enumerate() {
+                        *v = W::load_tail(self.w.add(jj * k + kv), n);
+                    }
+                    for (ii, row) in acc.iter_mut().enumerate() {
+                        let xv = f32::load_tail(self.x.add(ii * k + kv), n);
+                        for (a, v) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(xv, *v, *a);
+                        }
+                    }
+                }
+                for (ii, row) in acc.iter().enumerate() {
+                    for (jj, a) in row.iter().enumerate() {
+                        *self.out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    fn reference(s: &MatmulShape, x: &[f32], w: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; s.m * s.n];
+        for i in 0..s.m {
+            for j in 0..s.n {
+                out[i * s.n + j] = (0..s.k)
+                    .map(|c| x[i * s.k + c] as f64 * w[j * s.k + c])
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// A deterministic spread of values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check<W: Element>(s: MatmulShape, to_w: impl Fn(f32) -> W, workers: &dyn Workers) {
+        let x = values(s.m * s.k, 1 + s.m as u64);
+        let w: Vec<W> = values(s.n * s.k, 7 + s.n as u64)
+            .into_iter()
+            .map(to_w)
+            .collect();
+        let wf: Vec<f64> = w.iter().map(|v| v.to_f32() as f64).collect();
+        let want = reference(&s, &x, &wf);
+        let mut out = vec![f32::NAN; s.m * s.n];
+        matmul(&s, &x, &w, &mut out, workers).unwrap();
+        for (idx, (g, r)) in out.iter().zip(&want).enumerate() {
+            // f32 accumulation of k products of magnitude <= 1.
+            let tol = 1e-6 * s.k as f64 + 1e-6 * r.abs();
+            assert!(
+                (*g as f64 - r).abs() <= tol,
+                "{s:?} at {idx}: {g} vs {r} (tolerance {tol})"
+            );
+        }
+    }
+
+    /// Runs items on two threads in turn, out of order, like a pool would.
+    struct Shuffled;
+    impl Workers for Shuffled {
+        fn threads(&self) -> usize {
+            3
+        }
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            std::thread::scope(|sc| {
+                sc.spawn(|| (0..n).rev().step_by(2).for_each(f));
+                sc.spawn(|| (0..n).rev().skip(1).step_by(2).for_each(f));
+            });
+        }
+    }
+
+    #[test]
+    fn every_tile_shape_and_k_tail_matches_the_f64_reference() {
+        for m in [1, 2, 3, 4, 5, 7, 8, 9] {
+            for k in [1, 15, 16, 17, 64, 100] {
+                for n in [1, 3, 4, 5, 17, 70] {
+                    let s = MatmulShape { m, k, n };
+                    check::<f32>(s, |v| v, &Serial);
+                    check::<bf16>(s, bf16::from_f32, &Serial);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn items_on_several_threads_fill_every_column() {
+        for (m, k, n) in [
+            (1, 576, 960),
+            (8, 576, 3072),
+            (32, 1536, 576),
+            (3, 64, 1000),
+        ] {
+            let s = MatmulShape { m, k, n };
+            check::<f32>(s, |v| v, &Shuffled);
+            check::<bf16>(s, bf16::from_f32, &Shuffled);
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_refused_by_name() {
+        let s = MatmulShape { m: 2, k: 3, n: 4 };
+        let err = matmul::<f32>(&s, &[0.0; 6], &[0.0; 11], &mut [0.0; 8], &Serial).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernelgen_matmul: w holds 11 values, [4, 3] needs 12"
+        );
+    }
+
+    #[test]
+    fn blocks_are_multiples_of_four_and_cover_the_rows() {
+        for n in [1, 4, 576, 960, 49_152] {
+            for threads in [1, 2, 16] {
+                let b = block_rows(n, threads);
+                assert!(b.is_multiple_of(4) && b >= MIN_BLOCK_ROWS);
+                assert!(n.div_ceil(b) <= n.div_ceil(MIN_BLOCK_ROWS));
+            }
+        }
+    }
+}
