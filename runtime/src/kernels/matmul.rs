@@ -147,59 +147,7 @@ unsafe fn portable_rows_block<W: Element>(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Element, MatmulShape};
-    use half::bf16;
     use std::arch::x86_64::*;
-
-    /// A weight element that loads as 16 f32 lanes.
-    pub trait Lanes: Element {
-        /// 16 values at `p`, widened to f32.
-        ///
-        /// # Safety
-        /// `p..p+16` readable; AVX-512F available.
-        unsafe fn load(p: *const Self) -> __m512;
-        /// The first `n` (< 16) values at `p`, the other lanes zero.
-        ///
-        /// # Safety
-        /// `p..p+n` readable; AVX-512F available.
-        unsafe fn load_tail(p: *const Self, n: usize) -> __m512;
-    }
-
-    impl Lanes for f32 {
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            // SAFETY: the caller's contract.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
-            // SAFETY: masked lanes are not read.
-            unsafe { _mm512_maskz_loadu_ps(tail_mask(n), p) }
-        }
-    }
-
-    impl Lanes for bf16 {
-        #[inline(always)]
-        unsafe fn load(p: *const bf16) -> __m512 {
-            // SAFETY: the caller's contract; bf16 is the top half of an f32 (exact widening).
-            unsafe {
-                let h = _mm256_loadu_si256(p.cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-            }
-        }
-        #[inline(always)]
-        unsafe fn load_tail(p: *const bf16, n: usize) -> __m512 {
-            // SAFETY: masked lanes are not read.
-            unsafe {
-                let h = _mm256_maskz_loadu_epi16(tail_mask(n), p.cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn tail_mask(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
-    }
 
     /// See [`super::rows_block`].
     ///
@@ -207,33 +155,6 @@ mod avx512 {
     /// As there; AVX-512F available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn rows_block<W: Element>(
-        s: &MatmulShape,
-        x: &[f32],
-        w: &[W],
-        rows: std::ops::Range<usize>,
-        out: *mut f32,
-    ) {
-        // The dispatch below needs `Lanes`; every `Element` is f32 or bf16.
-        if let Some(w) = cast::<W, f32>(w) {
-            // SAFETY: the caller's contract.
-            unsafe { block::<f32>(s, x, w, rows, out) }
-        } else if let Some(w) = cast::<W, bf16>(w) {
-            // SAFETY: the caller's contract.
-            unsafe { block::<bf16>(s, x, w, rows, out) }
-        } else {
-            // SAFETY: the caller's contract.
-            unsafe { super::portable_rows_block(s, x, w, rows, out) }
-        }
-    }
-
-    fn cast<A: 'static, B: 'static>(w: &[A]) -> Option<&[B]> {
-        (std::any::TypeId::of::<A>() == std::any::TypeId::of::<B>())
-            // SAFETY: A and B are the same type.
-            .then(|| unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<B>(), w.len()) })
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn block<W: Lanes>(
         s: &MatmulShape,
         x: &[f32],
         w: &[W],
@@ -291,7 +212,7 @@ mod avx512 {
         ldo: usize,
     }
 
-    impl<W: Lanes> Tile<W> {
+    impl<W: Element> Tile<W> {
         /// `MT` x `NT` dot products over `k`, 16 lanes at a time.
         ///
         /// # Safety
@@ -307,7 +228,7 @@ mod avx512 {
                 while c < kv {
                     let mut wv = [_mm512_setzero_ps(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
-                        *v = W::load(self.w.add(jj * k + c));
+                        *v = W::load16(self.w.add(jj * k + c));
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
                         let xv = _mm512_loadu_ps(self.x.add(ii * k + c));
@@ -321,10 +242,10 @@ mod avx512 {
                     let n = k - kv;
                     let mut wv = [_mm512_setzero_ps(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
-                        *v = W::load_tail(self.w.add(jj * k + kv), n);
+                        *v = W::load16_tail(self.w.add(jj * k + kv), n);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = f32::load_tail(self.x.add(ii * k + kv), n);
+                        let xv = f32::load16_tail(self.x.add(ii * k + kv), n);
                         for (a, v) in row.iter_mut().zip(&wv) {
                             *a = _mm512_fmadd_ps(xv, *v, *a);
                         }

@@ -63,10 +63,32 @@ pub enum RpaError {
     Metadata { seq: usize, what: String },
 }
 
-/// An element type of q, the pool and the output.
+/// An element type of q, the pool and the output (and of the host matmul's weights).
 pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
+    /// 16 values at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// `p..p+16` readable; called only from code compiled with AVX-512F (and BW, VL).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> __m512;
+    /// The first `n` (< 16) values at `p`, the other lanes zero.
+    ///
+    /// # Safety
+    /// As [`Element::load16`], with `p..p+n` readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16_tail(p: *const Self, n: usize) -> __m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Lanes `0..n` of a 16-lane mask.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
 }
 
 impl Element for f32 {
@@ -77,6 +99,18 @@ impl Element for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> f32 {
         x
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_tail(p: *const f32, n: usize) -> __m512 {
+        // SAFETY: masked lanes are not read.
+        unsafe { _mm512_maskz_loadu_ps(tail_mask(n), p) }
     }
 }
 
@@ -89,6 +123,24 @@ impl Element for bf16 {
     #[inline(always)]
     fn from_f32(x: f32) -> bf16 {
         bf16::from_f32(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16) -> __m512 {
+        // SAFETY: the caller's contract; widening is exact (bf16 is the top half of an f32).
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_tail(p: *const bf16, n: usize) -> __m512 {
+        // SAFETY: masked lanes are not read.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(tail_mask(n), p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
     }
 }
 
@@ -296,6 +348,11 @@ struct Scratch {
     keys: Vec<usize>,
     /// One value row widened to f32.
     value: Vec<f32>,
+    /// One KV head's chunk of keys transposed to `[d, ck rounded up to 16]` f32 (many-row
+    /// items: scores then vectorize across keys).
+    kt: Vec<f32>,
+    /// Addresses of one KV head's value rows in the chunk (many-row items).
+    vptr: Vec<usize>,
 }
 
 thread_local! {
@@ -333,6 +390,18 @@ impl<T: Element> Ctx<'_, T> {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_avx2(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
         self.item_body::<true>(it, sc, out)
+    }
+
+    /// The AVX-512 many-row tiles, where the CPU has AVX-512 and `d` is a multiple of
+    /// [`LANES`]; `None` sends items to the portable loops.
+    #[inline(always)]
+    fn tiles(&self, d: usize) -> Option<Tiles> {
+        #[cfg(target_arch = "x86_64")]
+        if d.is_multiple_of(LANES) && std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Tiles(()));
+        }
+        let _ = d;
+        None
     }
 
     /// Offset of `kv_pages[page(key), slot(key), 0, 0]` for key `k` of sequence `seq`.
@@ -439,6 +508,29 @@ impl<T: Element> Ctx<'_, T> {
                         }
                     }
                 }
+            } else if let Some(tiles) = self.tiles(d) {
+                // Many rows: the head's keys transposed once, then tiles of four rows against
+                // 32 keys at a time, accumulated across head_dim without horizontal sums.
+                let ckp = ck.next_multiple_of(LANES);
+                for h in it.h0..it.h1 {
+                    sc.kt.clear();
+                    sc.kt.resize(d * ckp, 0.0);
+                    for (j, &slot) in sc.keys.iter().enumerate() {
+                        let key = &self.kv_pages[slot + 2 * h * d..][..d];
+                        for (c, k) in key.iter().enumerate() {
+                            sc.kt[c * ckp + j] = k.to_f32();
+                        }
+                    }
+                    let first = (h - it.h0) * per_head;
+                    let mut i = first;
+                    while i < first + per_head {
+                        let n = (first + per_head - i).min(4);
+                        let q = &sc.q[i * d..(i + n) * d];
+                        let out = &mut sc.scores[i * ck..(i + n) * ck];
+                        tiles.score(n, q, d, (&sc.kt, ckp), out, ck);
+                        i += n;
+                    }
+                }
             } else {
                 for h in it.h0..it.h1 {
                     let first = (h - it.h0) * per_head;
@@ -501,6 +593,24 @@ impl<T: Element> Ctx<'_, T> {
                                 axpy::<f32, FMA>(w, &sc.value, &mut sc.acc[i * d..(i + 1) * d]);
                             }
                         }
+                    }
+                }
+            } else if let Some(tiles) = self.tiles(d) {
+                // Many rows: tiles of four rows x 32 lanes of head_dim held in registers while
+                // the chunk's values stream by.
+                for h in it.h0..it.h1 {
+                    let first = (h - it.h0) * per_head;
+                    sc.vptr.clear();
+                    sc.vptr.extend(sc.keys.iter().map(|&slot| {
+                        self.kv_pages[slot + (2 * h + 1) * d..][..d].as_ptr() as usize
+                    }));
+                    let mut i = first;
+                    while i < first + per_head {
+                        let n = (first + per_head - i).min(4);
+                        let w = &sc.scores[i * ck..(i + n) * ck];
+                        let acc = &mut sc.acc[i * d..(i + n) * d];
+                        tiles.pv::<T>(n, w, ck, &sc.vptr, acc, d);
+                        i += n;
                     }
                 }
             } else {
@@ -588,6 +698,197 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
     } else {
         a * b + c
+    }
+}
+
+/// Proof that the AVX-512 many-row tiles may run (only [`Ctx::tiles`] makes one).
+#[derive(Clone, Copy)]
+struct Tiles(());
+
+impl Tiles {
+    /// [`tiles::score`] for `n` (1 to 4) rows.
+    #[inline(always)]
+    fn score(
+        self,
+        n: usize,
+        q: &[f32],
+        d: usize,
+        (kt, ckp): (&[f32], usize),
+        out: &mut [f32],
+        ck: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Tiles` exists only where the CPU has AVX-512F.
+        unsafe {
+            match n {
+                4 => tiles::score::<4>(q, d, kt, ckp, out, ck),
+                3 => tiles::score::<3>(q, d, kt, ckp, out, ck),
+                2 => tiles::score::<2>(q, d, kt, ckp, out, ck),
+                _ => tiles::score::<1>(q, d, kt, ckp, out, ck),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, q, d, kt, ckp, out, ck);
+    }
+
+    /// [`tiles::pv`] for `n` (1 to 4) rows; `values` holds the addresses of the chunk's value
+    /// rows of one KV head, `d` values of `T` each, inside the pool.
+    #[inline(always)]
+    fn pv<T: Element>(
+        self,
+        n: usize,
+        w: &[f32],
+        ck: usize,
+        values: &[usize],
+        acc: &mut [f32],
+        d: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `usize` and a pointer have one layout; the addresses point into the pool.
+            let values: &[*const T] =
+                unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) };
+            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F; rows as documented.
+            unsafe {
+                match n {
+                    4 => tiles::pv::<T, 4>(w, ck, values, acc, d),
+                    3 => tiles::pv::<T, 3>(w, ck, values, acc, d),
+                    2 => tiles::pv::<T, 2>(w, ck, values, acc, d),
+                    _ => tiles::pv::<T, 1>(w, ck, values, acc, d),
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, w, ck, values, acc, d);
+    }
+}
+
+/// Vector lanes of the many-row tiles ([`tiles`]): one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// The many-row (prefill) tiles in AVX-512: scores vectorized across keys from a transposed
+/// chunk, and P.V with the rows' accumulators in registers. Plain loops did not vectorize
+/// (LLVM kept the accumulator arrays on the stack).
+#[cfg(target_arch = "x86_64")]
+// Rows index two accumulator arrays (and a pointer) in step: plain index loops read clearer.
+#[allow(clippy::needless_range_loop)]
+mod tiles {
+    use super::{Element, LANES as L};
+    use std::arch::x86_64::*;
+
+    /// Scores of `R` rows (`q`: `R` rows of `d`) against a chunk of keys transposed to
+    /// `kt[d, ckp]` (`ckp` a multiple of 16, zero-padded), into `out` (`R` rows of stride
+    /// `ck`): two vectors of keys at a time where there are, `2 R` accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F available; the slices hold what the dimensions say.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn score<const R: usize>(
+        q: &[f32],
+        d: usize,
+        kt: &[f32],
+        ckp: usize,
+        out: &mut [f32],
+        ck: usize,
+    ) {
+        assert!(
+            q.len() >= R * d && kt.len() >= d * ckp && out.len() >= R * ck && ckp.is_multiple_of(L)
+        );
+        let mut kb = 0;
+        while kb < ckp {
+            let two = kb + 2 * L <= ckp;
+            // SAFETY: bounds asserted above; every offset stays inside them.
+            unsafe {
+                let mut a0 = [_mm512_setzero_ps(); R];
+                let mut a1 = [_mm512_setzero_ps(); R];
+                let (kp, qp) = (kt.as_ptr(), q.as_ptr());
+                if two {
+                    for c in 0..d {
+                        let k0 = _mm512_loadu_ps(kp.add(c * ckp + kb));
+                        let k1 = _mm512_loadu_ps(kp.add(c * ckp + kb + L));
+                        for r in 0..R {
+                            let qv = _mm512_set1_ps(*qp.add(r * d + c));
+                            a0[r] = _mm512_fmadd_ps(qv, k0, a0[r]);
+                            a1[r] = _mm512_fmadd_ps(qv, k1, a1[r]);
+                        }
+                    }
+                } else {
+                    for c in 0..d {
+                        let k0 = _mm512_loadu_ps(kp.add(c * ckp + kb));
+                        for r in 0..R {
+                            let qv = _mm512_set1_ps(*qp.add(r * d + c));
+                            a0[r] = _mm512_fmadd_ps(qv, k0, a0[r]);
+                        }
+                    }
+                }
+                let mut buf = [0.0f32; 2 * L];
+                for r in 0..R {
+                    _mm512_storeu_ps(buf.as_mut_ptr(), a0[r]);
+                    _mm512_storeu_ps(buf.as_mut_ptr().add(L), a1[r]);
+                    let n = (if two { 2 * L } else { L }).min(ck.saturating_sub(kb));
+                    out[r * ck + kb..r * ck + kb + n].copy_from_slice(&buf[..n]);
+                }
+            }
+            kb += if two { 2 * L } else { L };
+        }
+    }
+
+    /// `acc[r] += sum_j w[r, j] * value_j` for `R` rows (`w`: `R` rows of stride `ck`; `acc`:
+    /// `R` rows of `d`, a multiple of 16), 32 (or 16) lanes of head_dim at a time held in
+    /// registers while the chunk's value rows (`values[j]`, `d` each) stream by.
+    ///
+    /// # Safety
+    /// AVX-512F available; `values[j]` point to `d` readable values for `j < ck`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn pv<T: Element, const R: usize>(
+        w: &[f32],
+        ck: usize,
+        values: &[*const T],
+        acc: &mut [f32],
+        d: usize,
+    ) {
+        assert!(
+            w.len() >= R * ck && acc.len() >= R * d && values.len() >= ck && d.is_multiple_of(L)
+        );
+        let mut dc = 0;
+        while dc < d {
+            let two = dc + 2 * L <= d;
+            // SAFETY: bounds asserted above; `values` by the caller's contract.
+            unsafe {
+                let ap = acc.as_mut_ptr();
+                let mut a0 = [_mm512_setzero_ps(); R];
+                let mut a1 = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    a0[r] = _mm512_loadu_ps(ap.add(r * d + dc));
+                    if two {
+                        a1[r] = _mm512_loadu_ps(ap.add(r * d + dc + L));
+                    }
+                }
+                for (j, &vp) in values[..ck].iter().enumerate() {
+                    let v0 = T::load16(vp.add(dc));
+                    if two {
+                        let v1 = T::load16(vp.add(dc + L));
+                        for r in 0..R {
+                            let wv = _mm512_set1_ps(*w.get_unchecked(r * ck + j));
+                            a0[r] = _mm512_fmadd_ps(wv, v0, a0[r]);
+                            a1[r] = _mm512_fmadd_ps(wv, v1, a1[r]);
+                        }
+                    } else {
+                        for r in 0..R {
+                            let wv = _mm512_set1_ps(*w.get_unchecked(r * ck + j));
+                            a0[r] = _mm512_fmadd_ps(wv, v0, a0[r]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    _mm512_storeu_ps(ap.add(r * d + dc), a0[r]);
+                    if two {
+                        _mm512_storeu_ps(ap.add(r * d + dc + L), a1[r]);
+                    }
+                }
+            }
+            dc += if two { 2 * L } else { L };
+        }
     }
 }
 
