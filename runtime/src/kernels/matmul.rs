@@ -228,6 +228,9 @@ mod avx512 {
                 while c < kv {
                     let mut wv = [_mm512_setzero_ps(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
+                        // The next tile's rows (contiguous after these): hardware prefetch
+                        // alone left b8's matmuls at 33.5 ms against 26.4 with this.
+                        _mm_prefetch::<_MM_HINT_T0>(self.w.add((jj + NT) * k + c).cast::<i8>());
                         *v = W::load16(self.w.add(jj * k + c));
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {

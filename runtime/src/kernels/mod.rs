@@ -115,7 +115,7 @@ fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         return Err(format!("{MATMUL_TARGET}: x and the result must be f32"));
     }
     let shape = matmul::MatmulShape { m, k, n };
-    let workers = XlaPool { frame };
+    let workers = &XlaPool { frame };
     if out.elements() == 0 {
         return Ok(());
     }
@@ -125,8 +125,8 @@ fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         let xs = slice::<f32>(x);
         let o = std::slice::from_raw_parts_mut(out.data.cast::<f32>(), out.elements());
         match w.dtype {
-            dtype::F32 => matmul::matmul(&shape, xs, slice::<f32>(w), o, &workers),
-            dtype::BF16 => matmul::matmul(&shape, xs, slice::<bf16>(w), o, &workers),
+            dtype::F32 => matmul::matmul(&shape, xs, slice::<f32>(w), o, workers),
+            dtype::BF16 => matmul::matmul(&shape, xs, slice::<bf16>(w), o, workers),
             d => {
                 return Err(format!(
                     "{MATMUL_TARGET}: unsupported weight dtype {d} (f32 or bf16)"
