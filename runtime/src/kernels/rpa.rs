@@ -163,7 +163,8 @@ impl Workers for Serial {
     }
 }
 
-/// One work item: rows `r0..r1` of sequence `seq`, KV heads `h0..h1` (with their query heads).
+/// One work item: rows `r0..r1` of sequence `seq`, KV heads `h0..h1` (with their query heads),
+/// keys `k0..k1` of what those rows see.
 #[derive(Clone, Copy, Debug)]
 struct Item {
     seq: usize,
@@ -171,7 +172,24 @@ struct Item {
     h1: usize,
     r0: usize,
     r1: usize,
+    k0: usize,
+    k1: usize,
+    /// Where a split item (one key range of several) leaves its rows' running max, sum and
+    /// unnormalized accumulator in the call's partials, `d + 2` floats a row; `None`: the
+    /// item sees all its keys and writes the output itself.
+    part: Option<usize>,
 }
+
+impl Item {
+    /// Whether `o` covers the same rows and heads (another key range of the same work).
+    fn same_rows(&self, o: &Item) -> bool {
+        (self.seq, self.h0, self.h1, self.r0, self.r1) == (o.seq, o.h0, o.h1, o.r0, o.r1)
+    }
+}
+
+/// Fewest keys a split item scores: below this, combining partial softmaxes costs more than the
+/// balance gained.
+const MIN_SPLIT_KEYS: usize = 256;
 
 /// How many key slots ahead the scoring pass prefetches.
 const PREFETCH_SLOTS: usize = 2;
@@ -180,7 +198,7 @@ const PREFETCH_SLOTS: usize = 2;
 const ITEMS_PER_THREAD: usize = 4;
 
 /// Checks the metadata and lists the work items (validation happens here, once).
-fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Vec<Item>, RpaError> {
+fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Plan, RpaError> {
     let num_seqs = usize::try_from(m.num_seqs)
         .ok()
         .filter(|&n| n <= s.max_seqs)
@@ -218,10 +236,11 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Vec<
                  slots)"
             )));
         }
+        let kv_len = kv_len as usize;
         blocks.extend(
             (0..q_len)
                 .step_by(q_block)
-                .map(|r0| (seq, r0, (r0 + q_block).min(q_len))),
+                .map(|r0| (seq, r0, (r0 + q_block).min(q_len), q_len, kv_len)),
         );
     }
     // A key slot holds every KV head side by side, so an item that takes all heads reads its
@@ -229,19 +248,57 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Vec<
     let want = threads.max(1) * ITEMS_PER_THREAD;
     let splits = want.div_ceil(blocks.len().max(1)).clamp(1, s.kv_heads);
     let per = s.kv_heads.div_ceil(splits);
-    let mut items = Vec::with_capacity(blocks.len() * splits);
-    for (seq, r0, r1) in blocks {
+    // Still too few (a batch of one or two long sequences): split each item's keys into
+    // ranges, combined after the items run (flash-decoding).
+    let key_splits = want.div_ceil(blocks.len() * splits.max(1));
+    let g = s.q_heads / s.kv_heads.max(1);
+    let mut items = Vec::with_capacity(blocks.len() * splits * key_splits);
+    let mut partials = 0;
+    for (seq, r0, r1, q_len, kv_len) in blocks {
+        let key_hi = kv_len - q_len + r1;
+        let key_lo = match p.sliding_window {
+            Some(w) => (kv_len - q_len + r0 + 1).saturating_sub(w),
+            None => 0,
+        };
+        let ks = key_splits.min((key_hi - key_lo) / MIN_SPLIT_KEYS).max(1);
+        let span = (key_hi - key_lo)
+            .div_ceil(ks)
+            .next_multiple_of(s.page_size.max(1));
         for h0 in (0..s.kv_heads).step_by(per) {
-            items.push(Item {
+            let h1 = (h0 + per).min(s.kv_heads);
+            let item = Item {
                 seq,
                 h0,
-                h1: (h0 + per).min(s.kv_heads),
+                h1,
                 r0,
                 r1,
-            });
+                k0: 0,
+                k1: usize::MAX,
+                part: None,
+            };
+            if ks == 1 {
+                items.push(item);
+                continue;
+            }
+            let rows = (h1 - h0) * (r1 - r0) * g;
+            for k0 in (key_lo..key_hi).step_by(span) {
+                items.push(Item {
+                    k0,
+                    k1: (k0 + span).min(key_hi),
+                    part: Some(partials),
+                    ..item
+                });
+                partials += rows * (s.head_dim + 2);
+            }
         }
     }
-    Ok(items)
+    Ok(Plan { items, partials })
+}
+
+/// The work items of a call, and the floats their split items leave in the partials.
+struct Plan {
+    items: Vec<Item>,
+    partials: usize,
 }
 
 /// Ragged paged attention: writes `out` (same shape as `q`).
@@ -255,17 +312,19 @@ pub fn rpa<T: Element>(
     workers: &dyn Workers,
 ) -> Result<(), RpaError> {
     check_lengths(s, q, kv_pages, m, out)?;
-    let items = plan(s, p, m, workers.threads())?;
+    let Plan { items, partials } = plan(s, p, m, workers.threads())?;
     let valid_rows = m.cu_q_lens[m.num_seqs as usize] as usize;
     let row = s.q_heads * s.head_dim;
     out[valid_rows * row..].fill(T::from_f32(0.0));
     let out_ptr = SharedOut(out.as_mut_ptr());
+    let mut partials = vec![0.0f32; partials];
     let ctx = Ctx {
         s,
         p,
         q,
         kv_pages,
         m,
+        parts: SharedOut(partials.as_mut_ptr()),
     };
     let body = |i: usize| {
         SCRATCH.with(|scratch| {
@@ -275,6 +334,18 @@ pub fn rpa<T: Element>(
         })
     };
     workers.run(items.len(), &body);
+    let mut i = 0;
+    while i < items.len() {
+        let n = items[i..]
+            .iter()
+            .take_while(|o| o.part.is_some() && o.same_rows(&items[i]))
+            .count();
+        if n > 0 {
+            // SAFETY: every item has run; these split items' rows are theirs alone in `out`.
+            unsafe { ctx.combine(&items[i..i + n], &partials, &out_ptr) };
+        }
+        i += n.max(1);
+    }
     Ok(())
 }
 
@@ -336,6 +407,8 @@ struct Ctx<'a, T> {
     q: &'a [T],
     kv_pages: &'a [T],
     m: &'a RpaMeta<'a>,
+    /// The call's partials ([`Item::part`]); split items write disjoint ranges.
+    parts: SharedOut<f32>,
 }
 
 #[derive(Default)]
@@ -451,10 +524,7 @@ impl<T: Element> Ctx<'_, T> {
             Some(w) => (pos(r) + 1).saturating_sub(w),
             None => 0,
         };
-        let q_row = |i: usize| {
-            let (kvh, r, j) = (it.h0 + i / per_head, it.r0 + (i / g) % rows, i % g);
-            ((q_start + r) * s.q_heads + kvh * g + j) * d
-        };
+        let q_row = |i: usize| self.row_offset(it, i);
 
         sc.q.clear();
         for i in 0..nr {
@@ -472,7 +542,7 @@ impl<T: Element> Ctx<'_, T> {
         sc.acc.clear();
         sc.acc.resize(nr * d, 0.0);
 
-        let (key_lo, key_hi) = (lo_of(it.r0), pos(it.r1 - 1) + 1);
+        let (key_lo, key_hi) = (lo_of(it.r0).max(it.k0), (pos(it.r1 - 1) + 1).min(it.k1));
         let chunk = (p.kv_pages_block.max(1) * s.page_size).max(1);
         let mut c0 = key_lo;
         while c0 < key_hi {
@@ -631,12 +701,80 @@ impl<T: Element> Ctx<'_, T> {
             c0 = c1;
         }
 
+        if let Some(part) = it.part {
+            for i in 0..nr {
+                let at = part + i * (d + 2);
+                // SAFETY: `plan` gave this item `nr * (d + 2)` floats of the partials from
+                // `part`, which no other item writes.
+                unsafe {
+                    *self.parts.0.add(at) = sc.m[i];
+                    *self.parts.0.add(at + 1) = sc.l[i];
+                    std::ptr::copy_nonoverlapping(
+                        sc.acc[i * d..].as_ptr(),
+                        self.parts.0.add(at + 2),
+                        d,
+                    );
+                }
+            }
+            return;
+        }
         for i in 0..nr {
             let base = q_row(i);
             let inv = 1.0 / sc.l[i];
             for (e, a) in sc.acc[i * d..(i + 1) * d].iter().enumerate() {
                 // SAFETY: `base + e` lies in this item's (row, head) range of `out` (caller's
                 // contract), which no other item writes.
+                unsafe { *out.0.add(base + e) = T::from_f32(a * inv) };
+            }
+        }
+    }
+
+    /// Offset in `q` and `out` of row `i` of `it`'s tiles: (KV head `h0 + i / (rows * g)`,
+    /// query row `r0 + (i / g) % rows`, head `i % g` of that KV head's group).
+    fn row_offset(&self, it: &Item, i: usize) -> usize {
+        let s = self.s;
+        let g = s.q_heads / s.kv_heads;
+        let rows = it.r1 - it.r0;
+        let q_start = self.m.cu_q_lens[it.seq] as usize;
+        let (kvh, r, j) = (it.h0 + i / (rows * g), it.r0 + (i / g) % rows, i % g);
+        ((q_start + r) * s.q_heads + kvh * g + j) * s.head_dim
+    }
+
+    /// Merges the partial softmaxes of `split` (one item's key ranges) into its output rows.
+    ///
+    /// # Safety
+    /// Every item of `split` has run; no other thread writes their rows of `out`.
+    unsafe fn combine(&self, split: &[Item], partials: &[f32], out: &SharedOut<T>) {
+        let it = &split[0];
+        let d = self.s.head_dim;
+        let g = self.s.q_heads / self.s.kv_heads;
+        let nr = (it.h1 - it.h0) * (it.r1 - it.r0) * g;
+        let mut acc = vec![0.0f32; d];
+        for i in 0..nr {
+            let at = |o: &Item| o.part.expect("split items have partials") + i * (d + 2);
+            let mx = split
+                .iter()
+                .map(|o| partials[at(o)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            acc.fill(0.0);
+            let mut l = 0.0f32;
+            if mx > f32::NEG_INFINITY {
+                for o in split {
+                    let (m_o, l_o) = (partials[at(o)], partials[at(o) + 1]);
+                    if l_o == 0.0 {
+                        continue;
+                    }
+                    let w = (m_o - mx).exp();
+                    l += l_o * w;
+                    for (a, x) in acc.iter_mut().zip(&partials[at(o) + 2..at(o) + 2 + d]) {
+                        *a += w * x;
+                    }
+                }
+            }
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            let base = self.row_offset(it, i);
+            for (e, a) in acc.iter().enumerate() {
+                // SAFETY: the item's rows of `out` (caller's contract).
                 unsafe { *out.0.add(base + e) = T::from_f32(a * inv) };
             }
         }
@@ -1011,6 +1149,128 @@ fn axpy<T: Element, const FMA: bool>(w: f32, v: &[T], acc: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs items one after another but reports `n` threads, so the planner splits keys.
+    struct Claims(usize);
+    impl Workers for Claims {
+        fn threads(&self) -> usize {
+            self.0
+        }
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            (0..n).rev().for_each(f);
+        }
+    }
+
+    /// A deterministic spread of values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Long sequences on few items are split into key ranges whose partial softmaxes are
+    /// combined: the result equals an f64 reference, with and without a sliding window, for
+    /// any thread count the planner is told (1 to 16 items per KV head).
+    #[test]
+    fn split_key_ranges_combine_to_the_reference() {
+        let s = RpaShape {
+            tokens: 8,
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            total_pages: 70,
+            page_size: 16,
+            max_seqs: 2,
+            pages_per_seq: 64,
+        };
+        let (kv_lens, cu) = (vec![1000, 700], vec![0, 5, 6]);
+        // Pages of the two sequences interleaved through the pool.
+        let pages: Vec<i32> = (0..128).map(|i| (i * 37) % 70).collect();
+        let d = s.head_dim;
+        let q = values(s.tokens * s.q_heads * d, 3);
+        let kv = values(s.total_pages * s.page_size * 2 * s.kv_heads * d, 5);
+        for window in [None, Some(600)] {
+            let p = RpaParams {
+                sm_scale: 0.125,
+                soft_cap: None,
+                sliding_window: window,
+                q_block: 8,
+                kv_pages_block: 4,
+            };
+            let m = RpaMeta {
+                kv_lens: &kv_lens,
+                page_indices: &pages,
+                cu_q_lens: &cu,
+                num_seqs: 2,
+            };
+            let want = reference(&s, &p, &q, &kv, &m);
+            for threads in [1, 2, 8] {
+                let split = plan(&s, &p, &m, threads).unwrap();
+                assert!(
+                    threads == 1 || split.partials > 0,
+                    "{threads} threads: no split"
+                );
+                let mut out = vec![f32::NAN; q.len()];
+                rpa(&s, &p, &q, &kv, &m, &mut out, &Claims(threads)).unwrap();
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-5,
+                        "window {window:?}, {threads} threads, value {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Causal attention in f64 over the pool, rows past the batch zero.
+    fn reference(s: &RpaShape, p: &RpaParams, q: &[f32], kv: &[f32], m: &RpaMeta) -> Vec<f64> {
+        let (d, g) = (s.head_dim, s.q_heads / s.kv_heads);
+        let mut out = vec![0.0f64; q.len()];
+        for seq in 0..m.num_seqs as usize {
+            let (c0, c1) = (m.cu_q_lens[seq] as usize, m.cu_q_lens[seq + 1] as usize);
+            let kv_len = m.kv_lens[seq] as usize;
+            for t in c0..c1 {
+                let pos = kv_len - (c1 - c0) + (t - c0);
+                let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for h in 0..s.q_heads {
+                    let qr = &q[(t * s.q_heads + h) * d..][..d];
+                    let slot = |k: usize, which: usize| {
+                        let page = m.page_indices[seq * s.pages_per_seq + k / s.page_size];
+                        let at = (page as usize * s.page_size + k % s.page_size) * 2 * s.kv_heads;
+                        &kv[(at + 2 * (h / g) + which) * d..][..d]
+                    };
+                    let scores: Vec<f64> = (lo..=pos)
+                        .map(|k| {
+                            let dot: f64 = qr
+                                .iter()
+                                .zip(slot(k, 0))
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum();
+                            dot * p.sm_scale as f64
+                        })
+                        .collect();
+                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for (k, w) in (lo..=pos).zip(&e) {
+                        for (o, v) in out[(t * s.q_heads + h) * d..][..d]
+                            .iter_mut()
+                            .zip(slot(k, 1))
+                        {
+                            *o += w / sum * *v as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 
     #[test]
     fn exp_approx_is_within_its_stated_error() {
