@@ -191,7 +191,8 @@ impl Item {
 /// balance gained.
 const MIN_SPLIT_KEYS: usize = 256;
 
-/// How many key slots ahead the scoring pass prefetches.
+/// How many key slots ahead the scoring pass prefetches (8 and 24 were no faster in a pool
+/// larger than the caches).
 const PREFETCH_SLOTS: usize = 2;
 
 /// Items per thread the planner aims for, so threads finish close together.
@@ -244,15 +245,13 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Plan
         );
     }
     // A key slot holds every KV head side by side, so an item that takes all heads reads its
-    // pages front to back. Heads are split only when there are too few blocks to share out.
+    // pages front to back. When there are too few blocks to share out, a long block's keys are
+    // split into ranges first (flash-decoding: their partial softmaxes are combined after the
+    // items run), and its heads only where the keys are too few to split.
     let want = threads.max(1) * ITEMS_PER_THREAD;
-    let splits = want.div_ceil(blocks.len().max(1)).clamp(1, s.kv_heads);
-    let per = s.kv_heads.div_ceil(splits);
-    // Still too few (a batch of one or two long sequences): split each item's keys into
-    // ranges, combined after the items run (flash-decoding).
-    let key_splits = want.div_ceil(blocks.len() * splits.max(1));
+    let per_block = want.div_ceil(blocks.len().max(1));
     let g = s.q_heads / s.kv_heads.max(1);
-    let mut items = Vec::with_capacity(blocks.len() * splits * key_splits);
+    let mut items = Vec::with_capacity(blocks.len() * per_block);
     let mut partials = 0;
     for (seq, r0, r1, q_len, kv_len) in blocks {
         let key_hi = kv_len - q_len + r1;
@@ -260,10 +259,12 @@ fn plan(s: &RpaShape, p: &RpaParams, m: &RpaMeta, threads: usize) -> Result<Plan
             Some(w) => (kv_len - q_len + r0 + 1).saturating_sub(w),
             None => 0,
         };
-        let ks = key_splits.min((key_hi - key_lo) / MIN_SPLIT_KEYS).max(1);
+        let ks = per_block.min((key_hi - key_lo) / MIN_SPLIT_KEYS).max(1);
         let span = (key_hi - key_lo)
             .div_ceil(ks)
             .next_multiple_of(s.page_size.max(1));
+        let head_splits = per_block.div_ceil(ks).clamp(1, s.kv_heads);
+        let per = s.kv_heads.div_ceil(head_splits);
         for h0 in (0..s.kv_heads).step_by(per) {
             let h1 = (h0 + per).min(s.kv_heads);
             let item = Item {
@@ -558,6 +559,7 @@ impl<T: Element> Ctx<'_, T> {
             // query rows stay in registers while the head's keys stream through L1.
             if per_head <= 4 {
                 // Decode-like items: few rows; prefetch the next slots as keys are read.
+                let tiles = self.tiles(d);
                 for (j, &slot) in sc.keys.iter().enumerate() {
                     if let Some(&ahead) = sc.keys.get(j + PREFETCH_SLOTS) {
                         self.prefetch(ahead, it.h0, it.h1);
@@ -566,7 +568,11 @@ impl<T: Element> Ctx<'_, T> {
                         let key = &self.kv_pages[slot + 2 * h * d..][..d];
                         let first = (h - it.h0) * per_head;
                         let rows = first..first + per_head;
-                        if std::mem::size_of::<T>() == 4 || per_head.is_multiple_of(4) {
+                        if let Some(tiles) = tiles {
+                            let q = &sc.q[first * d..(first + per_head) * d];
+                            let out = &mut sc.scores[first * ck..];
+                            tiles.score_key(per_head, q, key, (out, j, ck));
+                        } else if std::mem::size_of::<T>() == 4 || per_head.is_multiple_of(4) {
                             score_rows::<T, FMA>(&sc.q, &mut sc.scores, rows, (j, ck), key);
                         } else {
                             // Narrow keys for fewer than four rows: widened once for them.
@@ -645,9 +651,27 @@ impl<T: Element> Ctx<'_, T> {
                         .for_each(|a| *a *= corr);
                 }
             }
-            // P.V. Few rows: each value row is read once for all of them. Many rows: each row's
-            // accumulator stays in L1 while its head's values stream by.
-            if per_head <= 4 {
+            // P.V. With AVX-512: tiles of up to four rows x 32 lanes of head_dim held in
+            // registers while the chunk's values of their head stream by. Otherwise few rows:
+            // each value row is read once for all of them; many rows: each row's accumulator
+            // stays in L1 while its head's values stream by.
+            if let Some(tiles) = self.tiles(d) {
+                for h in it.h0..it.h1 {
+                    let first = (h - it.h0) * per_head;
+                    sc.vptr.clear();
+                    sc.vptr.extend(sc.keys.iter().map(|&slot| {
+                        self.kv_pages[slot + (2 * h + 1) * d..][..d].as_ptr() as usize
+                    }));
+                    let mut i = first;
+                    while i < first + per_head {
+                        let n = (first + per_head - i).min(4);
+                        let w = &sc.scores[i * ck..(i + n) * ck];
+                        let acc = &mut sc.acc[i * d..(i + n) * d];
+                        tiles.pv::<T>(n, w, ck, &sc.vptr, acc, d);
+                        i += n;
+                    }
+                }
+            } else if per_head <= 4 {
                 for (j, &slot) in sc.keys.iter().enumerate() {
                     for h in it.h0..it.h1 {
                         let value = &self.kv_pages[slot + (2 * h + 1) * d..][..d];
@@ -663,24 +687,6 @@ impl<T: Element> Ctx<'_, T> {
                                 axpy::<f32, FMA>(w, &sc.value, &mut sc.acc[i * d..(i + 1) * d]);
                             }
                         }
-                    }
-                }
-            } else if let Some(tiles) = self.tiles(d) {
-                // Many rows: tiles of four rows x 32 lanes of head_dim held in registers while
-                // the chunk's values stream by.
-                for h in it.h0..it.h1 {
-                    let first = (h - it.h0) * per_head;
-                    sc.vptr.clear();
-                    sc.vptr.extend(sc.keys.iter().map(|&slot| {
-                        self.kv_pages[slot + (2 * h + 1) * d..][..d].as_ptr() as usize
-                    }));
-                    let mut i = first;
-                    while i < first + per_head {
-                        let n = (first + per_head - i).min(4);
-                        let w = &sc.scores[i * ck..(i + n) * ck];
-                        let acc = &mut sc.acc[i * d..(i + n) * d];
-                        tiles.pv::<T>(n, w, ck, &sc.vptr, acc, d);
-                        i += n;
                     }
                 }
             } else {
@@ -869,6 +875,37 @@ impl Tiles {
         let _ = (n, q, d, kt, ckp, out, ck);
     }
 
+    /// [`tiles::score_key`] for `n` (1 to 4) rows, into column `j` of `scores` (stride `ck`).
+    #[inline(always)]
+    fn score_key<T: Element>(
+        self,
+        n: usize,
+        q: &[f32],
+        key: &[T],
+        (scores, j, ck): (&mut [f32], usize, usize),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let d = key.len();
+            let mut put = |r: &[f32]| {
+                for (e, v) in r.iter().enumerate() {
+                    scores[e * ck + j] = *v;
+                }
+            };
+            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F and d % 16 == 0.
+            unsafe {
+                match n {
+                    4 => put(&tiles::score_key::<T, 4>(q, key.as_ptr(), d)),
+                    3 => put(&tiles::score_key::<T, 3>(q, key.as_ptr(), d)),
+                    2 => put(&tiles::score_key::<T, 2>(q, key.as_ptr(), d)),
+                    _ => put(&tiles::score_key::<T, 1>(q, key.as_ptr(), d)),
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, q, key, scores, j, ck);
+    }
+
     /// [`tiles::pv`] for `n` (1 to 4) rows; `values` holds the addresses of the chunk's value
     /// rows of one KV head, `d` values of `T` each, inside the pool.
     #[inline(always)]
@@ -968,6 +1005,32 @@ mod tiles {
                 }
             }
             kb += if two { 2 * L } else { L };
+        }
+    }
+
+    /// Scores of `R` rows (`q`: `R` rows of `d`, a multiple of 16) against one key at `key`
+    /// (`d` values): `R` accumulators over d, then one tree reduction each.
+    ///
+    /// # Safety
+    /// AVX-512F (and BW, VL for bf16) available; `key` points to `d` readable values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn score_key<T: Element, const R: usize>(
+        q: &[f32],
+        key: *const T,
+        d: usize,
+    ) -> [f32; R] {
+        assert!(q.len() >= R * d && d.is_multiple_of(L));
+        // SAFETY: bounds asserted above; `key` by the caller's contract.
+        unsafe {
+            let qp = q.as_ptr();
+            let mut a = [_mm512_setzero_ps(); R];
+            for c in (0..d).step_by(L) {
+                let k = T::load16(key.add(c));
+                for r in 0..R {
+                    a[r] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * d + c)), k, a[r]);
+                }
+            }
+            a.map(|v| _mm512_reduce_add_ps(v))
         }
     }
 
