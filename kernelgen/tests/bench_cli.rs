@@ -145,11 +145,26 @@ fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
         );
     }
 
-    // The bandwidth bound: every sequence's K/V bytes at the bandwidth measured in the run.
-    let bound = r["bound_ms"].as_f64().unwrap();
+    // The bound: every sequence's K/V bytes at the bandwidth measured in the run, or the
+    // flops (each decode row sees kv_len keys: 4 x head_dim x q heads each) at the matmul
+    // rate measured in the run, the larger.
     let kv_bytes: u64 = seqs.iter().map(|s| s[1].as_u64().unwrap()).sum::<u64>() * 2 * 3 * 64 * 4; // SmolLM2: 3 KV heads of 64, f32
     let want = 2.0 * kv_bytes as f64 / (r["bandwidth_gbs"].as_f64().unwrap() * 1e9) * 1e3;
-    assert!((bound - want).abs() <= 1e-9 * want, "{bound} vs {want}");
+    let bandwidth_bound = r["bandwidth_bound_ms"].as_f64().unwrap();
+    assert!(
+        (bandwidth_bound - want).abs() <= 1e-9 * want,
+        "{bandwidth_bound} vs {want}"
+    );
+    let flops: u64 = seqs.iter().map(|s| s[1].as_u64().unwrap()).sum::<u64>() * 4 * 64 * 9;
+    assert_eq!(r["flops"].as_u64().unwrap(), flops);
+    let want = 2.0 * flops as f64 / (r["matmul_gflops"].as_f64().unwrap() * 1e9) * 1e3;
+    let compute_bound = r["compute_bound_ms"].as_f64().unwrap();
+    assert!(
+        (compute_bound - want).abs() <= 1e-9 * want,
+        "{compute_bound} vs {want}"
+    );
+    let bound = r["bound_ms"].as_f64().unwrap();
+    assert_eq!(bound, bandwidth_bound.max(compute_bound));
     for row in rows {
         let of_bound = row["of_bound"].as_f64().unwrap();
         assert!((of_bound - bound / row["chain_ms"].as_f64().unwrap()).abs() <= 1e-9);
@@ -164,6 +179,43 @@ fn kernel_bench_times_artifacts_against_the_first_on_one_batch() {
     let speedup = peer["speedups"][0].as_f64().unwrap();
     let ms = r["rows"][0]["chain_ms"].as_f64().unwrap();
     assert!((speedup - peer_ms / ms).abs() <= 1e-9 * speedup, "{peer}");
+
+    // --mixed: prompt rows beside decode rows in the 4 query rows; the flops count the keys
+    // each row sees (causal within its sequence), and the JAX peer runs the same batch
+    let r = bench_kernel(&[
+        a_s,
+        "--mixed",
+        "--seqs",
+        "2",
+        "--layers",
+        "1",
+        "--repeats",
+        "1",
+        "--peer",
+        "jax",
+    ]);
+    assert_eq!(r["mixed"], true);
+    let seqs: Vec<(u64, u64)> = r["seqs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    assert!(seqs.iter().map(|s| s.0).sum::<u64>() <= 4, "{seqs:?}");
+    let keys: u64 = seqs
+        .iter()
+        .flat_map(|&(q, kv)| (0..q).map(move |r| kv - q + r + 1))
+        .sum();
+    assert_eq!(r["flops"].as_u64().unwrap(), keys * 4 * 64 * 9);
+    assert!(r["peer"]["chain_ms"].as_f64().unwrap() > 0.0);
+    let o = kernelgen(&["bench", "kernel", a_s, "--mixed", "--repeats", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--max-tokens above --max-seqs"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub struct KernelBench {
     pub artifacts: Vec<PathBuf>,
     /// Decode sequences in the batch (`None`: as many as the artifacts hold).
     pub seqs: Option<usize>,
+    /// A mixed prefill+decode batch (half decode rows, the rest prompt chunks and whole
+    /// prompts) instead of decode rows alone.
+    pub mixed: bool,
     /// KV length of every sequence (`None`: drawn from the seed).
     pub kv_len: Option<usize>,
     /// Kernel calls chained per run (one per model layer).
@@ -56,8 +59,8 @@ pub struct Row {
     pub per_call_us: f64,
     /// `chain_ms` over the first artifact's.
     pub ratio: f64,
-    /// The bandwidth bound over `chain_ms`: the fraction of the host's memory bandwidth the
-    /// chain's K/V reads ran at.
+    /// The bound (`KernelReport::bound_ms`) over `chain_ms`: for a decode batch, the fraction
+    /// of the host's memory bandwidth the chain's K/V reads ran at.
     pub of_bound: f64,
 }
 
@@ -67,6 +70,8 @@ pub struct KernelReport {
     pub layers: u32,
     pub repeats: u32,
     pub seed: u64,
+    /// Whether the batch mixed prompt rows with decode rows.
+    pub mixed: bool,
     /// (q_len, kv_len) of each sequence of the batch.
     pub seqs: Vec<(usize, usize)>,
     pub rows: Vec<Row>,
@@ -76,6 +81,15 @@ pub struct KernelReport {
     pub bandwidth_gbs: f64,
     /// Milliseconds the chain's K/V bytes (every sequence's keys and values, each call) take at
     /// that bandwidth.
+    pub bandwidth_bound_ms: f64,
+    /// Flops of one call (QK and PV over every key each row sees).
+    pub flops: u64,
+    /// The f32 matmul rate measured in the same run (XLA's dot, 256 x 1024 x 1024), GFLOP/s.
+    pub matmul_gflops: f64,
+    /// Milliseconds the chain's flops take at that rate.
+    pub compute_bound_ms: f64,
+    /// The larger of the two bounds: a decode batch is bounded by its K/V reads, a batch of
+    /// prompt rows by its arithmetic.
     pub bound_ms: f64,
 }
 
@@ -178,9 +192,25 @@ fn draw_batch(b: &KernelBench, cfg: &KernelConfig) -> Result<RaggedBatch, BenchE
             )));
         }
     }
-    let spec = BatchSpec {
-        kv_len: b.kv_len,
-        ..BatchSpec::decode_only(seqs)
+    let spec = if b.mixed {
+        if problem.max_num_tokens <= seqs {
+            return Err(BenchError::Options(format!(
+                "--mixed: {seqs} sequences fill all {} query rows with decode rows; rebuild with \
+                 --max-tokens above --max-seqs (e.g. 256 for 16 sequences) or pass fewer --seqs",
+                problem.max_num_tokens
+            )));
+        }
+        BatchSpec {
+            num_seqs: Some(seqs),
+            decode_fraction: 0.5,
+            full_prefill_fraction: 0.25,
+            kv_len: b.kv_len,
+        }
+    } else {
+        BatchSpec {
+            kv_len: b.kv_len,
+            ..BatchSpec::decode_only(seqs)
+        }
     };
     Ok(RaggedBatch::generate(
         &problem,
@@ -257,7 +287,11 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
         * 2
         * (g.num_kv_heads * g.head_dim) as usize
         * first.dtype().bytes() as usize;
-    let bound_ms = (kv_bytes as f64 * b.layers as f64) / (bandwidth_gbs * 1e9) * 1e3;
+    let bandwidth_bound_ms = (kv_bytes as f64 * b.layers as f64) / (bandwidth_gbs * 1e9) * 1e3;
+    let flops = attention_flops(first, &batch.seq_lens());
+    let matmul_gflops = super::probes::matmul(&client, 256, 1024, 1024)?;
+    let compute_bound_ms = flops as f64 * b.layers as f64 / (matmul_gflops * 1e9) * 1e3;
+    let bound_ms = bandwidth_bound_ms.max(compute_bound_ms);
     let rows = medians
         .iter()
         .zip(artifacts.iter().zip(&b.artifacts))
@@ -287,12 +321,35 @@ pub fn run(b: &KernelBench) -> Result<KernelReport, BenchError> {
         layers: b.layers,
         repeats: b.repeats,
         seed: b.seed,
+        mixed: b.mixed,
         seqs: batch.seq_lens(),
         rows,
         peer,
         bandwidth_gbs,
+        bandwidth_bound_ms,
+        flops,
+        matmul_gflops,
+        compute_bound_ms,
         bound_ms,
     })
+}
+
+/// Multiply-adds of one call on a batch of `(q_len, kv_len)` sequences, as flops: each query
+/// row and head scores every key it sees (causal, within the sliding window) and weighs its
+/// value, 2 x head_dim each.
+fn attention_flops(cfg: &KernelConfig, seqs: &[(usize, usize)]) -> u64 {
+    let g = cfg.geometry();
+    let window = cfg.sliding_window().map(|w| w as usize);
+    let keys: u64 = seqs
+        .iter()
+        .flat_map(|&(q_len, kv_len)| {
+            (0..q_len).map(move |r| {
+                let seen = kv_len - q_len + r + 1;
+                window.map_or(seen, |w| seen.min(w)) as u64
+            })
+        })
+        .sum();
+    keys * 4 * g.head_dim as u64 * g.num_q_heads as u64
 }
 
 /// The JAX peer script, written next to the project's JAX venv when first used.
@@ -326,6 +383,7 @@ fn jax_peer(
         "cu_q_lens": batch.cu_q_lens,
         "tables": tables.iter().map(|t| t.chunks(pps).take(s).collect::<Vec<_>>()).collect::<Vec<_>>(),
         "sm_scale": cfg.sm_scale(),
+        "max_q": batch.seq_lens().iter().map(|s| s.0).max().unwrap_or(1).max(1),
         "warmup": 3,
         "repeats": b.repeats,
     });

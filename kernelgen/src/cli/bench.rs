@@ -403,6 +403,11 @@ pub struct KernelBenchArgs {
     /// Decode sequences in the batch [default: as many as the artifacts hold]
     #[arg(long)]
     pub seqs: Option<usize>,
+    /// A mixed batch instead of decode rows alone: half the sequences (drawn from --seed) are
+    /// decode rows, the rest prompt chunks or whole prompts, as a serving step that admits new
+    /// requests holds; needs artifacts with --max-tokens above --max-seqs
+    #[arg(long)]
+    pub mixed: bool,
     /// KV length of every sequence (the new token included) [default: drawn from --seed, up to
     /// pages-per-seq x page size]
     #[arg(long)]
@@ -673,6 +678,7 @@ fn run_kernel(a: KernelBenchArgs) -> anyhow::Result<ExitCode> {
     let b = bench::kernel::KernelBench {
         artifacts: a.artifacts.clone(),
         seqs: a.seqs,
+        mixed: a.mixed,
         kv_len: a.kv_len,
         layers: a.layers,
         repeats: a.repeats,
@@ -693,15 +699,22 @@ fn print_kernel(report: &KernelReport) {
     let max_kv = report.seqs.iter().map(|s| s.1).max().unwrap_or(0);
     println!("plugin {}", report.plugin);
     println!(
-        "{} chained calls per run on one decode batch ({} seqs, kv_len <= {max_kv}, seed {}); median of {} rounds",
+        "{} chained calls per run on one {} batch ({} seqs, {} query rows, kv_len <= {max_kv}, seed {}); median of {} rounds",
         report.layers,
+        if report.mixed { "mixed prefill+decode" } else { "decode" },
         report.seqs.len(),
+        report.seqs.iter().map(|s| s.0).sum::<usize>(),
         report.seed,
         report.repeats
     );
     println!(
-        "bandwidth bound: {:.3} ms per run (the K/V bytes at {:.1} GB/s, measured now)",
-        report.bound_ms, report.bandwidth_gbs
+        "bound: {:.3} ms per run, the larger of the K/V bytes at {:.1} GB/s ({:.3} ms) and the \
+         QK and PV flops at {:.0} GFLOP/s ({:.3} ms), both rates measured now",
+        report.bound_ms,
+        report.bandwidth_gbs,
+        report.bandwidth_bound_ms,
+        report.matmul_gflops,
+        report.compute_bound_ms
     );
     println!(
         "{:<28} {:>10} {:>18} {:>10} {:>7} {:>8}",
