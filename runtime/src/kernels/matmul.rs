@@ -267,6 +267,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_values as values;
     use half::bf16;
 
     fn reference(s: &MatmulShape, x: &[f32], w: &[f64]) -> Vec<f64> {
@@ -279,21 +280,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// A deterministic spread of values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     fn check<W: Element>(s: MatmulShape, to_w: impl Fn(f32) -> W, workers: &dyn Workers) {

@@ -1212,6 +1212,7 @@ fn axpy<T: Element, const FMA: bool>(w: f32, v: &[T], acc: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_values as values;
 
     /// Runs items one after another but reports `n` threads, so the planner splits keys.
     struct Claims(usize);
@@ -1222,19 +1223,6 @@ mod tests {
         fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
             (0..n).rev().for_each(f);
         }
-    }
-
-    /// A deterministic spread of values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// Long sequences on few items are split into key ranges whose partial softmaxes are
