@@ -177,9 +177,12 @@ pub struct StepDims {
 /// ran at 667 tokens/s against 775 with XLA's blocked GEMM there.
 pub const HOST_MATMUL_MAX_ROWS: usize = 32;
 
-/// Whether a matmul of `rows` rows calls the host matmul in a program whose kernels are `form`.
+/// Whether a matmul of `rows` rows calls the host matmul in a program whose kernels are `form`:
+/// only where this CPU runs its vector path (AVX-512); its plain loops would lose to XLA's dot.
 pub fn host_matmul(form: KernelForm, rows: usize) -> bool {
-    form == KernelForm::Host && rows <= HOST_MATMUL_MAX_ROWS
+    form == KernelForm::Host
+        && rows <= HOST_MATMUL_MAX_ROWS
+        && runtime::kernels::matmul::vectorized()
 }
 
 impl StepDims {

@@ -31,6 +31,19 @@ pub enum MatmulError {
     },
 }
 
+/// Whether this CPU runs the vector path (AVX-512F). Elsewhere the matmul is plain loops, and
+/// step programs keep XLA's dot (`kernelgen::step::program::host_matmul`).
+pub fn vectorized() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Weight rows per work item the planner aims at as a floor (a block's rows are read once).
 const MIN_BLOCK_ROWS: usize = 16;
 
