@@ -157,7 +157,7 @@ pub struct ServedArgs {
     /// kv_pages_block of the emitted kernels when --kernel is not given [default: the tuned table's entries, else 4]
     #[arg(long = "kv")]
     pub kv_pages_block: Option<u32>,
-    /// Attention kernel form of emitted kernels: auto (the native host kernel, an XLA FFI custom call, on the XLA CPU plugin; portable StableHLO elsewhere), host (refused where the plugin cannot run it), portable (StableHLO only, any backend)
+    /// Kernel form of emitted programs: auto (on the XLA CPU plugin the native host kernels as XLA FFI custom calls: attention, and with AVX-512 the projections of steps up to 32 rows; portable StableHLO elsewhere), host (refused where the plugin cannot run it), portable (StableHLO only, XLA's dots, any backend)
     #[arg(long, value_name = "auto|host|portable", default_value = "auto", value_parser = parse_attention)]
     pub attention: AttentionChoice,
 }
