@@ -31,12 +31,12 @@ pub enum MatmulError {
     },
 }
 
-/// Whether this CPU runs the vector path (AVX-512F). Elsewhere the matmul is plain loops, and
+/// Whether this CPU runs the vector path (AVX-512F, BW and VL). Elsewhere the matmul is plain loops, and
 /// step programs keep XLA's dot (`kernelgen::step::program::host_matmul`).
 pub fn vectorized() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        super::avx512()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -116,8 +116,9 @@ unsafe fn rows_block<W: Element>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above); the caller's contract.
+        if super::avx512() {
+            // SAFETY: the CPU has AVX-512F, BW and VL (checked just above); the caller's
+            // contract.
             return unsafe { avx512::rows_block(s, x, w, rows, out.0) };
         }
     }

@@ -381,6 +381,15 @@ impl Workers for XlaPool {
     }
 }
 
+/// Whether this CPU has the AVX-512 subsets the kernels' vector paths are compiled for (F for
+/// the arithmetic, BW and VL for bf16's masked 16-bit loads); checked once, then cached by std.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// A deterministic spread of `n` values in [-1, 1) from `seed`, for the kernels' tests.
 #[cfg(test)]
 pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {

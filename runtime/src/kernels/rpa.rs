@@ -471,7 +471,7 @@ impl<T: Element> Ctx<'_, T> {
     #[inline(always)]
     fn tiles(&self, d: usize) -> Option<Tiles> {
         #[cfg(target_arch = "x86_64")]
-        if d.is_multiple_of(LANES) && std::arch::is_x86_feature_detected!("avx512f") {
+        if d.is_multiple_of(LANES) && super::avx512() {
             return Some(Tiles(()));
         }
         let _ = d;
@@ -845,7 +845,8 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// Proof that the AVX-512 many-row tiles may run (only [`Ctx::tiles`] makes one).
+/// Proof that the AVX-512 tiles may run: the CPU has AVX-512F, BW and VL (only [`Ctx::tiles`]
+/// makes one).
 #[derive(Clone, Copy)]
 struct Tiles(());
 
@@ -862,7 +863,7 @@ impl Tiles {
         ck: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `Tiles` exists only where the CPU has AVX-512F.
+        // SAFETY: a `Tiles` exists only where the CPU has AVX-512F, BW and VL.
         unsafe {
             match n {
                 4 => tiles::score::<4>(q, d, kt, ckp, out, ck),
@@ -892,7 +893,7 @@ impl Tiles {
                     scores[e * ck + j] = *v;
                 }
             };
-            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F and d % 16 == 0.
+            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F, BW and VL, and d % 16 == 0.
             unsafe {
                 match n {
                     4 => put(&tiles::score_key::<T, 4>(q, key.as_ptr(), d)),
@@ -923,7 +924,7 @@ impl Tiles {
             // SAFETY: `usize` and a pointer have one layout; the addresses point into the pool.
             let values: &[*const T] =
                 unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) };
-            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F; rows as documented.
+            // SAFETY: a `Tiles` exists only where the CPU has AVX-512F, BW and VL; rows as documented.
             unsafe {
                 match n {
                     4 => tiles::pv::<T, 4>(w, ck, values, acc, d),
