@@ -41,6 +41,16 @@ pub enum KernelForm {
     Host,
 }
 
+impl KernelForm {
+    /// The form a kernel of `schedule` takes.
+    pub fn of(schedule: Schedule) -> KernelForm {
+        match schedule {
+            Schedule::Host => KernelForm::Host,
+            Schedule::Sequential | Schedule::Batched => KernelForm::Portable,
+        }
+    }
+}
+
 /// What `--attention` asks for; [`AttentionChoice::resolve`] turns it into a [`KernelForm`] for
 /// the plugin at hand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -324,10 +334,7 @@ impl StepSource {
     /// schedule is [`Schedule::Host`].
     pub fn form(&self) -> KernelForm {
         match &self.kernel {
-            KernelSource::Artifact(a) if a.manifest.config.schedule() == Schedule::Host => {
-                KernelForm::Host
-            }
-            KernelSource::Artifact(_) => KernelForm::Portable,
+            KernelSource::Artifact(a) => KernelForm::of(a.manifest.config.schedule()),
             KernelSource::Blocks(b) => b.form,
         }
     }
@@ -362,11 +369,7 @@ pub fn emit_tp(
 ) -> Result<StepProgram, Error> {
     let kernel = bucket_kernel(m, shapes, source)?;
     let kernel_text = stablehlo::emit_linkable(&kernel)?.text;
-    let form = match kernel.schedule() {
-        Schedule::Host => KernelForm::Host,
-        _ => KernelForm::Portable,
-    };
-    let program = render(m, shapes, tp, form)?;
+    let program = render(m, shapes, tp, KernelForm::of(kernel.schedule()))?;
     let module = link(&program, &kernel_text, KERNEL_SYMBOL)?;
     Ok(StepProgram { module, kernel })
 }

@@ -9,7 +9,8 @@
 //! (16 vector registers; the four weight rows stay in L1 while the tile's `x` rows pass by).
 //! AVX-512 is used where the CPU has it (picked at run time), plain loops elsewhere.
 
-use super::rpa::{Element, Serial, Workers};
+use super::element::Element;
+use super::workers::{SharedOut, Workers};
 
 /// The call's dimensions: `x[m, k]`, `w[n, k]`, `out[m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,11 +85,7 @@ pub fn matmul<W: Element>(
         // SAFETY: items write disjoint columns `rows` of `out`, which holds m * n values.
         unsafe { rows_block(s, x, w, rows, &ptr) };
     };
-    if items == 1 {
-        Serial.run(1, &job);
-    } else {
-        workers.run(items, &job);
-    }
+    workers.run(items, &job);
     Ok(())
 }
 
@@ -99,10 +96,6 @@ fn block_rows(n: usize, threads: usize) -> usize {
     per.max(MIN_BLOCK_ROWS).next_multiple_of(4)
 }
 
-struct SharedOut(*mut f32);
-// SAFETY: work items write disjoint columns through it.
-unsafe impl Sync for SharedOut {}
-
 /// Columns `rows` of `out` (weight rows `rows`).
 ///
 /// # Safety
@@ -112,7 +105,7 @@ unsafe fn rows_block<W: Element>(
     x: &[f32],
     w: &[W],
     rows: std::ops::Range<usize>,
-    out: &SharedOut,
+    out: &SharedOut<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -282,6 +275,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::kernels::test_values as values;
+    use crate::kernels::workers::Serial;
     use half::bf16;
 
     fn reference(s: &MatmulShape, x: &[f32], w: &[f64]) -> Vec<f64> {

@@ -10,8 +10,10 @@
 //! unwind into XLA: a refused call or a panic becomes an `XLA_FFI_Error` that fails the
 //! execution with its message.
 
+pub mod element;
 pub mod matmul;
 pub mod rpa;
+pub mod workers;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,7 +23,9 @@ use half::bf16;
 
 use crate::pjrt::ffi::{dtype, AttrValue, BufferRef, Call, CallFrame, Stage, XlaError};
 use crate::pjrt::{Api, PjrtError};
-use rpa::{Element, RpaMeta, RpaParams, RpaShape, Serial, Workers};
+use element::Element;
+use rpa::{RpaMeta, RpaParams, RpaShape};
+use workers::{Serial, Workers};
 
 /// The custom call target of the host RPA kernel.
 pub const RPA_TARGET: &str = "kernelgen_rpa";
