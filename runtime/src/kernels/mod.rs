@@ -12,20 +12,18 @@
 
 pub mod element;
 pub mod matmul;
+mod pool;
 pub mod rpa;
 pub mod workers;
-
-use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use half::bf16;
 
 use crate::pjrt::ffi::{dtype, AttrValue, BufferRef, Call, CallFrame, Stage, XlaError};
 use crate::pjrt::{Api, PjrtError};
 use element::Element;
+use pool::XlaPool;
 use rpa::{RpaMeta, RpaParams, RpaShape};
-use workers::{Serial, Workers};
+use workers::Workers;
 
 /// The custom call target of the host RPA kernel.
 pub const RPA_TARGET: &str = "kernelgen_rpa";
@@ -119,7 +117,8 @@ fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         return Err(format!("{MATMUL_TARGET}: x and the result must be f32"));
     }
     let shape = matmul::MatmulShape { m, k, n };
-    let workers = &XlaPool { frame };
+    // Every matmul call is decode-sized (step programs emit it at up to 32 rows).
+    let workers = &XlaPool::new(frame, true);
     if out.elements() == 0 {
         return Ok(());
     }
@@ -180,7 +179,7 @@ fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
             num_seqs: *num_seqs.data.cast::<i32>(),
         }
     };
-    let workers = XlaPool { frame };
+    let workers = XlaPool::new(frame, shape.tokens <= pool::SMALL_STEP_ROWS);
     if q.dtype != kv.dtype || q.dtype != out.dtype {
         return Err(format!(
             "{RPA_TARGET}: q, kv_pages and the result must share a dtype"
@@ -293,96 +292,6 @@ fn params_of(call: &Call) -> Result<RpaParams, String> {
         q_block: int("q_block")?.max(1),
         kv_pages_block: int("kv_pages_block")?.max(1),
     })
-}
-
-/// Work items shared with XLA's intra-op thread pool (`XLA_FFI_ThreadPool_Schedule`): helper
-/// tasks and the calling thread take items from one counter; the call returns once every item
-/// is done. Falls back to the calling thread alone when the plugin has no pool.
-struct XlaPool {
-    frame: *mut CallFrame,
-}
-
-struct Shared {
-    next: AtomicUsize,
-    done: AtomicUsize,
-    panicked: AtomicBool,
-    n: usize,
-    /// The caller's closure; dereferenced only for claimed items (index < n), which all finish
-    /// before the caller returns.
-    f: *const (dyn Fn(usize) + Sync),
-}
-
-// SAFETY: `f` is only called for claimed items while the caller waits (see above).
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.n {
-                return;
-            }
-            // SAFETY: `i < n`, so the caller is still waiting and `f` is alive.
-            let call = std::panic::AssertUnwindSafe(|| unsafe { (*self.f)(i) });
-            if std::panic::catch_unwind(call).is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
-            }
-            self.done.fetch_add(1, Ordering::Release);
-        }
-    }
-}
-
-unsafe extern "C" fn pool_task(data: *mut c_void) {
-    // SAFETY: `data` is an `Arc<Shared>` leaked by `XlaPool::run` for this task.
-    let shared = unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) };
-    shared.work();
-}
-
-impl Workers for XlaPool {
-    fn threads(&self) -> usize {
-        // Read once: `available_parallelism` consults cgroup files, and this runs on every call
-        // (once per layer per step).
-        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |p| p.get()))
-    }
-
-    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let helpers = self.threads().saturating_sub(1).min(n.saturating_sub(1));
-        if helpers == 0 {
-            return Serial.run(n, f);
-        }
-        // SAFETY: erasing the closure's lifetime; `Shared::work` calls it only while this
-        // function waits below.
-        let f: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
-        let shared = Arc::new(Shared {
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            n,
-            f,
-        });
-        for _ in 0..helpers {
-            let data = Arc::into_raw(Arc::clone(&shared))
-                .cast_mut()
-                .cast::<c_void>();
-            // SAFETY: `frame` is XLA's call frame for this call; `pool_task` takes ownership of
-            // `data` when it runs.
-            if unsafe { !CallFrame::schedule(self.frame, pool_task, data) } {
-                // SAFETY: the task was not scheduled; reclaim its reference.
-                drop(unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) });
-                break;
-            }
-        }
-        shared.work();
-        while shared.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
-        }
-        if shared.panicked.load(Ordering::Relaxed) {
-            panic!("a work item panicked");
-        }
-    }
 }
 
 /// Whether this CPU has the AVX-512 subsets the kernels' vector paths are compiled for (F for
