@@ -49,8 +49,9 @@ pub fn vectorized() -> bool {
 const MIN_BLOCK_ROWS: usize = 16;
 
 /// Items per thread the planner aims for. Few and long: each thread then streams a long run of
-/// contiguous weight rows. Measured on SmolLM2-135M decode steps (2 vCPUs, Xeon, lingering
-/// helpers): 2 items beat 8 by 3% at batch 1 and 2% at batch 8, equal at 32; 32 items lost 6%.
+/// contiguous weight rows. Chosen on SmolLM2-135M decode steps (2 vCPUs, Xeon, lingering
+/// helpers) by alternating the two every 10 steps in one process (a temporary harness): 2 items
+/// beat 8 by 3% at batch 1 and 2% at batch 8, equal at 32; 32 items lost 6%.
 const ITEMS_PER_THREAD: usize = 2;
 
 /// `out = x @ w^T`, split over `workers`.

@@ -8,9 +8,11 @@
 //! ~6-8 us after the call (its thread has gone to sleep), and the call runs on one core
 //! meanwhile. So after the items of a small call a helper *lingers*: it spins for up to
 //! [`LINGER`] waiting for the next call's work, which is handed to it through a one-slot
-//! mailbox instead of the pool. Measured on SmolLM2-135M at batch 1 (2 vCPUs, Xeon): steps 5%
-//! faster with a 100 us linger than without, 2% more at 400 us, none beyond. A lingering thread
-//! is one of XLA's pool threads held for at most [`LINGER`] after the last small call; large
+//! mailbox instead of the pool. The README gives `bench decode` before and after this change
+//! (batch 1 and 8 faster, batch 32 unchanged); [`LINGER`] was chosen by alternating lingers
+//! every 10 steps inside one process (a temporary harness, not kept): 100 us beat none by 5% at
+//! batch 1, 400 us beat 100 by 2%, 1 ms gained nothing more (so 200 us). A lingering thread is one of XLA's
+//! pool threads held for at most [`LINGER`] after the last small call; large
 //! (prefill) calls never linger, so XLA's own parallel ops there never wait on it.
 
 use std::ffi::c_void;
