@@ -180,18 +180,11 @@ pub struct StepDims {
     pub host_matmul_head: bool,
 }
 
-/// Rows up to which step programs call the native host matmul (`runtime::kernels::matmul`)
-/// instead of XLA CPU's dot. Measured with `kernelgen bench decode` on SmolLM2-135M (Intel
-/// Xeon, 2 vCPUs): the step's matmuls alone took 19.8 / 32.0 / 58.3 ms at 1 / 8 / 32 rows
-/// against XLA's 24.1 / 48.1 / 63.8 ms; with every prefill row on it, the 256-token prefill
-/// ran at 667 tokens/s against 775 with XLA's blocked GEMM there.
-pub const HOST_MATMUL_MAX_ROWS: usize = 32;
-
 /// Whether a matmul of `rows` rows calls the host matmul in a program whose kernels are `form`:
 /// only where this CPU runs its vector path (AVX-512); its plain loops would lose to XLA's dot.
 pub fn host_matmul(form: KernelForm, rows: usize) -> bool {
     form == KernelForm::Host
-        && rows <= HOST_MATMUL_MAX_ROWS
+        && rows <= runtime::kernels::matmul::MAX_ROWS
         && runtime::kernels::matmul::vectorized()
 }
 

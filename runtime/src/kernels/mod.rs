@@ -117,8 +117,8 @@ fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         return Err(format!("{MATMUL_TARGET}: x and the result must be f32"));
     }
     let shape = matmul::MatmulShape { m, k, n };
-    // Every matmul call is decode-sized (step programs emit it at up to 32 rows).
-    let workers = &XlaPool::new(frame, true);
+    // Helpers linger after decode-sized calls, those whose step uses this matmul.
+    let workers = &XlaPool::new(frame, m <= matmul::MAX_ROWS);
     if out.elements() == 0 {
         return Ok(());
     }
@@ -179,7 +179,7 @@ fn execute_rpa(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
             num_seqs: *num_seqs.data.cast::<i32>(),
         }
     };
-    let workers = XlaPool::new(frame, shape.tokens <= pool::SMALL_STEP_ROWS);
+    let workers = XlaPool::new(frame, shape.tokens <= matmul::MAX_ROWS);
     if q.dtype != kv.dtype || q.dtype != out.dtype {
         return Err(format!(
             "{RPA_TARGET}: q, kv_pages and the result must share a dtype"

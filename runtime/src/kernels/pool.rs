@@ -24,10 +24,6 @@ use std::time::{Duration, Instant};
 use super::workers::{Serial, Workers};
 use crate::pjrt::ffi::CallFrame;
 
-/// Query rows up to which an attention call counts as decode-sized (and lingers); the step
-/// programs' host matmul threshold (`kernelgen::step::program::HOST_MATMUL_MAX_ROWS`).
-pub const SMALL_STEP_ROWS: usize = 32;
-
 /// How long a helper waits for the next small call before going back to XLA's pool.
 const LINGER: Duration = Duration::from_micros(200);
 
@@ -89,6 +85,12 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
+    /// A helper's share: runs items, lets go of the call, and says whether to linger after it.
+    fn work_then_linger(self: Arc<Shared>) -> bool {
+        self.work();
+        self.linger
+    }
+
     fn work(&self) {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -147,11 +149,7 @@ fn linger() {
                 std::hint::spin_loop();
             };
             // SAFETY: `hand_to_lingering` leaked this reference for the lingering helper.
-            let shared = unsafe { Arc::from_raw(data.cast_const()) };
-            shared.work();
-            let keep = shared.linger;
-            drop(shared);
-            if !keep {
+            if !unsafe { Arc::from_raw(data.cast_const()) }.work_then_linger() {
                 STATE.store(IDLE, Ordering::Release);
                 return;
             }
@@ -174,11 +172,7 @@ fn linger() {
 
 unsafe extern "C" fn pool_task(data: *mut c_void) {
     // SAFETY: `data` is an `Arc<Shared>` leaked by `XlaPool::run` for this task.
-    let shared = unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) };
-    shared.work();
-    let keep = shared.linger;
-    drop(shared);
-    if keep {
+    if unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) }.work_then_linger() {
         linger();
     }
 }
