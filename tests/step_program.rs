@@ -6,12 +6,12 @@
 use e2e::{client, serving_client, BatchScript};
 use kernelgen::step::program::{BlockSizes, KernelForm};
 use kernelgen::step::{default_buckets, DeviceExecutor};
-use kernelgen::step::{KernelSource, StepSource};
+use kernelgen::step::{KernelSource, StepShapes, StepSource};
 use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, StepExecutor};
 use runtime::model::safetensors::load_hf_dir;
 use runtime::model::Model;
-use runtime::pjrt::Client;
+use runtime::pjrt::{Client, CompileOptions};
 use std::sync::Arc;
 use verify::fixtures::tiny::{write_tiny_llama, TinyConfig};
 use verify::host_executor::HostExecutor;
@@ -281,6 +281,93 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
                 err <= 1e-4 * scale,
                 "tied {tied}, row {r}: max abs err {err} vs scale {scale}"
             );
+        }
+    }
+}
+
+/// The shapes of every `copy` in XLA's optimized program text, as element counts.
+fn copied_elements(hlo: &str) -> Vec<(usize, String)> {
+    hlo.lines()
+        .filter(|l| l.contains(" copy("))
+        .filter_map(|l| {
+            let shape = l.split('=').nth(1)?.trim();
+            let dims = shape.split('[').nth(1)?.split(']').next()?;
+            let n = dims
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.trim().parse::<usize>().ok())
+                .product::<Option<usize>>()?;
+            Some((n, l.trim().chars().take(120).collect()))
+        })
+        .collect()
+}
+
+/// Each layer writes its new K/V into its pool in place: on the serving plugin (the XLA the
+/// engine runs on), the optimized step program never copies a pool-sized buffer, in either
+/// kernel form, for one-token decode programs (where a scatter into a reshaped pool once made
+/// XLA copy the pool in every layer: ~60 us a layer at a 1k-token pool), batched decode and
+/// mixed buckets. XLA writes the optimized program out when asked through the compile options
+/// (`xla_dump_to`). (The older default plugin's XLA still copies the pool in the portable
+/// form's one-token decode program: it fuses the row's update into the kernel's page gather.)
+#[test]
+fn step_programs_never_copy_the_kv_pool() {
+    let model = tiny(rand::random::<u64>() % 1000, false);
+    let engine = EngineConfig {
+        max_seqs: 8,
+        max_pages: 64,
+        page_size: 4,
+        max_seq_len: 64,
+        max_tokens_per_round: 16,
+    };
+    let client = serving_client();
+    for blocks in [host((4, 2)), portable((4, 2))] {
+        let source = StepSource {
+            model: model.config.clone(),
+            kernel: KernelSource::Blocks(blocks),
+            tp: 1,
+        };
+        let shapes = [
+            StepShapes::decode(&engine, 1, Dtype::F32),
+            StepShapes::decode(&engine, 8, Dtype::F32),
+            StepShapes::new(&engine, 1, Dtype::F32),
+            StepShapes::new(&engine, 16, Dtype::Bf16),
+        ];
+        for s in shapes {
+            let pool: usize = s.pool_dims(&model.config).iter().product::<i64>() as usize;
+            let dir = std::env::temp_dir().join(format!(
+                "kg-nocopy-{}-{}-{}",
+                std::process::id(),
+                s.tokens,
+                s.decode
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let opts = CompileOptions::new()
+                .with_option("xla_dump_to", dir.to_string_lossy().into_owned())
+                .with_option("xla_dump_hlo_as_text", true);
+            client.compile(&source.program(&s).unwrap(), &opts).unwrap();
+            let optimized: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with("after_optimizations.txt"))
+                .collect();
+            assert_eq!(
+                optimized.len(),
+                1,
+                "XLA wrote its optimized program: {optimized:?}"
+            );
+            let hlo = std::fs::read_to_string(&optimized[0]).unwrap();
+            let copies: Vec<_> = copied_elements(&hlo)
+                .into_iter()
+                .filter(|(n, _)| *n >= pool)
+                .collect();
+            assert!(
+                copies.is_empty(),
+                "{:?} program of {} tokens (decode: {}) copies a {pool}-element pool: {copies:?}",
+                blocks.form,
+                s.tokens,
+                s.decode
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }
