@@ -6,9 +6,11 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Element type of q, the KV pool and the attention output (accumulation is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The default, f32, is the engine's KV pool dtype unless told otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    #[default]
     F32,
     Bf16,
 }

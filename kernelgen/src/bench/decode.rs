@@ -8,6 +8,7 @@ use crate::serve::{open_model, start, ServeOptions, Served};
 use crate::step::profile::matmul_chain;
 use crate::step::weights::num_params;
 use crate::step::MemoryReport;
+use runtime::dtype::Dtype;
 use runtime::engine::EngineConfig;
 use runtime::model::LlamaConfig;
 use runtime::pjrt::{Api, Arg, Client, CompileOptions};
@@ -35,6 +36,8 @@ pub struct DecodeBench {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DecodeReport {
     pub plugin: String,
+    /// The KV pool's dtype.
+    pub kv_dtype: Dtype,
     /// Measured rounds behind each figure.
     pub repeats: usize,
     pub bandwidth_gbs: f64,
@@ -347,6 +350,7 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
     let weight_bytes = decode_weight_bytes(c);
     let mut r = DecodeReport {
         plugin: b.served.plugin.display().to_string(),
+        kv_dtype: b.served.kv_dtype,
         repeats: b.repeats,
         weight_bytes,
         params: num_params(c),

@@ -41,17 +41,19 @@ pub struct BenchModel {
     pub tp: usize,
     /// The attention kernel's form.
     pub attention: crate::step::program::AttentionChoice,
+    /// The KV pool's dtype.
+    pub kv_dtype: Dtype,
 }
 
 impl BenchModel {
-    /// Serving options for `engine`: f32 KV pages, the default token buckets.
+    /// Serving options for `engine`: its KV dtype, the default token buckets.
     pub fn serve_options(&self, engine: EngineConfig) -> ServeOptions {
         ServeOptions {
             model: self.model.clone(),
             kernel: self.kernel.clone(),
             blocks: self.blocks,
             engine,
-            kv_dtype: Dtype::F32,
+            kv_dtype: self.kv_dtype,
             plugin: self.plugin.clone(),
             buckets: None,
             program_cache: None,

@@ -13,7 +13,7 @@ fn parse_schedule(s: &str) -> Result<Schedule, String> {
     Schedule::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_dtype(s: &str) -> Result<Dtype, String> {
+pub(super) fn parse_dtype(s: &str) -> Result<Dtype, String> {
     kernelgen::config::parse_dtype(s).map_err(|e| e.to_string())
 }
 

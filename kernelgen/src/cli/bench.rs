@@ -1,13 +1,14 @@
 //! `kernelgen bench`: flags for the benchmarks of [`kernelgen::bench`], and how their reports
 //! print.
 
-use super::args::{PluginArg, ServedArgs};
+use super::args::{parse_dtype, PluginArg, ServedArgs};
 use super::ExitCode;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernelgen::bench::decode::{DecodeReport, Figure};
 use kernelgen::bench::memory::MemoryBenchReport;
 use kernelgen::bench::{self, check::CheckReport, kernel::KernelReport};
+use runtime::dtype::Dtype;
 use std::path::PathBuf;
 
 /// Benchmarks (ratios against bounds measured in the same run)
@@ -376,6 +377,9 @@ pub struct DecodeArgs {
     /// Degrees of tensor parallelism to measure the decode batches at (`generate --tp`), in order; prefill and the pool sizes run at the first. On a CPU the devices share the cores and the memory bandwidth: TP cannot beat 1 there, the figures say what its collectives cost
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub tp: Vec<usize>,
+    /// KV pool dtype: f32 or bf16 (bf16 reads half the K/V bytes per step; llama.cpp keeps its KV cache in f16 unless told otherwise)
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub kv_dtype: Dtype,
     #[arg(long)]
     pub json: bool,
 }
@@ -460,12 +464,16 @@ fn bench_model(served: &ServedArgs, plugin: &PluginArg) -> bench::BenchModel {
         plugin: plugin.path(),
         tp: 1,
         attention: served.attention,
+        kv_dtype: Dtype::F32,
     }
 }
 
 fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     let b = bench::decode::DecodeBench {
-        served: bench_model(&a.served, &a.plugin),
+        served: bench::BenchModel {
+            kv_dtype: a.kv_dtype,
+            ..bench_model(&a.served, &a.plugin)
+        },
         batches: a.batches.clone(),
         prompt_len: a.prompt_len,
         new_tokens: a.new_tokens,
@@ -599,11 +607,12 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         println!("kernel: {k}");
     }
     println!(
-        "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of weights read per decode step",
+        "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of weights read per decode step; {} KV pool",
         r.bandwidth_gbs,
         r.matmul_gflops,
         r.params,
-        r.weight_bytes as f64 / 1e6
+        r.weight_bytes as f64 / 1e6,
+        r.kv_dtype
     );
     println!(
         "{:<18} {:>10} {:>16} {:>12} {:>8} {:>10}",
