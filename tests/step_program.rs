@@ -335,8 +335,9 @@ fn step_programs_never_copy_the_kv_pool() {
         for s in shapes {
             let pool: usize = s.pool_dims(&model.config).iter().product::<i64>() as usize;
             let dir = std::env::temp_dir().join(format!(
-                "kg-nocopy-{}-{}-{}",
+                "kg-nocopy-{}-{:?}-{}-{}",
                 std::process::id(),
+                blocks.form,
                 s.tokens,
                 s.decode
             ));

@@ -11,8 +11,8 @@
 //! mailbox instead of the pool. The README gives `bench decode` before and after this change
 //! (batch 1 and 8 faster, batch 32 unchanged); [`LINGER`] was chosen by alternating lingers
 //! every 10 steps inside one process (a temporary harness, not kept): 100 us beat none by 5% at
-//! batch 1, 400 us beat 100 by 2%, 1 ms gained nothing more (so 200 us). A lingering thread is one of XLA's
-//! pool threads held for at most [`LINGER`] after the last small call; large
+//! batch 1, 400 us beat 100 by 2%, 1 ms gained nothing more (so 200 us). A lingering thread is
+//! one of XLA's pool threads held for at most [`LINGER`] after the last small call; large
 //! (prefill) calls never linger, so XLA's own parallel ops there never wait on it.
 
 use std::ffi::c_void;
