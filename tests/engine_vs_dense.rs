@@ -6,7 +6,7 @@
 //! call). A request whose own K/V turn NaN fails alone, and the NaN it leaves in the pages it
 //! frees never reaches the requests that reuse them, with either kernel form.
 
-use e2e::{serving_client, serving_client_with_devices};
+use e2e::{rounded_to_bf16, serving_client, serving_client_with_devices};
 use kernelgen::step::executor::ProgramSetup;
 use kernelgen::step::program::{BlockSizes, KernelForm};
 use kernelgen::step::{default_buckets, DeviceExecutor};
@@ -81,7 +81,14 @@ fn serve(
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
 ) -> (Served, usize, usize) {
-    let (served, f) = serve_with(model, kernel, prompts, &ProgramSetup::default(), 1);
+    let (served, f) = serve_with(
+        model,
+        kernel,
+        prompts,
+        &ProgramSetup::default(),
+        1,
+        Dtype::F32,
+    );
     (served, f.preemptions, f.non_finite)
 }
 
@@ -97,13 +104,15 @@ struct RunFigures {
     argument_bytes: u64,
 }
 
-/// [`serve`] with programs from `setup`, over `tp` devices.
+/// [`serve`] with programs from `setup`, over `tp` devices, weight matrices uploaded in
+/// `weights`.
 fn serve_with(
     model: &Model,
     kernel: KernelSource,
     prompts: &[(usize, Vec<u32>, usize)],
     setup: &ProgramSetup,
     tp: usize,
+    weights: Dtype,
 ) -> (Served, RunFigures) {
     let cfg = EngineConfig {
         max_seqs: 6,
@@ -116,6 +125,7 @@ fn serve_with(
         model: model.config.clone(),
         kernel,
         tp,
+        weights,
     };
     let client = match tp {
         1 => serving_client(),
@@ -250,7 +260,7 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         let artifact = build_artifact(&model, q, kv, seed);
         kernelgen::serve::check_artifact(&artifact, &model.config, 16, Dtype::F32).unwrap();
         let kernel = KernelSource::Artifact(Box::new(artifact));
-        let (served, f) = serve_with(&model, kernel, &prompts, &setup, 1);
+        let (served, f) = serve_with(&model, kernel, &prompts, &setup, 1, Dtype::F32);
         if setup.max_loaded.is_some() {
             assert!(
                 f.reloads > 0,
@@ -276,6 +286,45 @@ fn engine_greedy_equals_dense_reference_token_for_token() {
         "artifact kernel vs emitted kernel"
     );
     eprintln!("16 prompts, {preemptions} preemptions, all tokens equal the dense reference");
+}
+
+/// `--weights bf16`: the engine uploads each weight matrix rounded to bf16 and computes in f32,
+/// so it decodes greedily exactly what the dense reference decodes from the model with those
+/// matrices rounded first, with both kernel forms (the host matmul reads the bf16 rows in decode
+/// steps; 48-token prefill buckets widen them for XLA's dot). Scenarios are drawn until one
+/// where rounding changes the reference's tokens, so an engine that ignored the dtype would
+/// fail.
+#[test]
+fn bf16_weights_decode_what_the_reference_decodes_with_rounded_matrices() {
+    const TRIES: u64 = 8;
+    let first = rand::random::<u64>() % 10_000;
+    for seed in first..first + TRIES {
+        let model = tiny(seed);
+        let rounded = rounded_to_bf16(&model);
+        let prompts = scenario(seed, model.config.vocab_size as u32);
+        let mut changed = false;
+        for kernel in [
+            KernelSource::Blocks(BlockSizes::uniform(16, 2)),
+            host_blocks(16, 2),
+        ] {
+            let setup = ProgramSetup::default();
+            let (got, f) = serve_with(&model, kernel, &prompts, &setup, 1, Dtype::Bf16);
+            assert_eq!(f.non_finite, 0);
+            for (i, (_, prompt, new)) in prompts.iter().enumerate() {
+                let want = generate_greedy(&rounded, prompt, *new, &[]);
+                assert_eq!(
+                    got[&i].0, want,
+                    "seed {seed}, prompt {i}: bf16-weight engine vs dense on rounded matrices"
+                );
+                changed |= want != generate_greedy(&model, prompt, *new, &[]);
+            }
+        }
+        if changed {
+            eprintln!("seed {seed}: rounding changed the reference's tokens; engine followed");
+            return;
+        }
+    }
+    panic!("in {TRIES} scenarios from seed {first} rounding to bf16 never changed a token");
 }
 
 /// The token whose embedding the NaN test poisons: scenario() draws prompt tokens from 3.., so
@@ -393,13 +442,27 @@ fn tensor_parallel_greedy_equals_one_device() {
     let model = tiny_with(seed, &cfg);
     let prompts = scenario(seed, model.config.vocab_size as u32);
     let kernel = || KernelSource::Blocks(BlockSizes::uniform(16, 2));
-    let (one, one_f) = serve_with(&model, kernel(), &prompts, &ProgramSetup::default(), 1);
+    let (one, one_f) = serve_with(
+        &model,
+        kernel(),
+        &prompts,
+        &ProgramSetup::default(),
+        1,
+        Dtype::F32,
+    );
     for (i, (_, prompt, new)) in prompts.iter().enumerate() {
         let want = generate_greedy(&model, prompt, *new, &[]);
         assert_eq!(one[&i].0, want, "seed {seed}, prompt {i}: tp 1 vs dense");
     }
     for tp in [2, 4, 8] {
-        let (got, f) = serve_with(&model, kernel(), &prompts, &ProgramSetup::default(), tp);
+        let (got, f) = serve_with(
+            &model,
+            kernel(),
+            &prompts,
+            &ProgramSetup::default(),
+            tp,
+            Dtype::F32,
+        );
         assert_eq!(f.non_finite, 0);
         assert_eq!(tokens(&got), tokens(&one), "seed {seed}: tp {tp} vs tp 1");
         let replicas = (tp / cfg.num_kv_heads).max(1) as u64;
@@ -418,6 +481,7 @@ fn tensor_parallel_greedy_equals_one_device() {
         &prompts,
         &ProgramSetup::default(),
         2,
+        Dtype::F32,
     );
     assert_eq!(f.non_finite, 0);
     assert_eq!(
@@ -444,13 +508,13 @@ fn smollm2_at_tp_3_decodes_the_tokens_of_one_device() {
     let (seed, prompts, one, one_f) = (first..first + 6)
         .map(|seed| {
             let prompts = scenario(seed, model.config.vocab_size as u32);
-            let (one, f) = serve_with(&model, kernel(), &prompts, &setup, 1);
+            let (one, f) = serve_with(&model, kernel(), &prompts, &setup, 1, Dtype::F32);
             (seed, prompts, one, f)
         })
         .find(|r| r.3.preemptions >= 1)
         .expect("no scenario of six outgrew the pool");
     eprintln!("seed {seed}: {} preemptions", one_f.preemptions);
-    let (three, f) = serve_with(&model, kernel(), &prompts, &setup, 3);
+    let (three, f) = serve_with(&model, kernel(), &prompts, &setup, 3, Dtype::F32);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(f.non_finite, 0);
     assert_eq!(tokens(&three), tokens(&one), "seed {seed}: tp 3 vs tp 1");

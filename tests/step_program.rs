@@ -3,7 +3,7 @@
 //! cache), step after step, on random mixed batches: chunked prefill, decode rows, sequences
 //! arriving mid-stream, shuffled pages, padding tokens, several buckets.
 
-use e2e::{client, serving_client, BatchScript};
+use e2e::{client, rounded_to_bf16, serving_client, BatchScript};
 use kernelgen::step::program::{BlockSizes, KernelForm};
 use kernelgen::step::{default_buckets, DeviceExecutor};
 use kernelgen::step::{KernelSource, StepShapes, StepSource};
@@ -75,6 +75,7 @@ fn run_model(
         model: model.config.clone(),
         kernel: KernelSource::Blocks(blocks),
         tp,
+        weights: Dtype::F32,
     };
     let mut device =
         DeviceExecutor::new(client, &*model, &engine, kv, default_buckets(16), source).unwrap();
@@ -197,19 +198,27 @@ fn matvec(x: &[f64], w: &runtime::model::Matrix) -> Vec<f64> {
 /// The profile program `kernelgen bench decode` times as "the step's matmuls" really runs the
 /// model's projections in order on the executor's weight buffers: its logits equal an f64 host
 /// chain over the model's weights (so the packing and the parameter order are right too), tied
-/// and untied, with XLA's dot and with the native host matmul.
+/// and untied, with XLA's dot and with the native host matmul, on f32 weights and on bf16 ones (the
+/// reference then reads the matrices rounded to bf16, as the device holds them).
 #[test]
 fn matmul_chain_profile_program_runs_the_models_projections() {
     let seed = rand::random::<u64>() % 1000;
     eprintln!("seed {seed}");
-    for (tied, form) in [
-        (false, KernelForm::Portable),
-        (true, KernelForm::Portable),
-        (false, KernelForm::Host),
-        (true, KernelForm::Host),
+    for (tied, form, weights) in [
+        (false, KernelForm::Portable, Dtype::F32),
+        (true, KernelForm::Portable, Dtype::F32),
+        (false, KernelForm::Host, Dtype::F32),
+        (true, KernelForm::Host, Dtype::F32),
+        (true, KernelForm::Portable, Dtype::Bf16),
+        (false, KernelForm::Host, Dtype::Bf16),
     ] {
         let model = Arc::new(tiny(seed, tied));
-        let (c, w) = (&model.config, &model.weights);
+        // bf16 weights: the reference reads the matrices the device holds, rounded.
+        let reference = match weights {
+            Dtype::F32 => (*model).clone(),
+            Dtype::Bf16 => rounded_to_bf16(&model),
+        };
+        let (c, w) = (&model.config, &reference.weights);
         let engine = EngineConfig {
             max_seqs: 2,
             max_pages: 8,
@@ -221,6 +230,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
             model: c.clone(),
             kernel: KernelSource::Blocks(BlockSizes::uniform(1, 1)),
             tp: 1,
+            weights,
         };
         let client = match form {
             KernelForm::Host => serving_client(),
@@ -240,7 +250,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         let x: Vec<f32> = (0..rows * c.hidden_size)
             .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
             .collect();
-        let text = kernelgen::step::profile::matmul_chain(c, rows, form)
+        let text = kernelgen::step::profile::matmul_chain(c, rows, form, weights)
             .unwrap()
             .generic_text;
         let exe = device
@@ -279,7 +289,7 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
                 .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
             assert!(
                 err <= 1e-4 * scale,
-                "tied {tied}, row {r}: max abs err {err} vs scale {scale}"
+                "tied {tied}, {weights:?} weights, row {r}: max abs err {err} vs scale {scale}"
             );
         }
     }
@@ -325,6 +335,7 @@ fn step_programs_never_copy_the_kv_pool() {
             model: model.config.clone(),
             kernel: KernelSource::Blocks(blocks),
             tp: 1,
+            weights: Dtype::F32,
         };
         let shapes = [
             StepShapes::decode(&engine, 1, Dtype::F32),

@@ -35,6 +35,28 @@ pub fn serving_client_with_devices(devices: usize) -> Client {
     Client::with_options(api, &[("cpu_device_count", n)]).expect("serving client")
 }
 
+/// `model` with every weight matrix (embedding, projections, LM head) rounded to bf16, norms
+/// left f32: what the engine computes with under `--weights bf16`.
+pub fn rounded_to_bf16(model: &runtime::model::Model) -> runtime::model::Model {
+    let mut m = model.clone();
+    let round = |v: &mut [f32]| {
+        for x in v.iter_mut() {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    };
+    let w = &mut m.weights;
+    round(&mut w.embed.data);
+    if let Some(head) = &mut w.lm_head {
+        round(&mut head.data);
+    }
+    for l in &mut w.layers {
+        for mat in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
+            round(&mut mat.data);
+        }
+    }
+    m
+}
+
 /// A small config, cheap enough to compile and run dozens of times.
 #[allow(clippy::too_many_arguments)]
 pub fn small_config(

@@ -94,6 +94,9 @@ pub struct ServeOptions {
     pub blocks: Option<BlockSizes>,
     pub engine: EngineConfig,
     pub kv_dtype: Dtype,
+    /// The weight matrices' dtype on the device (`--weights`): bf16 halves the bytes each
+    /// decode step reads; f32 (the default) computes with the checkpoint's values as loaded.
+    pub weights_dtype: Dtype,
     pub plugin: PathBuf,
     /// Token buckets; `None`: powers of two up to max_tokens_per_round.
     pub buckets: Option<Vec<usize>>,
@@ -212,6 +215,7 @@ fn check_host_memory(
     tp: usize,
     engine: &EngineConfig,
     kv_dtype: Dtype,
+    weights_dtype: Dtype,
 ) -> Result<(), EngineError> {
     let mut plan = engine_plan(engine);
     let tp = tp as u64;
@@ -223,7 +227,7 @@ fn check_host_memory(
             shard.num_layers as u64,
         ),
     );
-    plan.weight_bytes = Some(tp * 4 * crate::step::weights::num_params(shard));
+    plan.weight_bytes = Some(tp * crate::step::weights::weight_bytes(shard, weights_dtype));
     plan.host_bytes = runtime::mem::available_host_bytes();
     plan.validate().map_err(EngineError::Config)
 }
@@ -344,7 +348,13 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
     }
     let kernel_warning = chosen.and_then(|c| c.warning);
     if client.platform_name().map_err(plugin_err)? == "cpu" {
-        check_host_memory(&shard, opts.tp, &opts.engine, opts.kv_dtype)?;
+        check_host_memory(
+            &shard,
+            opts.tp,
+            &opts.engine,
+            opts.kv_dtype,
+            opts.weights_dtype,
+        )?;
     }
     Ok(Opened {
         opts: opts.clone(),
@@ -401,6 +411,7 @@ impl Opened {
             model: model.config.clone(),
             kernel,
             tp: opts.tp,
+            weights: opts.weights_dtype,
         };
         let setup = ProgramSetup {
             cache: opts.program_cache.clone(),

@@ -6,7 +6,7 @@
 use super::{pjrt, probes, run_times, spread, submit_synthetic, BenchError, BenchModel};
 use crate::serve::{open_model, start, ServeOptions, Served};
 use crate::step::profile::matmul_chain;
-use crate::step::weights::num_params;
+use crate::step::weights::{num_params, weight_bytes};
 use crate::step::MemoryReport;
 use runtime::dtype::Dtype;
 use runtime::engine::EngineConfig;
@@ -38,11 +38,16 @@ pub struct DecodeReport {
     pub plugin: String,
     /// The KV pool's dtype.
     pub kv_dtype: Dtype,
+    /// The weight matrices' dtype.
+    pub weights_dtype: Dtype,
     /// Measured rounds behind each figure.
     pub repeats: usize,
     pub bandwidth_gbs: f64,
     pub matmul_gflops: f64,
+    /// Weight bytes a decode step reads ([`decode_weight_bytes`]).
     pub weight_bytes: u64,
+    /// Bytes of every weight on the device.
+    pub model_weight_bytes: u64,
     pub params: u64,
     pub decode: Vec<Figure>,
     pub prefill: Option<Figure>,
@@ -147,7 +152,8 @@ struct BatchFigures {
 fn time_matmuls(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchError> {
     let exec = served.engine.executor();
     let m = &crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
-    let chain = matmul_chain(m, rows, exec.source().form()).map_err(crate::Error::from)?;
+    let source = exec.source();
+    let chain = matmul_chain(m, rows, source.form(), source.weights).map_err(crate::Error::from)?;
     let exe = exec
         .client()
         .compile(&chain.generic_text, &CompileOptions::new())
@@ -238,7 +244,7 @@ fn take_apart(
         _ => Some(time_all_reduces(served, batch, tp)?),
     };
     let shard = crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
-    let weight_bytes = decode_weight_bytes(&shard);
+    let weight_bytes = decode_weight_bytes(&shard, served.engine.executor().source().weights);
     let ms = |s: f64| s * 1e3;
     Ok(Breakdown {
         engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
@@ -298,11 +304,18 @@ impl DecodeReport {
     }
 }
 
-/// Bytes a decode step reads: every weight except the embedding table (one row is gathered),
-/// plus the embedding once more when it is the (tied) LM head.
-pub fn decode_weight_bytes(c: &LlamaConfig) -> u64 {
-    let embed = (c.vocab_size * c.hidden_size) as u64;
-    4 * (num_params(c) - embed + if c.tie_word_embeddings { embed } else { 0 })
+/// Bytes a decode step reads with weight matrices in `weights`: every weight except the
+/// embedding table (one row is gathered), plus the embedding once more when it is the (tied)
+/// LM head.
+pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype) -> u64 {
+    let embed = (c.vocab_size * c.hidden_size) as u64 * weights.bytes();
+    weight_bytes(c, weights) - embed + if c.tie_word_embeddings { embed } else { 0 }
+}
+
+/// Multiply-adds per token of a decode step's matmuls (the weights [`decode_weight_bytes`]
+/// counts, one each).
+fn decode_weight_params(c: &LlamaConfig) -> u64 {
+    decode_weight_bytes(c, Dtype::F32) / 4
 }
 
 impl DecodeBench {
@@ -347,12 +360,14 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
     ));
     let client = Client::new(Api::load(&b.served.plugin).map_err(plugin_err)?)
         .map_err(pjrt("creating a PJRT client"))?;
-    let weight_bytes = decode_weight_bytes(c);
+    let step_bytes = decode_weight_bytes(c, b.served.weights_dtype);
     let mut r = DecodeReport {
         plugin: b.served.plugin.display().to_string(),
         kv_dtype: b.served.kv_dtype,
+        weights_dtype: b.served.weights_dtype,
         repeats: b.repeats,
-        weight_bytes,
+        weight_bytes: step_bytes,
+        model_weight_bytes: weight_bytes(c, b.served.weights_dtype),
         params: num_params(c),
         ..DecodeReport::default()
     };
@@ -366,8 +381,8 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         f2,
     )?);
     drop(client);
-    let bw_bound = r.bandwidth_gbs * 1e9 / weight_bytes as f64;
-    let flop_bound = r.matmul_gflops * 1e9 / (2.0 * weight_bytes as f64 / 4.0);
+    let bw_bound = r.bandwidth_gbs * 1e9 / step_bytes as f64;
+    let flop_bound = r.matmul_gflops * 1e9 / (2.0 * decode_weight_params(c) as f64);
     for &tp in &b.tp {
         // Every degree refused before any work, naming the ones the model can use.
         crate::step::tp::shard_config(c, tp).map_err(crate::Error::from)?;

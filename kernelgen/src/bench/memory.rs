@@ -9,7 +9,7 @@
 
 use super::{submit_synthetic, BenchError, BenchModel};
 use crate::serve::start;
-use crate::step::weights::num_params;
+use crate::step::weights::weight_bytes;
 use crate::step::MemoryReport;
 use runtime::engine::EngineConfig;
 use runtime::mem::MemSnapshot;
@@ -141,7 +141,7 @@ pub fn run(
     let last = MemSnapshot::now().unwrap_or_default();
     let exec = served.engine.executor();
     let pool_bytes = exec.pool_bytes();
-    let weight_bytes = 4 * num_params(&served.model);
+    let weight_bytes = weight_bytes(&served.model, exec.source().weights);
     Ok(MemoryBenchReport {
         plugin: b.served.plugin.display().to_string(),
         weight_bytes,

@@ -43,6 +43,8 @@ pub struct BenchModel {
     pub attention: crate::step::program::AttentionChoice,
     /// The KV pool's dtype.
     pub kv_dtype: Dtype,
+    /// The weight matrices' dtype (`--weights`).
+    pub weights_dtype: Dtype,
 }
 
 impl BenchModel {
@@ -54,6 +56,7 @@ impl BenchModel {
             blocks: self.blocks,
             engine,
             kv_dtype: self.kv_dtype,
+            weights_dtype: self.weights_dtype,
             plugin: self.plugin.clone(),
             buckets: None,
             program_cache: None,

@@ -223,6 +223,7 @@ pub fn serve_options(
         blocks: served.blocks(),
         engine: engine.config(),
         kv_dtype: engine.kv_dtype,
+        weights_dtype: engine.weights,
         plugin: plugin.path(),
         buckets: None,
         program_cache: cache.cache(),
@@ -292,6 +293,9 @@ pub struct EngineArgs {
     /// KV pool dtype: f32 or bf16
     #[arg(long, default_value = "f32", value_parser = parse_dtype, help_heading = "Engine")]
     pub kv_dtype: Dtype,
+    /// Weight matrices' dtype on the device: f32 (the default: the checkpoint's values as loaded) or bf16 (each value rounded to nearest even: half the bytes a decode step reads, and half the weights' memory). Norms stay f32; activations and accumulation stay f32 either way
+    #[arg(long, default_value = "f32", value_parser = parse_dtype, help_heading = "Engine")]
+    pub weights: Dtype,
     /// Tensor parallelism: one SPMD step program over this many devices (Megatron layout: each holds its share of the q heads, the KV heads they read, and of the MLP; the embedding, norms and LM head whole). On the CPU plugin, this many CPU devices are made. q heads and the intermediate size must divide by it, and KV heads divide by it or it by them (then each KV head is replicated)
     #[arg(long, default_value_t = 1, help_heading = "Engine")]
     pub tp: usize,

@@ -380,6 +380,9 @@ pub struct DecodeArgs {
     /// KV pool dtype: f32 or bf16 (bf16 reads half the K/V bytes per step; llama.cpp keeps its KV cache in f16 unless told otherwise)
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub kv_dtype: Dtype,
+    /// Weight matrices' dtype: f32 or bf16 (half the bytes each decode step reads; the bound uses the bytes actually read)
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub weights: Dtype,
     #[arg(long)]
     pub json: bool,
 }
@@ -465,6 +468,7 @@ fn bench_model(served: &ServedArgs, plugin: &PluginArg) -> bench::BenchModel {
         tp: 1,
         attention: served.attention,
         kv_dtype: Dtype::F32,
+        weights_dtype: Dtype::F32,
     }
 }
 
@@ -472,6 +476,7 @@ fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     let b = bench::decode::DecodeBench {
         served: bench::BenchModel {
             kv_dtype: a.kv_dtype,
+            weights_dtype: a.weights,
             ..bench_model(&a.served, &a.plugin)
         },
         batches: a.batches.clone(),
@@ -607,11 +612,12 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         println!("kernel: {k}");
     }
     println!(
-        "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of weights read per decode step; {} KV pool",
+        "measured: memory bandwidth {:.1} GB/s, f32 matmul {:.1} GFLOP/s; {} params, {:.0} MB of {} weights read per decode step; {} KV pool",
         r.bandwidth_gbs,
         r.matmul_gflops,
         r.params,
         r.weight_bytes as f64 / 1e6,
+        r.weights_dtype,
         r.kv_dtype
     );
     println!(
@@ -678,7 +684,7 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
         println!(
             "peak resident memory of the run: {:.0} MB ({:.0} MB of weights)",
             peak as f64 / 1e6,
-            r.params as f64 * 4.0 / 1e6
+            r.model_weight_bytes as f64 / 1e6
         );
     }
 }

@@ -187,7 +187,7 @@ impl DeviceExecutor {
             let bucket = exec.bucket_for(tokens)?;
             exec.compile_bucket(bucket, decode)?;
         }
-        exec.weights = upload_weights(&exec.client, model, tp)?;
+        exec.weights = upload_weights(&exec.client, model, tp, exec.source.weights)?;
         // Each part was dequantized into a host buffer freed after its upload: hand that heap
         // back rather than keep it as the process's high-water mark.
         runtime::mem::release_free_heap();
@@ -248,10 +248,14 @@ impl DeviceExecutor {
 
     /// The shapes of a program: decode-only ones hold one row per sequence.
     pub fn shapes(&self, bucket: usize, decode: bool) -> StepShapes {
-        if decode {
+        let shapes = if decode {
             StepShapes::decode(&self.engine, bucket, self.kv_dtype)
         } else {
             StepShapes::new(&self.engine, bucket, self.kv_dtype)
+        };
+        StepShapes {
+            weights_dtype: self.source.weights,
+            ..shapes
         }
     }
 

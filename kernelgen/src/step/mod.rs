@@ -15,7 +15,8 @@
 //!    `logits_rows i32[R]`;
 //! 2. the KV pool of each layer, `[NP, page_size, 2*kv_heads, head_dim]` (K even, V odd heads),
 //!    donated and aliased to output `1 + layer`: updated in place, never copied;
-//! 3. weights, uploaded once and borrowed, every projection laid out `[out, in]`:
+//! 3. weights, uploaded once and borrowed, every projection laid out `[out, in]`, matrices in
+//!    [`StepShapes::weights_dtype`] (f32 or bf16), norms and RoPE frequencies f32:
 //!    `rope_inv_freq f32[D/2]`, `embed [V, H]`, per layer `attn_norm [H]`,
 //!    `wqkv [(Hq + 2 Hkv) D, H]` (q, k, v rows stacked), `wo [H, Hq D]`, `ffn_norm [H]`,
 //!    `w_gate_up [2F, H]` (gate, up stacked), `w_down [H, F]`; then `final_norm [H]`, and
@@ -51,6 +52,8 @@ pub struct StepShapes {
     pub pool_pages: usize,
     pub page_size: usize,
     pub kv_dtype: Dtype,
+    /// The weight matrices' dtype ([`weights::weight_params`]); f32 unless `--weights bf16`.
+    pub weights_dtype: Dtype,
     /// A decode-only program: every sequence has one new token, so `seqs == tokens`.
     pub decode: bool,
 }
@@ -66,6 +69,7 @@ impl StepShapes {
             pool_pages: engine.max_pages + 1,
             page_size: engine.page_size,
             kv_dtype,
+            weights_dtype: Dtype::F32,
             decode: false,
         }
     }

@@ -7,10 +7,11 @@
 //! [`super::DeviceExecutor::weights`] without another upload. Under tensor parallelism,
 //! [`all_reduce_chain`] is the step's collectives alone.
 
-use super::program::{host_matmul, KernelForm};
-use super::weights::pack_weights_dims;
+use super::program::{host_matmul_for, KernelForm};
+use super::weights::weight_params;
 use crate::emit::mlir::CheckedModule;
 use crate::emit::{self, EmitError};
+use runtime::dtype::Dtype;
 use runtime::model::LlamaConfig;
 use serde::Serialize;
 
@@ -28,17 +29,22 @@ struct MatmulChain {
     tied: bool,
     /// The native host matmul instead of XLA's dot.
     host: bool,
+    /// The weight matrices' element type.
+    w: &'static str,
 }
 
 /// The step's matmuls at `rows` token rows, as one checked program returning the logits, in
-/// the form a step program with kernels of `form` uses at those rows.
+/// the form a step program with kernels of `form` and weight matrices in `weights` uses at
+/// those rows.
 pub fn matmul_chain(
     m: &LlamaConfig,
     rows: usize,
     form: KernelForm,
+    weights: Dtype,
 ) -> Result<CheckedModule, EmitError> {
     let p = MatmulChain {
-        host: host_matmul(form, rows),
+        w: weights.mlir(),
+        host: host_matmul_for(form, rows, weights),
         rows,
         h: m.hidden_size,
         qd: m.q_dim(),
@@ -51,7 +57,7 @@ pub fn matmul_chain(
     };
     let mut ctx = tera::Context::new();
     ctx.insert("p", &p);
-    ctx.insert("params", &pack_weights_dims(m));
+    ctx.insert("params", &weight_params(m, weights));
     ctx.insert(
         "header",
         &emit::header(&format!(
@@ -104,29 +110,45 @@ pub fn all_reduce_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::weights::pack_weights_dims;
     use verify::fixtures::tiny::TinyConfig;
 
-    /// One dot per projection per layer, plus the LM head; every weight is a parameter.
+    /// One dot per projection per layer, plus the LM head; every weight is a parameter, its
+    /// matrices in the served dtype (widened to f32 before XLA's dot, read as they are by the
+    /// host matmul).
     #[test]
     fn the_chain_has_the_steps_matmuls() {
-        for tied in [true, false] {
+        for (tied, weights) in [(true, Dtype::F32), (false, Dtype::F32), (true, Dtype::Bf16)] {
             let m = TinyConfig {
                 tie_word_embeddings: tied,
                 ..Default::default()
             }
             .llama_config();
-            let c = matmul_chain(&m, 3, KernelForm::Portable).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(c.op_counts["stablehlo.dot_general"], 4 * m.num_layers + 1);
+            let matmuls = 4 * m.num_layers + 1;
+            let widened = if weights == Dtype::Bf16 { matmuls } else { 0 };
+            let c = matmul_chain(&m, 3, KernelForm::Portable, weights)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.op_counts["stablehlo.dot_general"], matmuls);
+            assert_eq!(
+                c.op_counts.get("stablehlo.convert").copied().unwrap_or(0),
+                widened
+            );
             // The host form calls the host matmul where this CPU runs its vector path.
-            let c = matmul_chain(&m, 3, KernelForm::Host).unwrap_or_else(|e| panic!("{e}"));
+            let c =
+                matmul_chain(&m, 3, KernelForm::Host, weights).unwrap_or_else(|e| panic!("{e}"));
             let op = if runtime::kernels::matmul::vectorized() {
                 "stablehlo.custom_call"
             } else {
                 "stablehlo.dot_general"
             };
-            assert_eq!(c.op_counts[op], 4 * m.num_layers + 1);
+            assert_eq!(c.op_counts[op], matmuls);
             let params = pack_weights_dims(&m).len() + 1;
             assert!(c.generic_text.matches("tensor<").count() > params);
+            assert_eq!(
+                c.generic_text.contains("bf16>"),
+                weights == Dtype::Bf16,
+                "the matrices are parameters in the served dtype"
+            );
         }
     }
 

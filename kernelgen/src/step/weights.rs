@@ -2,9 +2,12 @@
 //! model in [`Part::all`]'s order, in the layout [`runtime::model`] loads (`[out, in]`, q/k/v
 //! and gate/up stacked), so uploading copies each part once and transposes nothing.
 
+use half::bf16;
+use runtime::dtype::Dtype;
 use runtime::engine::EngineError;
 use runtime::model::{LlamaConfig, Part, WeightSource};
 use runtime::pjrt::{Buffer, Client};
+use serde::Serialize;
 
 /// RoPE inverse frequencies `theta^(-2i/d)`, i < d/2 (Hugging Face rotate-half convention).
 pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
@@ -14,6 +17,16 @@ pub fn rope_inv_freq(m: &LlamaConfig) -> Vec<f32> {
         .collect()
 }
 
+/// One weight parameter of the step program.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightParam {
+    pub name: String,
+    pub dims: Vec<usize>,
+    /// The matrices (embedding, projections, LM head) are the served weights' dtype; norms
+    /// and RoPE frequencies stay f32 (a few thousand values, read once a step).
+    pub dtype: Dtype,
+}
+
 /// Names and dims of the step's weight parameters, in order, from the config alone.
 pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     std::iter::once(("rope_inv_freq".to_string(), vec![m.head_dim / 2]))
@@ -21,11 +34,31 @@ pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// Values in the step's weight parameters (f32 each, as the runtime holds them).
+/// The step's weight parameters, in order, with `weights` the matrices' dtype.
+pub fn weight_params(m: &LlamaConfig, weights: Dtype) -> Vec<WeightParam> {
+    pack_weights_dims(m)
+        .into_iter()
+        .map(|(name, dims)| WeightParam {
+            dtype: if dims.len() == 2 { weights } else { Dtype::F32 },
+            name,
+            dims,
+        })
+        .collect()
+}
+
+/// Values in the step's weight parameters.
 pub fn num_params(m: &LlamaConfig) -> u64 {
     pack_weights_dims(m)
         .iter()
         .map(|(_, d)| d.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Bytes of the step's weight parameters with matrices in `weights`.
+pub fn weight_bytes(m: &LlamaConfig, weights: Dtype) -> u64 {
+    weight_params(m, weights)
+        .iter()
+        .map(|p| p.dims.iter().product::<usize>() as u64 * p.dtype.bytes())
         .sum()
 }
 
@@ -38,11 +71,13 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
 /// while every other part is uploaded.
 ///
 /// Under tensor parallelism (`tp` devices) device `d` (`[d]` of the result) gets its shard of
-/// each part ([`super::tp::shard_part`]), in the shard model's dims.
+/// each part ([`super::tp::shard_part`]), in the shard model's dims. Matrices are uploaded in
+/// `weights` ([`weight_params`]): bf16 rounds each value to nearest even.
 pub fn upload_weights(
     client: &Client,
     src: &dyn WeightSource,
     tp: usize,
+    weights: Dtype,
 ) -> Result<Vec<Vec<Buffer>>, EngineError> {
     let m = src.config();
     let shard = super::tp::shard_config(m, tp).map_err(|e| EngineError::Config(e.to_string()))?;
@@ -65,19 +100,27 @@ pub fn upload_weights(
     let mut order: Vec<usize> = (0..parts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(len(parts[i])));
     let mut scratch: Vec<f32> = Vec::new();
+    let mut narrowed: Vec<bf16> = Vec::new();
     for i in order {
         let p = parts[i];
         if scratch.capacity() > 2 * len(p) {
             scratch = Vec::with_capacity(len(p));
+            narrowed = Vec::new();
         }
         let data = src
             .part(p, &mut scratch)
             .map_err(|e| EngineError::Executor(format!("uploading {}: {e}", p.name())))?;
         for (d, device) in uploaded.iter_mut().enumerate() {
             let part = super::tp::shard_part(m, tp, d, p, data);
-            let buffer = client
-                .buffer_from_host_on(d, &part, &dims(&p.dims(&shard)))
-                .map_err(up_err(p.name()))?;
+            let shape = dims(&p.dims(&shard));
+            let buffer = if weights == Dtype::Bf16 && shape.len() == 2 {
+                narrowed.clear();
+                narrowed.extend(part.iter().map(|&x| bf16::from_f32(x)));
+                client.buffer_from_host_on(d, &narrowed, &shape)
+            } else {
+                client.buffer_from_host_on(d, &part, &shape)
+            }
+            .map_err(up_err(p.name()))?;
             device[i + 1] = Some(buffer);
         }
     }
