@@ -39,11 +39,21 @@ pub fn weight_params(m: &LlamaConfig, weights: Dtype) -> Vec<WeightParam> {
     pack_weights_dims(m)
         .into_iter()
         .map(|(name, dims)| WeightParam {
-            dtype: if dims.len() == 2 { weights } else { Dtype::F32 },
+            dtype: param_dtype(&dims, weights),
             name,
             dims,
         })
         .collect()
+}
+
+/// The dtype of a weight parameter of `dims` when the matrices are `weights`: matrices take
+/// it, vectors (norms, RoPE frequencies) stay f32.
+fn param_dtype<T>(dims: &[T], weights: Dtype) -> Dtype {
+    if dims.len() == 2 {
+        weights
+    } else {
+        Dtype::F32
+    }
 }
 
 /// Values in the step's weight parameters.
@@ -113,7 +123,7 @@ pub fn upload_weights(
         for (d, device) in uploaded.iter_mut().enumerate() {
             let part = super::tp::shard_part(m, tp, d, p, data);
             let shape = dims(&p.dims(&shard));
-            let buffer = if weights == Dtype::Bf16 && shape.len() == 2 {
+            let buffer = if param_dtype(&shape, weights) == Dtype::Bf16 {
                 narrowed.clear();
                 narrowed.extend(part.iter().map(|&x| bf16::from_f32(x)));
                 client.buffer_from_host_on(d, &narrowed, &shape)
