@@ -7,7 +7,7 @@
 //! [`super::DeviceExecutor::weights`] without another upload. Under tensor parallelism,
 //! [`all_reduce_chain`] is the step's collectives alone.
 
-use super::program::{host_matmul_for, KernelForm};
+use super::program::{host_matmul, KernelForm};
 use super::weights::weight_params;
 use crate::emit::mlir::CheckedModule;
 use crate::emit::{self, EmitError};
@@ -44,7 +44,7 @@ pub fn matmul_chain(
 ) -> Result<CheckedModule, EmitError> {
     let p = MatmulChain {
         w: weights.mlir(),
-        host: host_matmul_for(form, rows, weights),
+        host: host_matmul(form, rows, weights),
         rows,
         h: m.hidden_size,
         qd: m.q_dim(),

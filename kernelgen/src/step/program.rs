@@ -182,24 +182,18 @@ pub struct StepDims {
     pub host_matmul_head: bool,
 }
 
-/// Whether a matmul of `rows` rows calls the host matmul in a program whose kernels are `form`:
-/// only where this CPU runs its vector path (AVX-512); its plain loops would lose to XLA's dot.
-pub fn host_matmul(form: KernelForm, rows: usize) -> bool {
+/// Whether a matmul of `rows` rows over weight matrices in `weights` calls the host matmul in
+/// a program whose kernels are `form`: only where this CPU runs its vector path (AVX-512), whose
+/// plain loops would lose to XLA's dot; f32 weights up to [`runtime::kernels::matmul::MAX_ROWS`]
+/// rows (XLA's blocked GEMM wins above), bf16 ones at every row count, because XLA's dot would
+/// need them widened to f32 first, which it does for the whole model in every step. Measured
+/// on SmolLM2-135M's 256-token prefill (AMD EPYC, 2 vCPUs, `kernelgen bench decode --weights
+/// bf16`): 1195 tokens/s and a 577 MB peak with the host matmul, 1029 tokens/s and 934 MB with
+/// XLA's dot on widened weights.
+pub fn host_matmul(form: KernelForm, rows: usize, weights: Dtype) -> bool {
     form == KernelForm::Host
-        && rows <= runtime::kernels::matmul::MAX_ROWS
+        && (weights == Dtype::Bf16 || rows <= runtime::kernels::matmul::MAX_ROWS)
         && runtime::kernels::matmul::vectorized()
-}
-
-/// [`host_matmul`] for weight matrices in `weights`: bf16 ones take the host matmul at every
-/// row count where it runs vectorized, because XLA's dot would need them widened to f32 first,
-/// which it does for the whole model in every step. Measured on SmolLM2-135M's 256-token
-/// prefill (AMD EPYC, 2 vCPUs, `kernelgen bench decode --weights bf16`): 1195 tokens/s and a
-/// 577 MB peak with the host matmul, 1029 tokens/s and 934 MB with XLA's dot on widened weights.
-pub fn host_matmul_for(form: KernelForm, rows: usize, weights: Dtype) -> bool {
-    match weights {
-        Dtype::F32 => host_matmul(form, rows),
-        Dtype::Bf16 => host_matmul(form, 1),
-    }
 }
 
 impl StepDims {
@@ -207,8 +201,8 @@ impl StepDims {
     pub fn new(m: &LlamaConfig, s: &StepShapes, tp: usize, form: KernelForm) -> StepDims {
         StepDims {
             tp,
-            host_matmul: host_matmul_for(form, s.tokens, s.weights_dtype),
-            host_matmul_head: host_matmul_for(form, s.logits_rows, s.weights_dtype),
+            host_matmul: host_matmul(form, s.tokens, s.weights_dtype),
+            host_matmul_head: host_matmul(form, s.logits_rows, s.weights_dtype),
             tp_groups: (0..tp)
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()

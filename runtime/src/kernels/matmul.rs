@@ -289,16 +289,12 @@ mod avx512 {
         let mut j = rows.start;
         while j < rows.end {
             let nr = (rows.end - j).min(PANEL);
-            for r in 0..PANEL {
-                if r < nr {
-                    let row = &w[(j + r) * k..(j + r + 1) * k];
-                    for (c, v) in row.iter().enumerate() {
-                        panel[c * PANEL + r] = v.to_f32();
-                    }
-                } else {
-                    for c in 0..k {
-                        panel[c * PANEL + r] = 0.0;
-                    }
+            // Columns past `nr` keep whatever an earlier panel left: each lane sums alone, and
+            // theirs are masked off at the store.
+            for r in 0..nr {
+                let row = &w[(j + r) * k..(j + r + 1) * k];
+                for (c, v) in row.iter().enumerate() {
+                    panel[c * PANEL + r] = v.to_f32();
                 }
             }
             let mask = if nr == PANEL {
