@@ -24,6 +24,13 @@ the verdict at the point's limit only (no minimum-limit bisection: 1-4 s a point
         --kernel both --kernelgen target/release/kernelgen --targets v5e,v5p,v6e,v7x \
         --seed 7 --points 200 --out kernelgen/data/vmem_oracle_heldout.jsonl
 
+--rerun FILE measures FILE's points of --kernel again (the same configs, e.g. after the kernel's
+layout changed; add --no-bisect for a held-out split):
+
+    .cache/venv/tpu-oracle/bin/python kernelgen/oracle/sweep.py --kernel kernelgen \
+        --kernelgen target/release/kernelgen --rerun kernelgen/data/vmem_oracle_kernelgen.jsonl \
+        --out /tmp/kernelgen.jsonl
+
 --grid wide draws fit points (with bisection) over the held-out grid's geometries and the fit
 grid's, f32 on a quarter, never a config of the held-out split (--exclude), e.g.:
 
@@ -165,6 +172,8 @@ def main():
     ap.add_argument("--exclude", action="append", default=[],
                     help="a JSONL of points whose configs (at any limit) are never drawn: the held-out split")
     ap.add_argument("--no-bisect", action="store_true", help="the verdict at the point's limit only")
+    ap.add_argument("--rerun", help="a JSONL of earlier points: measure its --kernel points again (same configs, "
+                    "e.g. after the kernel changed) instead of drawing new ones")
     args = ap.parse_args()
     i, n = map(int, args.shard.split("/"))
     done = set()
@@ -176,7 +185,12 @@ def main():
     for path in args.exclude:
         with open(path) as fh:
             exclude |= {config_key(json.loads(line)["request"]) for line in fh if line.strip()}
-    points = draw(args.kernel, args.points, args.seed, args.targets.split(","), args.grid, frozenset(exclude))
+    if args.rerun:
+        with open(args.rerun) as fh:
+            points = [json.loads(line)["request"] for line in fh if line.strip()]
+        points = [p for p in points if args.kernel == "both" or p["kernel"] == args.kernel]
+    else:
+        points = draw(args.kernel, args.points, args.seed, args.targets.split(","), args.grid, frozenset(exclude))
     todo = [p for j, p in enumerate(points) if j % n == i and key(p) not in done]
     print(f"{len(todo)} points to compile ({len(done)} already in {args.out})", file=sys.stderr)
     for j, p in enumerate(todo):

@@ -84,6 +84,15 @@ def kernel_fn(req):
     raise ValueError(f"unknown kernel {req['kernel']!r}")
 
 
+def kv_pages_shape(req):
+    """The pool as the kernel takes it: jax-rpa's token-major pages [pages, slot, 2*kv_heads, d];
+    a kernelgen module names its own (KV_PAGES_SHAPE: head-major pages)."""
+    if req["kernel"] == "kernelgen":
+        kernel_fn(req)  # loads the module
+        return tuple(_modules[req["module"]].KV_PAGES_SHAPE)
+    return (req["total_pages"], req["page_size"], 2 * req["num_kv_heads"], req["head_dim"])
+
+
 def abstract_args(req, dev):
     sh = SingleDeviceSharding(dev)
     dt = jnp.dtype(req["dtype"])
@@ -91,7 +100,7 @@ def abstract_args(req, dev):
     seqs, pps = req["max_num_seqs"], req["pages_per_seq"]
     return (
         S((req["max_num_tokens"], req["num_q_heads"], req["head_dim"]), dt),
-        S((req["total_pages"], req["page_size"], 2 * req["num_kv_heads"], req["head_dim"]), dt),
+        S(kv_pages_shape(req), dt),
         S((seqs,), jnp.int32),
         S((seqs, pps), jnp.int32),
         S((seqs + 1,), jnp.int32),
@@ -148,8 +157,38 @@ def classify_error(msg):
     return "error", None, None, msg[:2000]
 
 
-def min_limit(req, lo, hi, step=64 << 10):
-    """Smallest vmem_limit_bytes (multiple of step) in (lo, hi] that compiles; lo fails, hi fits."""
+def min_limit(req, lo, hi, step=64 << 10, need=None):
+    """Smallest vmem_limit_bytes (multiple of step) in (lo, hi] that compiles; lo fails, hi fits.
+
+    need: a size the compiler reported when it ran out (its scoped allocation). It is tried first,
+    rounded up to the step, then one step below: where the compiler reported its whole need that
+    settles the point in two compiles. Where it reported only a first stage (kernel and internal
+    scratch, not the spills), a failure at that limit reports the next size, which is followed the
+    same way; bisection finishes whatever is left, so the answer is the bisection's either way.
+    """
+    for _ in range(4):
+        if not need:
+            break
+        probe = -(-need // step) * step
+        need = None
+        if not lo < probe < hi:
+            break
+        verdict, size, *_ = compile_once(dict(req, vmem_limit_bytes=probe))
+        if verdict == "fits":
+            hi = probe
+            below = probe - step
+            if lo < below:
+                verdict, *_ = compile_once(dict(req, vmem_limit_bytes=below))
+                if verdict == "fits":
+                    hi = below
+                elif verdict == "vmem_oom":
+                    lo = below
+                else:
+                    return None
+            break
+        if verdict != "vmem_oom":
+            return None
+        lo, need = probe, size
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
         if mid <= lo:
@@ -181,12 +220,16 @@ def handle(req):
         if verdict == "fits":
             base = req.get("vmem_limit_bytes") or req.get("default_limit_bytes")
             hi, lo = base, 0
+            # What the compiler says it needs when given almost nothing: the first guess.
+            v1, need, *_ = compile_once(dict(req, vmem_limit_bytes=64 << 10))
+            if v1 != "vmem_oom":
+                need = None
         else:
-            lo, hi = limit, cap
+            lo, hi, need = limit, cap, size
             v2, *_ = compile_once(dict(req, vmem_limit_bytes=hi))
             if v2 != "fits":
                 hi = None
-        out["min_limit_bytes"] = min_limit(req, lo, hi) if hi else None
+        out["min_limit_bytes"] = min_limit(req, lo, hi, need=need) if hi else None
         out["bisect_s"] = round(time.time() - t1, 3)
     return out
 

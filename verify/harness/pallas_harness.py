@@ -4,7 +4,8 @@ Usage:
     pallas_harness.py MODULE.py INDIR OUTDIR [--detect-races]
     pallas_harness.py --cases CASES.json
 
-INDIR holds q.npy, kv_pages.npy, kv_lens.npy, page_indices.npy, cu_q_lens.npy, num_seqs.npy (float
+INDIR holds q.npy, kv_pages.npy (token-major [pages, slot, 2*kv_heads, d]; transposed here when the
+module's KV_LAYOUT is "HND"), kv_lens.npy, page_indices.npy, cu_q_lens.npy, num_seqs.npy (float
 arrays as float32; for a bf16 module they hold values already rounded to bf16, so converting them to
 the module's dtype is exact). The module's ragged_paged_attention runs under
 pltpu.force_tpu_interpret_mode, which simulates HBM, VMEM, the kernel's DMAs and semaphores (and,
@@ -58,6 +59,12 @@ def run_case(case, tag):
     mod = load_module(case["module"], tag)
     arrays = [np.load(os.path.join(case["indir"], f"{name}.npy")) for name in INPUTS]
     dtype = jnp.dtype(mod.DTYPE)
+    # The batch's pool is token-major [pages, slot, 2*kv_heads, d]; the module says its own layout.
+    layout = getattr(mod, "KV_LAYOUT", "NHD")
+    if layout == "HND":
+        arrays[1] = np.ascontiguousarray(arrays[1].transpose(0, 2, 1, 3))
+    elif layout != "NHD":
+        raise ValueError(f"module KV_LAYOUT {layout!r}: expected 'NHD' or 'HND'")
     args = [jnp.asarray(a, dtype) if a.dtype.kind == "f" else jnp.asarray(a, jnp.int32) for a in arrays]
     detect = bool(case.get("detect_races", False))
     pltpu.reset_tpu_interpret_mode_state()

@@ -134,13 +134,17 @@ impl TpuBuild {
         }
     }
 
-    /// Writes `rpa.pallas.py` for `cfg` into the artifact, with the checker's report in the
+    /// Writes `rpa.pallas.py` for `cfg` into the artifact, with the checker's report and the
+    /// module's KV pool operand (head-major, unlike the StableHLO kernel's `inputs`) in the
     /// manifest.
     pub fn write_module(&self, cfg: &KernelConfig, w: &mut ArtifactWriter) -> Result<(), Error> {
         let text = pallas::render(cfg, &self.vmem_info())?;
         w.add_file(pallas::FILE_NAME, text.as_bytes())?;
         let report = serde_json::to_value(&self.report).expect("reports serialize");
         w.manifest.extra.insert("vmem_check".into(), report);
+        let kv_pages = pallas::kv_pages(cfg);
+        let value = serde_json::json!({ "kv_layout": "HND", "kv_pages": kv_pages });
+        w.manifest.extra.insert("pallas".into(), value);
         Ok(())
     }
 

@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 /// File name of the Pallas kernel inside an artifact directory.
 pub const FILE_NAME: &str = "rpa.pallas.py";
 
+/// The module's KV pool: head-major pages (`KV_LAYOUT = "HND"` in the module), so one head's keys
+/// of a page are whole VMEM tiles (see the template's docstring for what token-major cost).
+pub const KV_PAGES_HEAD_MAJOR: &str =
+    "kv_pages[total_pages, 2*num_kv_heads, page_size, head_dim] (head-major; K even, V odd heads)";
+
 /// What the template spells out: the config's numbers plus the kernel's own layout decisions.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PallasDims {
@@ -39,7 +44,8 @@ pub struct PallasDims {
     pub max_num_seqs_plus_1: u32,
     pub pages_per_seq: u32,
     pub total_pages: u32,
-    /// `2 * num_kv_heads`: K and V interleaved on kv_pages' head axis.
+    /// `2 * num_kv_heads`: K and V interleaved on kv_pages' head axis (`[pages, 2 * kv_heads,
+    /// page_size, head_dim]`, head-major).
     pub num_combined_heads: u32,
     /// Python literals: the exact f32 values (written as f64, which Python parses exactly), or
     /// `None`.
@@ -72,9 +78,9 @@ pub struct VmemBuffer {
 
 /// The `jax.numpy` name of `dtype`.
 /// KV heads per grid step: the fewest whose K/V rows (`2 * heads`) fill whole sublane tiles
-/// (8 rows for f32, 16 for bf16) and divide the heads evenly, because the kernel DMAs that slice
-/// of each page's head axis and Mosaic slices tiled HBM axes only at tile boundaries; all heads
-/// when no such split exists (e.g. 3 KV heads).
+/// (8 rows for f32, 16 for bf16) and divide the heads evenly; all heads when no such split exists
+/// (e.g. 3 KV heads). In the head-major pool any split could be sliced; this one keeps the grid
+/// steps (each starts with a DMA nothing overlaps) as few as the token-major kernel had.
 pub fn kv_heads_per_block(num_kv_heads: u32, dtype: Dtype) -> u32 {
     let tile_rows = match dtype {
         Dtype::F32 => 8,
@@ -145,7 +151,7 @@ impl PallasDims {
             buf("out_window", vec![h, rows, d], self.dtype, 2),
             buf(
                 "kv_buf",
-                vec![self.kv_pages_block as u64, self.page_size as u64, 2 * h, d],
+                vec![self.kv_pages_block as u64, 2 * h, self.page_size as u64, d],
                 self.dtype,
                 2,
             ),
@@ -167,6 +173,24 @@ pub struct VmemInfo {
     pub limit_bytes: Option<u64>,
 }
 
+/// The module's `kv_pages` operand (its `KV_PAGES_SHAPE`): head-major pages, named as
+/// [`crate::artifact::io_specs`] names the StableHLO kernel's token-major one.
+pub fn kv_pages(cfg: &KernelConfig) -> crate::artifact::TensorSpec {
+    let g = cfg.geometry();
+    crate::artifact::TensorSpec {
+        name: "kv_pages".to_string(),
+        shape: [
+            cfg.total_pages(),
+            2 * g.num_kv_heads,
+            cfg.page_size(),
+            g.head_dim,
+        ]
+        .map(u64::from)
+        .to_vec(),
+        dtype: cfg.dtype().mlir().to_string(),
+    }
+}
+
 /// Renders the Pallas module for `cfg`.
 pub fn render(cfg: &KernelConfig, vmem: &VmemInfo) -> Result<String, EmitError> {
     let dims = PallasDims::new(cfg);
@@ -175,7 +199,11 @@ pub fn render(cfg: &KernelConfig, vmem: &VmemInfo) -> Result<String, EmitError> 
     ctx.insert("dims", &dims);
     ctx.insert(
         "header",
-        &stablehlo::header(cfg, "ragged paged attention, Pallas TPU"),
+        &stablehlo::header(
+            cfg,
+            "ragged paged attention, Pallas TPU",
+            KV_PAGES_HEAD_MAJOR,
+        ),
     );
     ctx.insert("vmem_estimate_bytes", &vmem.estimate_bytes);
     ctx.insert("vmem_limit_bytes", &vmem.limit_bytes);
@@ -238,7 +266,9 @@ mod tests {
                 limit_bytes: Some(33_554_432),
             };
             let text = render(c, &info).unwrap();
-            for line in stablehlo::header(c, "ragged paged attention, Pallas TPU") {
+            for line in
+                stablehlo::header(c, "ragged paged attention, Pallas TPU", KV_PAGES_HEAD_MAJOR)
+            {
                 assert!(text.contains(&format!("# {line}\n")), "header line {line}");
             }
             assert!(
@@ -301,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn head_blocks_split_only_at_whole_tiles() {
+    fn head_blocks_fill_whole_tiles() {
         // Llama-3-8B: 8 KV heads = 16 K/V rows, one bf16 tile; f32 tiles are 8 rows.
         assert_eq!(kv_heads_per_block(8, Dtype::Bf16), 8);
         assert_eq!(kv_heads_per_block(8, Dtype::F32), 4);
@@ -329,7 +359,8 @@ mod tests {
         let d = PallasDims::new(&cfg((32, 8), 128, Dtype::Bf16, (16, 16), None, None));
         let bufs = d.vmem_buffers();
         let kv = bufs.iter().find(|b| b.name == "kv_buf").unwrap();
-        assert_eq!((kv.shape.clone(), kv.copies), (vec![16, 64, 16, 128], 2));
+        // [kv_pages_block, 2 * heads, page_size, head_dim]: head-major pages
+        assert_eq!((kv.shape.clone(), kv.copies), (vec![16, 16, 64, 128], 2));
         let acc = bufs.iter().find(|b| b.name == "acc").unwrap();
         assert_eq!(
             (acc.shape.clone(), acc.dtype.as_str()),
@@ -341,6 +372,6 @@ mod tests {
             .into_iter()
             .find(|b| b.name == "kv_buf")
             .unwrap();
-        assert_eq!(kv2.shape, vec![8, 64, 16, 128]);
+        assert_eq!(kv2.shape, vec![8, 16, 64, 128]);
     }
 }

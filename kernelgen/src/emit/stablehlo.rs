@@ -107,11 +107,16 @@ impl KernelDims {
     }
 }
 
-/// The header comment every emitted file starts with: kernelgen's version and the config.
-pub fn header(cfg: &KernelConfig, what: &str) -> Vec<String> {
+/// The StableHLO kernels' KV pool: token-major pages, as JAX's kernel takes them.
+pub const KV_PAGES_TOKEN_MAJOR: &str =
+    "kv_pages[total_pages, page_size, 2*num_kv_heads, head_dim] (token-major; K even, V odd heads)";
+
+/// The header comment every emitted kernel file starts with: kernelgen's version, the config and
+/// the inputs, with the KV pool as this kernel takes it (`kv_pages`).
+pub fn header(cfg: &KernelConfig, what: &str, kv_pages: &str) -> Vec<String> {
     let mut lines = super::header(what);
     lines.push(format!("config: {cfg}"));
-    lines.push("inputs: q[max_num_tokens, num_q_heads, head_dim], kv_pages[total_pages, page_size, 2*num_kv_heads, head_dim] (K even, V odd heads), kv_lens i32[max_num_seqs], page_indices i32[max_num_seqs, pages_per_seq], cu_q_lens i32[max_num_seqs+1], num_seqs i32[1]".to_string());
+    lines.push(format!("inputs: q[max_num_tokens, num_q_heads, head_dim], {kv_pages}, kv_lens i32[max_num_seqs], page_indices i32[max_num_seqs, pages_per_seq], cu_q_lens i32[max_num_seqs+1], num_seqs i32[1]"));
     lines
 }
 
@@ -130,7 +135,14 @@ fn render_with(cfg: &KernelConfig, return_pool: bool) -> Result<String, EmitErro
             ..KernelDims::new(cfg)
         },
     );
-    ctx.insert("header", &header(cfg, "ragged paged attention, StableHLO"));
+    ctx.insert(
+        "header",
+        &header(
+            cfg,
+            "ragged paged attention, StableHLO",
+            KV_PAGES_TOKEN_MAJOR,
+        ),
+    );
     let template = match cfg.schedule() {
         crate::config::Schedule::Sequential => "rpa.stablehlo.mlir.tera",
         crate::config::Schedule::Batched => "rpa_batched.stablehlo.mlir.tera",
@@ -161,10 +173,14 @@ pub fn emit_linkable(cfg: &KernelConfig) -> Result<StablehloKernel, EmitError> {
 fn emit_with(cfg: &KernelConfig, return_pool: bool) -> Result<StablehloKernel, EmitError> {
     let rendered = render_with(cfg, return_pool)?;
     let module = mlir::check(&rendered)?;
-    let mut text: String = header(cfg, "ragged paged attention, StableHLO")
-        .iter()
-        .map(|l| format!("// {l}\n"))
-        .collect();
+    let mut text: String = header(
+        cfg,
+        "ragged paged attention, StableHLO",
+        KV_PAGES_TOKEN_MAJOR,
+    )
+    .iter()
+    .map(|l| format!("// {l}\n"))
+    .collect();
     text.push_str(&module.generic_text);
     if !text.ends_with('\n') {
         text.push('\n');

@@ -9,13 +9,14 @@
 //! |---|---|---|---|
 //! | `q_window` | `(h, rows, head_dim)` x 2 | q | `window` BlockSpec input, pipelined |
 //! | `out_window` | `(h, rows, head_dim)` x 2 | q | `out_specs`, pipelined |
-//! | `kv_buf` | `(2, kv_pages_block, page_size, 2h, head_dim)` | kv | scratch, the DMA double buffer |
+//! | `kv_buf` | `(2, kv_pages_block, 2h, page_size, head_dim)` | kv | scratch, the DMA double buffer (head-major pages, as the pool) |
 //! | `m`, `l` | `(h, rows, 128)` | f32 | scratch, lane-replicated softmax state |
 //! | `acc` | `(h, rows, head_dim)` | f32 | scratch, unnormalized output |
 //! | internal scratch | per target | u32 | Mosaic, every kernel |
 //!
 //! Padding (Mosaic's memref layout, [`super::padded`]): minor dim to 128 lanes (head_dim 64
-//! occupies full 128-lane rows), second-minor to the dtype's sublane tile (`rows` and `2h`).
+//! occupies full 128-lane rows), second-minor to the dtype's sublane tile (`rows` and
+//! `page_size`).
 //! The shapes are taken from [`PallasDims::vmem_buffers`], the Rust mirror of the module's
 //! `VMEM_BUFFERS`, which the interpret-mode test checks against the rendered module.
 
@@ -120,7 +121,8 @@ mod tests {
 
     /// Sizes from the TPU compiler's allocation listing for this config on v5p (libtpu
     /// 0.0.50.1, `--xla_jf_dump_llo_text`, `*pre-finalize-registers-and-allocations*`):
-    /// `bf16[2,16,64,16,128]{...T(8,128)(2,1)} size 0x800000 'scratch operand'`, three
+    /// `bf16[2,16,16,64,128]{...T(8,128)(2,1)} size 0x800000 'scratch operand'` (head-major
+    /// pages), three
     /// `f32[8,64,128] size 0x40000 'scratch operand'`, `u32[72,128] size 0x9000 'internal scratch'`.
     #[test]
     fn buffers_are_padded_module_buffers() {
@@ -133,7 +135,7 @@ mod tests {
             .unwrap();
         assert_eq!(internal.bytes, 0x9000);
         let bytes = |n: &str| a.buffers.iter().find(|b| b.name == n).unwrap().bytes;
-        // kv_buf bf16[2, 16, 64, 16, 128]: 16 combined heads fill one bf16 tile
+        // kv_buf bf16[2, 16, 16, 64, 128]: 64-slot pages are whole bf16 tiles
         assert_eq!(bytes("kv_buf"), 0x800000);
         // q window bf16[8, 64, 128] x 2 (rows = 16 tokens x 4 q heads per KV head)
         assert_eq!(bytes("q_window"), 2 * 8 * 64 * 128 * 2);
@@ -141,7 +143,7 @@ mod tests {
         assert_eq!(bytes("m"), 0x40000);
         assert_eq!(bytes("l"), 0x40000);
         assert_eq!(bytes("acc"), 0x40000);
-        // SmolLM2: head_dim 64 takes 128 lanes, 6 combined heads pad to the bf16 tile (8 on v5p)
+        // SmolLM2: head_dim 64 takes 128 lanes; 6 combined heads are a leading dim, unpadded
         let mut p = KernelParams::with_defaults(
             Geometry {
                 num_q_heads: 9,
@@ -154,6 +156,6 @@ mod tests {
         p.page_size = 16;
         let a = account(&KernelConfig::new(p).unwrap(), &t).unwrap();
         let kv = a.buffers.iter().find(|b| b.name == "kv_buf").unwrap();
-        assert_eq!(kv.padded_shape, vec![2, 4, 16, 8, 128]);
+        assert_eq!(kv.padded_shape, vec![2, 4, 6, 16, 128]);
     }
 }
