@@ -142,6 +142,24 @@ fn kernels() -> Vec<Kernel> {
             batches: vec![mixed(), prompt()],
             detect_races: false,
         },
+        Kernel {
+            // 1024-key KV blocks scored in two 512-key chunks (the rolled chunk loop), with a
+            // window that ends inside a chunk
+            name: "bf16-gqa2-d64-p128-q8-kv8-window-chunks",
+            cfg: with(
+                small_config((4, 2), 64, 128, Bf16, (8, 8), 32, 3, 16),
+                Some(700),
+                None,
+            ),
+            batches: vec![mixed(), decode(3)],
+            detect_races: true,
+        },
+        Kernel {
+            name: "f32-mha2-d32-p64-q4-kv16-chunks",
+            cfg: small_config((2, 2), 32, 64, F32, (4, 16), 16, 2, 32),
+            batches: vec![mixed(), prompt()],
+            detect_races: false,
+        },
     ]
 }
 
@@ -215,6 +233,14 @@ fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
     let seed0 = base_seed();
     eprintln!("base seed {seed0} (PALLAS_TEST_SEED={seed0} replays this run)");
 
+    let chunked = kernels()
+        .iter()
+        .filter(|k| PallasDims::new(&k.cfg).kv_chunks > 1)
+        .count();
+    assert!(
+        chunked >= 2,
+        "the rolled chunk loop runs in {chunked} kernels"
+    );
     let mut cases = Vec::new();
     let mut json_cases = Vec::new();
     for (ki, k) in kernels().into_iter().enumerate() {

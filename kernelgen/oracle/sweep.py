@@ -63,9 +63,10 @@ PAGE_SIZES = [16, 32, 64, 128, 256]
 Q_BLOCKS = [8, 16, 32, 64, 128]
 KV_BLOCKS = [1, 2, 4, 8, 16, 32, 64]
 
-# kernelgen's kernel computes a [rows, keys] f32 score tile per KV head at once: past these sizes
-# one compile takes minutes and >10 GB (measured: page 256 x 64 pages), so its calibration stops
-# here and the checker says `uncertain` outside (see SpillModel's domain).
+# The fit points stop at these block sizes. (The token-major kernel, which scored a whole block at
+# once, took minutes and >10 GB to compile past them, e.g. page 256 x 64 pages; today's kernel
+# scores at most 512 keys at a time and compiles such blocks in about a second, and its spill
+# model sees the chunk, so MAX_KEYS only keeps the same draws.)
 MAX_KEYS = 4096
 MAX_ROWS = 512
 

@@ -31,7 +31,7 @@ fn q16_kv16_for_v5p_is_emitted_lowered_and_compiled() {
     assert_eq!(c["target"], "v5p");
     assert_eq!(c["compiler_verdict"], "fits", "{c}");
     // the checker may be unsure close to the limit (within its fitted error; it estimates
-    // ~11.5 MiB against 16 MiB today); where it commits, it must agree with the compiler
+    // ~11 MiB against 16 MiB today); where it commits, it must agree with the compiler
     assert!(
         c["checker_verdict"] == "fits" || c["checker_verdict"] == "uncertain",
         "{c}"
@@ -71,7 +71,7 @@ fn q16_kv16_for_v5p_is_emitted_lowered_and_compiled() {
 fn a_config_that_does_not_fit_is_refused_unless_the_limit_is_raised() {
     // Llama-3-8B, page 64, q128 kv16 on v5p: the exact buffers alone take 18.0 MiB of the
     // 16 MiB limit, so no spill error can make it fit; at 48 MiB the checker's whole range
-    // (up to ~42 MiB) fits, and the compiler agrees.
+    // (up to ~24 MiB) fits, and the compiler agrees.
     let dir = scratch("kernelgen-build-tpu", "q128kv16");
     let d = dir.to_str().unwrap();
     let base = [

@@ -62,6 +62,10 @@ pub struct PallasDims {
     pub q_rows_padded: u32,
     /// `q_block * group`: rows of one KV head's query tile (token-major, q head minor).
     pub rows: u32,
+    /// Pages scored per step of the rolled loop over a KV block (see [`chunk_pages`]).
+    pub chunk_pages: u32,
+    /// Steps of that loop: `kv_pages_block / chunk_pages`.
+    pub kv_chunks: u32,
 }
 
 /// One VMEM buffer of the kernel, per copy: the Rust mirror of an entry of the module's
@@ -91,6 +95,20 @@ pub fn kv_heads_per_block(num_kv_heads: u32, dtype: Dtype) -> u32 {
         .unwrap_or(num_kv_heads)
 }
 
+/// Keys the kernel scores at once, at most: a KV block's keys are scored in chunks of whole pages,
+/// one chunk per step of a rolled loop, so the `[rows, keys]` f32 temporaries the compiler keeps
+/// in VMEM are bounded by a chunk, not by `kv_pages_block`.
+pub const CHUNK_KEYS: u32 = 512;
+
+/// Pages per chunk: the largest divisor of `kv_pages_block` whose pages hold at most
+/// [`CHUNK_KEYS`] keys (one page when a page alone holds more).
+pub fn chunk_pages(kv_pages_block: u32, page_size: u32) -> u32 {
+    (1..=kv_pages_block)
+        .rev()
+        .find(|&c| kv_pages_block.is_multiple_of(c) && c * page_size <= CHUNK_KEYS)
+        .unwrap_or(1)
+}
+
 /// A Python literal for an f32: its exact value printed as f64 (round-trips through Python's
 /// float and back to the same f32).
 fn py_f32(x: f32) -> String {
@@ -102,6 +120,7 @@ impl PallasDims {
         let g = cfg.geometry();
         let kv_heads_per_block = kv_heads_per_block(g.num_kv_heads, cfg.dtype());
         let num_q_blocks = cfg.max_num_tokens().div_ceil(cfg.q_block());
+        let chunk_pages = chunk_pages(cfg.kv_pages_block(), cfg.page_size());
         PallasDims {
             version: crate::VERSION,
             num_q_heads: g.num_q_heads,
@@ -130,6 +149,8 @@ impl PallasDims {
             num_q_blocks,
             q_rows_padded: num_q_blocks * cfg.q_block(),
             rows: cfg.q_block() * g.group(),
+            chunk_pages,
+            kv_chunks: cfg.kv_pages_block() / chunk_pages,
         }
     }
 
@@ -352,6 +373,24 @@ mod tests {
             (d.num_head_blocks, d.q_heads_per_block, d.rows),
             (2, 16, 64)
         );
+    }
+
+    #[test]
+    fn chunks_are_the_most_whole_pages_within_512_keys() {
+        assert_eq!(chunk_pages(16, 64), 8);
+        assert_eq!(chunk_pages(32, 16), 32);
+        assert_eq!(chunk_pages(6, 128), 3);
+        assert_eq!(chunk_pages(3, 256), 1);
+        assert_eq!(chunk_pages(4, 1024), 1);
+        for kv in 1..=64 {
+            for page in [1, 3, 8, 16, 100, 128, 256, 600] {
+                let c = chunk_pages(kv, page);
+                assert!(kv.is_multiple_of(c), "{kv} x {page} -> {c}");
+                assert!(c == 1 || c * page <= CHUNK_KEYS, "{kv} x {page} -> {c}");
+                let larger = (c + 1..=kv).find(|&d| kv.is_multiple_of(d) && d * page <= CHUNK_KEYS);
+                assert_eq!(larger, None, "{kv} x {page}: {c} is not the largest");
+            }
+        }
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
     }
     let features = SpillFeatures {
         rows: dims.rows as u64,
-        keys: dims.kv_pages_block as u64 * dims.page_size as u64,
+        // the kernel scores a KV block a chunk of pages at a time: the chunk sets the temporaries
+        keys: dims.chunk_pages as u64 * dims.page_size as u64,
         head_dim: dims.head_dim as u64,
         kv_heads_per_block: dims.kv_heads_per_block as u64,
         kv_dtype_bytes: cfg.dtype().bytes(),

@@ -11,8 +11,9 @@
 //!
 //! `ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g`
 //!
-//! with h = KV heads per block, r = rows (q_block x group) padded to 8 sublanes, k = keys
-//! (kv_pages_block x page_size) padded to 128 lanes, odd = 1 for an odd group size above 1 (3,
+//! with h = KV heads per block, r = rows (q_block x group) padded to 8 sublanes, k = keys scored
+//! at once (kv_pages_block x page_size; kernelgen's kernel scores chunks of at most 512) padded to
+//! 128 lanes, odd = 1 for an odd group size above 1 (3,
 //! 5, 7: its q slices take another layout path, measured spills several times smaller), f32 = 1
 //! for f32 K/V, g = the group size (query heads per KV head: groups of 6-16 spill more than their
 //! rows alone say). One coefficient set per target, least squares
@@ -35,7 +36,8 @@ use serde::Serialize;
 pub struct SpillFeatures {
     /// Query rows per KV head: q_block * group.
     pub rows: u64,
-    /// Keys per KV block: kv_pages_block * page_size.
+    /// Keys scored at once: kv_pages_block * page_size for JAX's kernel; for kernelgen's, the
+    /// chunk of the block it scores per loop step (`emit::pallas::chunk_pages` pages).
     pub keys: u64,
     pub head_dim: u64,
     pub kv_heads_per_block: u64,
