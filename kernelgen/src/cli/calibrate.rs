@@ -188,7 +188,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         "{:<5} {:>6}  {:<62} {:>7} {:>7}",
         "target",
         "points",
-        "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g",
+        kernelgen::vmem::spill::SpillForm::of(kernel).formula(),
         "under",
         "over"
     );

@@ -113,7 +113,9 @@ pub fn fit_all(points: &[OraclePoint]) -> Fit {
     }
     let models = groups
         .into_iter()
-        .filter_map(|((k, target), obs)| spill::fit(&obs, BISECT_STEP).map(|m| (k, target, m)))
+        .filter_map(|((k, target), obs)| {
+            spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP).map(|m| (k, target, m))
+        })
         .collect();
     Fit { models, skipped }
 }
@@ -123,13 +125,14 @@ pub fn render_fitted(models: &[(KernelModel, &'static str, SpillModel)]) -> Stri
     let mut s = String::from(
         "//! Fitted spill models, written by `kernelgen calibrate --write kernelgen/src/vmem/spill_fitted.rs` from the committed oracle data.\n\
          //! Do not edit by hand: `spill_constants_match_a_refit_of_the_data` keeps them equal to a refit.\n\n\
-         use super::spill::SpillModel;\nuse super::KernelModel;\n\n\
+         use super::spill::{SpillForm, SpillModel};\nuse super::KernelModel;\n\n\
          pub const FITTED: &[(KernelModel, &str, SpillModel)] = &[\n",
     );
     for (k, t, m) in models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:e}")).collect();
         s.push_str(&format!(
-            "    (\n        KernelModel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
+            "    (\n        KernelModel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            form: SpillForm::{:?},\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
+            m.form,
             coef.join(", "),
             m.under,
             m.over,

@@ -6,18 +6,25 @@
 //! found by bisection (64 KiB steps); the spill is that minus the explicit buffers. What the
 //! inner loop materializes per KV head is a `[rows, keys]` f32 score tile and `[keys, head_dim]`
 //! K/V tiles, for each of the block's KV heads (the loop over them is unrolled); the compiler
-//! then trades spill space against rescheduling under the limit, which is not additive. The fit
-//! is multiplicative:
+//! then trades spill space against rescheduling under the limit, which is not additive.
+//! Features: h = KV heads per block, r = rows (q_block x group) padded to 8 sublanes, k = keys
+//! scored at once (kv_pages_block x page_size; kernelgen's kernel scores chunks of at most 512)
+//! padded to 128 lanes, d = head_dim padded to 128 lanes, odd = 1 for an odd group size above 1
+//! (3, 5, 7: its q slices take another layout path, measured spills several times smaller),
+//! f32 = 1 for f32 K/V, g = the group size (query heads per KV head). Each kernel has its form
+//! ([`SpillForm`]), the one with the fewest `uncertain` verdicts when each fit point is judged by
+//! a fit without it (`kernelgen calibrate --cross-validate`):
 //!
-//! `ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g`
+//! - kernelgen's kernel, multiplicative:
+//!   `ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g`,
+//!   least squares in log space;
+//! - JAX's kernel, in score tiles (T = 4 r k bytes, one f32 `[rows, keys]` tile), which its
+//!   unrolled heads keep live one or more per head:
+//!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T`,
+//!   least squares weighted by 1 / measured limit (relative error). Its 247 fit points judged
+//!   leave-one-out: 11 uncertain with this form, 26 with the multiplicative one.
 //!
-//! with h = KV heads per block, r = rows (q_block x group) padded to 8 sublanes, k = keys scored
-//! at once (kv_pages_block x page_size; kernelgen's kernel scores chunks of at most 512) padded to
-//! 128 lanes, odd = 1 for an odd group size above 1 (3,
-//! 5, 7: its q slices take another layout path, measured spills several times smaller), f32 = 1
-//! for f32 K/V, g = the group size (query heads per KV head: groups of 6-16 spill more than their
-//! rows alone say). One coefficient set per target, least squares
-//! in log space.
+//! One coefficient set per (kernel, target).
 //!
 //! The verdict band is asymmetric: the need lies in
 //! `[max(explicit, total (1 - over) - abs), total (1 + under) + abs]` where `under`/`over` are the
@@ -48,21 +55,79 @@ pub struct SpillFeatures {
 
 pub const N_FEATURES: usize = 8;
 
+/// The tile form's unit: features, coefficients and the intercept are in MiB.
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// How a kernel's spill depends on its features (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SpillForm {
+    /// `ln spill` linear in logs of the features (kernelgen's kernel).
+    LogLinear,
+    /// `spill` linear in score-tile and K/V bytes (JAX's kernel).
+    Tiles,
+}
+
+impl SpillForm {
+    pub fn of(kernel: KernelModel) -> SpillForm {
+        match kernel {
+            KernelModel::JaxRpa => SpillForm::Tiles,
+            KernelModel::Kernelgen => SpillForm::LogLinear,
+        }
+    }
+
+    /// The fitted formula, for reports.
+    pub fn formula(self) -> &'static str {
+        match self {
+            SpillForm::LogLinear => {
+                "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g"
+            }
+            SpillForm::Tiles => {
+                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T (T = 4rk)"
+            }
+        }
+    }
+}
+
 impl SpillFeatures {
-    pub fn vector(&self) -> [f64; N_FEATURES] {
-        let h = (self.kv_heads_per_block.max(1) as f64).ln();
+    pub fn vector(&self, form: SpillForm) -> [f64; N_FEATURES] {
+        let h = self.kv_heads_per_block.max(1);
         let r = (self.rows.div_ceil(8).max(1) * 8) as f64;
         let k = (self.keys.div_ceil(128).max(1) * 128) as f64;
         let odd = f64::from(self.group > 1 && self.group % 2 == 1);
         let f32 = f64::from(self.kv_dtype_bytes == 4);
-        let g = (self.group.max(1) as f64).ln();
-        [1.0, h, r.ln(), k.ln(), odd, f32, r.ln() * k.ln(), g]
+        match form {
+            SpillForm::LogLinear => {
+                let g = (self.group.max(1) as f64).ln();
+                let (r, k) = (r.ln(), k.ln());
+                [1.0, (h as f64).ln(), r, k, odd, f32, r * k, g]
+            }
+            SpillForm::Tiles => {
+                // in MiB, so the normal equations stay well scaled beside the intercept
+                let d = (self.head_dim.div_ceil(128).max(1) * 128) as f64;
+                let tile = 4.0 * r * k / MIB;
+                let class = match h {
+                    1 => 1,
+                    2 => 2,
+                    3 | 4 => 3,
+                    _ => 4,
+                };
+                let mut x = [0.0; N_FEATURES];
+                x[0] = 1.0;
+                x[class] = tile;
+                let kv = 4.0 * h as f64 * k * d / MIB;
+                x[5] = kv;
+                x[6] = f32 * kv;
+                x[7] = odd * h as f64 * tile;
+                x
+            }
+        }
     }
 }
 
 /// A fitted spill model for one (kernel, target).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct SpillModel {
+    pub form: SpillForm,
     pub coef: [f64; N_FEATURES],
     /// Largest relative underestimate of the total on the calibration points.
     pub under: f64,
@@ -92,7 +157,7 @@ pub struct SpillEstimate {
 
 impl SpillModel {
     pub fn predict(&self, f: &SpillFeatures) -> f64 {
-        predict(&self.coef, f)
+        predict(self.form, &self.coef, f)
     }
 
     /// `[lower, upper]` for a total estimate of `total` with exact buffers `explicit`.
@@ -161,14 +226,15 @@ pub struct Observation {
 /// bisection step's rounding, not a negative spill).
 const MIN_SPILL: f64 = 16384.0;
 
-/// Least squares fit of `ln(spill)` on the features; the band is the worst relative miss each way,
-/// in-sample and leave-one-out.
-pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
+/// Least squares fit of the spill in `form` on the features; the band is the worst relative miss
+/// each way, in-sample and leave-one-out.
+pub fn fit(form: SpillForm, obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
     if obs.len() < 2 * N_FEATURES {
         return None;
     }
     let mut m = SpillModel {
-        coef: least_squares(obs.iter())?,
+        form,
+        coef: least_squares(form, obs.iter())?,
         under: 0.0,
         over: 0.0,
         abs_err,
@@ -182,9 +248,9 @@ pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
             .enumerate()
             .filter(|(j, _)| *j != i)
             .map(|(_, o)| o);
-        let loo = least_squares(others).unwrap_or(m.coef);
+        let loo = least_squares(form, others).unwrap_or(m.coef);
         for coef in [m.coef, loo] {
-            let total = o.explicit + predict(&coef, &o.features);
+            let total = o.explicit + predict(form, &coef, &o.features);
             // Misses within the bisection step are not model error.
             let miss = o.min_limit - total;
             if miss > abs_err {
@@ -197,21 +263,37 @@ pub fn fit(obs: &[Observation], abs_err: f64) -> Option<SpillModel> {
     Some(m)
 }
 
-fn predict(coef: &[f64; N_FEATURES], f: &SpillFeatures) -> f64 {
-    coef.iter()
-        .zip(f.vector())
-        .map(|(c, x)| c * x)
-        .sum::<f64>()
-        .exp()
+fn predict(form: SpillForm, coef: &[f64; N_FEATURES], f: &SpillFeatures) -> f64 {
+    let dot: f64 = coef.iter().zip(f.vector(form)).map(|(c, x)| c * x).sum();
+    match form {
+        SpillForm::LogLinear => dot.exp(),
+        // a linear fit may dip below zero where the spill is nil
+        SpillForm::Tiles => dot.max(0.0) * MIB,
+    }
 }
 
-/// The coefficients minimizing the squared error of `ln(spill)` over `obs`.
-fn least_squares<'a>(obs: impl Iterator<Item = &'a Observation>) -> Option<[f64; N_FEATURES]> {
+/// The coefficients minimizing the squared error over `obs`: of `ln(spill)` for the log-linear
+/// form, of the spill relative to the measured limit for the tile form.
+fn least_squares<'a>(
+    form: SpillForm,
+    obs: impl Iterator<Item = &'a Observation>,
+) -> Option<[f64; N_FEATURES]> {
     let mut ata = [[0.0f64; N_FEATURES]; N_FEATURES];
     let mut aty = [0.0f64; N_FEATURES];
     for o in obs {
-        let x = o.features.vector();
-        let y = (o.min_limit - o.explicit).max(MIN_SPILL).ln();
+        let (x, y) = match form {
+            SpillForm::LogLinear => (
+                o.features.vector(form),
+                (o.min_limit - o.explicit).max(MIN_SPILL).ln(),
+            ),
+            SpillForm::Tiles => {
+                let w = MIB / o.min_limit;
+                (
+                    o.features.vector(form).map(|x| x * w),
+                    (o.min_limit - o.explicit) / MIB * w,
+                )
+            }
+        };
         for i in 0..N_FEATURES {
             aty[i] += x[i] * y;
             for j in 0..N_FEATURES {
@@ -290,7 +372,7 @@ mod tests {
                 );
                 let spill: f64 = truth
                     .iter()
-                    .zip(f.vector())
+                    .zip(f.vector(SpillForm::LogLinear))
                     .map(|(c, x)| c * x)
                     .sum::<f64>()
                     .exp();
@@ -301,7 +383,7 @@ mod tests {
                 });
             }
         }
-        let m = fit(&obs, 0.0).unwrap();
+        let m = fit(SpillForm::LogLinear, &obs, 0.0).unwrap();
         for (c, t) in m.coef.iter().zip(truth) {
             assert!((c - t).abs() <= 1e-6, "{:?}", m.coef);
         }
@@ -309,8 +391,46 @@ mod tests {
     }
 
     #[test]
+    fn fit_recovers_a_known_tile_spill() {
+        // spill = 0.1 MiB + 1.2 T (one head) .. 1.7 T per head (h > 4) + 0.5 KV bytes, less for odd groups
+        let truth = [0.1, 1.2, 2.3, 4.5, 13.0, 0.5, -0.2, -0.3];
+        let mut obs = Vec::new();
+        for (i, rows) in [8u64, 16, 64, 128, 256, 512].iter().enumerate() {
+            for keys in [128u64, 256, 1024, 4096] {
+                for h in [1u64, 2, 4, 8] {
+                    let f = SpillFeatures {
+                        rows: *rows,
+                        keys,
+                        head_dim: 128,
+                        kv_heads_per_block: h,
+                        kv_dtype_bytes: if (i + h as usize).is_multiple_of(2) {
+                            2
+                        } else {
+                            4
+                        },
+                        group: [1, 3, 4, 8][(i + keys as usize / 128) % 4],
+                    };
+                    let spill = predict(SpillForm::Tiles, &truth, &f);
+                    let explicit = 4e6 + 1e3 * keys as f64;
+                    obs.push(Observation {
+                        features: f,
+                        explicit,
+                        min_limit: explicit + spill,
+                    });
+                }
+            }
+        }
+        let m = fit(SpillForm::Tiles, &obs, 0.0).unwrap();
+        for (c, t) in m.coef.iter().zip(truth) {
+            assert!((c - t).abs() <= 1e-6, "{:?}", m.coef);
+        }
+        assert!(m.under < 1e-9 && m.over < 1e-9, "{m:?}");
+    }
+
+    #[test]
     fn band_never_drops_below_the_exact_buffers() {
         let m = SpillModel {
+            form: SpillForm::LogLinear,
             coef: [0.0; N_FEATURES],
             under: 0.2,
             over: 0.5,
