@@ -22,8 +22,8 @@
 //!   unrolled heads keep live one or more per head:
 //!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T`,
 //!   least squares weighted by 1 / measured limit (relative error). Its points judged
-//!   leave-one-out (`kernelgen calibrate --kernel jax-rpa --cross-validate`): 15 uncertain with
-//!   this form, 29 with the multiplicative one.
+//!   leave-one-out (`kernelgen calibrate --kernel jax-rpa --cross-validate`): 20 uncertain with
+//!   this form, 33 with the multiplicative one (351 points).
 //!
 //! One coefficient set per (kernel, target).
 //!
