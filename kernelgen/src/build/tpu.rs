@@ -143,7 +143,7 @@ impl TpuBuild {
         let report = serde_json::to_value(&self.report).expect("reports serialize");
         w.manifest.extra.insert("vmem_check".into(), report);
         let kv_pages = pallas::kv_pages(cfg);
-        let value = serde_json::json!({ "kv_layout": "HND", "kv_pages": kv_pages });
+        let value = serde_json::json!({ "kv_layout": pallas::KV_LAYOUT, "kv_pages": kv_pages });
         w.manifest.extra.insert("pallas".into(), value);
         Ok(())
     }

@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 /// File name of the Pallas kernel inside an artifact directory.
 pub const FILE_NAME: &str = "rpa.pallas.py";
 
-/// The module's KV pool: head-major pages (`KV_LAYOUT = "HND"` in the module), so one head's keys
-/// of a page are whole VMEM tiles (see the template's docstring for what token-major cost).
+/// The module's `KV_LAYOUT`: head-major pages (FlashInfer's name), so one head's keys of a page
+/// are whole VMEM tiles (see the template's docstring for what token-major cost).
+pub const KV_LAYOUT: &str = "HND";
+
+/// The module's KV pool in its header's `inputs:` line.
 pub const KV_PAGES_HEAD_MAJOR: &str =
     "kv_pages[total_pages, 2*num_kv_heads, page_size, head_dim] (head-major; K even, V odd heads)";
 
@@ -346,6 +349,7 @@ mod tests {
             }
         }
         let text = render(&cases[0], &VmemInfo::default()).unwrap();
+        assert_eq!(constant(&text, "KV_LAYOUT"), format!("{KV_LAYOUT:?}"));
         assert!(text.contains("# VMEM estimate from kernelgen's checker: not given"));
         assert_eq!(constant(&text, "VMEM_ESTIMATE_BYTES"), "None");
         assert_eq!(constant(&text, "VMEM_LIMIT_BYTES"), "None");
