@@ -170,37 +170,39 @@ def min_limit(req, lo, hi, step=64 << 10, need=None):
         if not need:
             break
         probe = -(-need // step) * step
-        need = None
         if not lo < probe < hi:
             break
-        verdict, size, *_ = compile_once(dict(req, vmem_limit_bytes=probe))
-        if verdict == "fits":
-            hi = probe
-            below = probe - step
-            if lo < below:
-                verdict, *_ = compile_once(dict(req, vmem_limit_bytes=below))
-                if verdict == "fits":
-                    hi = below
-                elif verdict == "vmem_oom":
-                    lo = below
-                else:
-                    return None
-            break
-        if verdict != "vmem_oom":
+        narrowed = _narrow(req, probe, lo, hi)
+        if narrowed is None:
             return None
-        lo, need = probe, size
+        lo, hi, need = narrowed
+        if hi == probe:
+            if lo < probe - step:
+                narrowed = _narrow(req, probe - step, lo, hi)
+                if narrowed is None:
+                    return None
+                lo, hi, _ = narrowed
+            break
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
         if mid <= lo:
             mid = lo + step
-        verdict, *_ = compile_once(dict(req, vmem_limit_bytes=mid))
-        if verdict == "fits":
-            hi = mid
-        elif verdict == "vmem_oom":
-            lo = mid
-        else:
+        narrowed = _narrow(req, mid, lo, hi)
+        if narrowed is None:
             return None
+        lo, hi, _ = narrowed
     return hi
+
+
+def _narrow(req, limit, lo, hi):
+    """(lo, hi, reported size) after one compile at `limit`: it fits (hi = limit) or runs out of
+    VMEM (lo = limit, with the size the compiler reported); None where it failed otherwise."""
+    verdict, size, *_ = compile_once(dict(req, vmem_limit_bytes=limit))
+    if verdict == "fits":
+        return lo, limit, None
+    if verdict == "vmem_oom":
+        return limit, hi, size
+    return None
 
 
 def handle(req):
