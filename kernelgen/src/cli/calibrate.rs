@@ -185,12 +185,12 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{} points from {source}", points.len());
     println!(
+        "fit: {}",
+        kernelgen::vmem::spill::SpillForm::of(kernel).formula()
+    );
+    println!(
         "{:<5} {:>6}  {:<62} {:>7} {:>7}",
-        "target",
-        "points",
-        kernelgen::vmem::spill::SpillForm::of(kernel).formula(),
-        "under",
-        "over"
+        "target", "points", "c0 .. c7", "under", "over"
     );
     for (_, t, m) in &fit.models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:.3}")).collect();

@@ -83,7 +83,7 @@ impl SpillForm {
                 "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g"
             }
             SpillForm::Tiles => {
-                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T (T = 4rk)"
+                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T (T = 4rk; MiB)"
             }
         }
     }
