@@ -151,6 +151,8 @@ fn print_observations(points: &[OraclePoint]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+const MIB: f64 = (1u64 << 20) as f64;
+
 pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if args.heldout {
         return run_heldout(&args);
@@ -176,6 +178,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let out = serde_json::json!({
             "models": fit.models,
+            "band_widths": fit.widths,
             "skipped": fit.skipped,
             "agreement": agree,
             "leave_one_out": loo,
@@ -188,18 +191,43 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         "fit: {}",
         kernelgen::vmem::spill::SpillForm::of(kernel).formula()
     );
+    let base = kernelgen::vmem::spill::SpillForm::of(kernel)
+        .band_base()
+        .name();
     println!(
-        "{:<5} {:>6}  {:<62} {:>7} {:>7}",
-        "target", "points", "c0 .. c7", "under", "over"
+        "{:<5} {:>6}  {:<62} {:>22} {:>22}",
+        "target",
+        "points",
+        "c0 .. c7",
+        format!("band above: x {base} +"),
+        format!("band below: x {base} +")
     );
     for (_, t, m) in &fit.models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:.3}")).collect();
         println!(
-            "{t:<5} {:>6}  {:<62} {:>6.1}% {:>6.1}%",
+            "{t:<5} {:>6}  {:<62} {:>12.1}% {:>6.2}M {:>12.1}% {:>6.2}M",
             m.points,
             coef.join(" "),
             m.under * 100.0,
-            m.over * 100.0
+            m.under_abs / MIB,
+            m.over * 100.0,
+            m.over_abs / MIB
+        );
+    }
+    println!("the band at the fit's own points, relative to the estimated total (estimates of at least a quarter of the default limit):");
+    println!(
+        "{:<5} {:>6} {:>7} {:>8} {:>8} {:>8}",
+        "target", "floor", "points", "median +", "median -", "widest"
+    );
+    for (_, t, w) in &fit.widths {
+        println!(
+            "{t:<5} {:>5.0}M {:>7} {:>7.1}% {:>7.1}% {:>+5.0}%/-{:.0}%",
+            w.floor as f64 / MIB,
+            w.points,
+            w.median_up * 100.0,
+            w.median_down * 100.0,
+            w.max_up * 100.0,
+            w.max_down * 100.0
         );
     }
     for (why, n) in &fit.skipped {

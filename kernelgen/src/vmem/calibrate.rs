@@ -44,6 +44,9 @@ pub fn committed_points(kernel: KernelModel) -> (Vec<OraclePoint>, Unreadable) {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Fit {
     pub models: Vec<(KernelModel, &'static str, SpillModel)>,
+    /// Each model's band at its own points (estimates of at least a quarter of the target's
+    /// default scoped limit).
+    pub widths: Vec<(KernelModel, &'static str, spill::BandWidths)>,
     pub skipped: BTreeMap<String, usize>,
 }
 
@@ -111,13 +114,19 @@ pub fn fit_all(points: &[OraclePoint]) -> Fit {
                 min_limit: min_limit as f64,
             });
     }
-    let models = groups
-        .into_iter()
-        .filter_map(|((k, target), obs)| {
-            spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP).map(|m| (k, target, m))
-        })
-        .collect();
-    Fit { models, skipped }
+    let mut fit = Fit {
+        skipped,
+        ..Fit::default()
+    };
+    for ((k, target), obs) in groups {
+        let Some(m) = spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP) else {
+            continue;
+        };
+        let floor = Target::find(target).map_or(0, |t| t.default_scoped_vmem_bytes / 4);
+        fit.widths.push((k, target, m.widths(&obs, floor)));
+        fit.models.push((k, target, m));
+    }
+    fit
 }
 
 /// Rust source of `spill_fitted.rs` for `models`.
@@ -131,12 +140,13 @@ pub fn render_fitted(models: &[(KernelModel, &'static str, SpillModel)]) -> Stri
     for (k, t, m) in models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:e}")).collect();
         s.push_str(&format!(
-            "    (\n        KernelModel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            form: SpillForm::{:?},\n            coef: [{}],\n            under: {:e},\n            over: {:e},\n            abs_err: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
+            "    (\n        KernelModel::{k:?},\n        \"{t}\",\n        SpillModel {{\n            form: SpillForm::{:?},\n            coef: [{}],\n            under: {:e},\n            under_abs: {:e},\n            over: {:e},\n            over_abs: {:e},\n            points: {},\n            max_rows: {},\n            max_keys: {},\n        }},\n    ),\n",
             m.form,
             coef.join(", "),
             m.under,
+            m.under_abs,
             m.over,
-            m.abs_err,
+            m.over_abs,
             m.points,
             m.max_rows,
             m.max_keys
