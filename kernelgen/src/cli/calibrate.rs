@@ -198,7 +198,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         "{:<5} {:>6}  {:<62} {:>22} {:>22}",
         "target",
         "points",
-        "c0 .. c7",
+        "c0 .. c8",
         format!("band above: x {base} +"),
         format!("band below: x {base} +")
     );

@@ -21,10 +21,13 @@
 //!   least squares in log space;
 //! - JAX's kernel, in score tiles (T = 4 r k bytes, one f32 `[rows, keys]` tile), which its
 //!   unrolled heads keep live one or more per head:
-//!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T`,
+//!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd +
+//!   c7 odd h T + c8 4kd[h=1]`, the last an f32 `[keys, head_dim]` copy of K that a lone head keeps (an LLO
+//!   dump of 6 q / 1 KV head, q_block 8, 64 pages of 256, bf16, on v5e at its smallest limit:
+//!   2848 spilled vregs, 11.1 MiB, where its score tile is 3 MiB and that copy 8 MiB),
 //!   least squares weighted by 1 / measured limit (relative error). Its points judged
 //!   leave-one-out (`kernelgen calibrate --kernel jax-rpa --cross-validate`): 20 uncertain with
-//!   this form, 33 with the multiplicative one (351 points).
+//!   this form without c8, 33 with the multiplicative one (351 points); 19 with c8 (369 points).
 //!
 //! One coefficient set per (kernel, target).
 //!
@@ -58,7 +61,7 @@ pub struct SpillFeatures {
     pub group: u64,
 }
 
-pub const N_FEATURES: usize = 8;
+pub const N_FEATURES: usize = 9;
 
 /// The tile form's unit: features, coefficients and the intercept are in MiB.
 const MIB: f64 = (1u64 << 20) as f64;
@@ -101,7 +104,7 @@ impl SpillForm {
                 "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln g"
             }
             SpillForm::Tiles => {
-                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T (T = 4rk; MiB)"
+                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T + c8 4kd[h=1] (T = 4rk; MiB)"
             }
         }
     }
@@ -143,7 +146,8 @@ impl SpillFeatures {
             SpillForm::LogLinear => {
                 let g = (self.group.max(1) as f64).ln();
                 let (r, k) = (r.ln(), k.ln());
-                [1.0, (h as f64).ln(), r, k, odd, f32, r * k, g]
+                // the last feature is the tile form's; a zero column the fit drops
+                [1.0, (h as f64).ln(), r, k, odd, f32, r * k, g, 0.0]
             }
             SpillForm::Tiles => {
                 // in MiB, so the normal equations stay well scaled beside the intercept
@@ -162,6 +166,7 @@ impl SpillFeatures {
                 x[5] = kv;
                 x[6] = f32 * kv;
                 x[7] = odd * h as f64 * tile;
+                x[8] = if h == 1 { 4.0 * k * d / MIB } else { 0.0 };
                 x
             }
         }
@@ -492,7 +497,7 @@ mod tests {
 
     #[test]
     fn fit_recovers_a_known_multiplicative_spill() {
-        let truth = [9.0, 0.6, 0.4, 0.5, -1.2, 0.3, 0.02, 0.2];
+        let truth = [9.0, 0.6, 0.4, 0.5, -1.2, 0.3, 0.02, 0.2, 0.0];
         let mut obs = Vec::new();
         for (i, rows) in [8u64, 16, 64, 128, 256, 512].iter().enumerate() {
             for keys in [128u64, 256, 1024, 4096] {
@@ -526,8 +531,8 @@ mod tests {
 
     #[test]
     fn fit_recovers_a_known_tile_spill() {
-        // spill = 0.1 MiB + 1.2 T (one head) .. 1.7 T per head (h > 4) + 0.5 KV bytes, less for odd groups
-        let truth = [0.1, 1.2, 2.3, 4.5, 13.0, 0.5, -0.2, -0.3];
+        // spill = 0.1 MiB + 1.2 T (one head) .. 1.7 T per head (h > 4) + 0.5 KV bytes, less for odd groups, + 0.9 f32 K bytes for a lone head
+        let truth = [0.1, 1.2, 2.3, 4.5, 13.0, 0.5, -0.2, -0.3, 0.9];
         let mut obs = Vec::new();
         for (i, rows) in [8u64, 16, 64, 128, 256, 512].iter().enumerate() {
             for keys in [128u64, 256, 1024, 4096] {
