@@ -22,12 +22,13 @@
 //! - JAX's kernel, in score tiles (T = 4 r k bytes, one f32 `[rows, keys]` tile), which its
 //!   unrolled heads keep live one or more per head:
 //!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd +
-//!   c7 odd h T + c8 4kd[h=1]`, the last an f32 `[keys, head_dim]` copy of K that a lone head keeps (an LLO
-//!   dump of 6 q / 1 KV head, q_block 8, 64 pages of 256, bf16, on v5e at its smallest limit:
-//!   2848 spilled vregs, 11.1 MiB, where its score tile is 3 MiB and that copy 8 MiB),
-//!   least squares weighted by 1 / measured limit (relative error). Its points judged
+//!   c7 odd h T + c8 4kd[h=1]`, the last an f32 `[keys, head_dim]` copy of K that a lone head
+//!   keeps (an LLO dump of 6 q / 1 KV head, q_block 8, 64 pages of 256, bf16, on v5e at its
+//!   smallest limit: 2848 spilled vregs, 11.1 MiB, where its score tile is 3 MiB and that copy
+//!   8 MiB), least squares weighted by 1 / measured limit (relative error). Its points judged
 //!   leave-one-out (`kernelgen calibrate --kernel jax-rpa --cross-validate`): 20 uncertain with
-//!   this form without c8, 33 with the multiplicative one (351 points); 19 with c8 (369 points).
+//!   this form without c8, 33 with the multiplicative one (351 points); 20 with c8 on the 369
+//!   points re-measured with the operands in HBM (19 before).
 //!
 //! One coefficient set per (kernel, target).
 //!
