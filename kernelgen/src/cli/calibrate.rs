@@ -151,7 +151,8 @@ fn print_observations(points: &[OraclePoint]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-const MIB: f64 = (1u64 << 20) as f64;
+/// Bytes per MiB, for the reports' figures.
+const MIB: f64 = kernelgen::target::MIB as f64;
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if args.heldout {
@@ -187,13 +188,9 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     println!("{} points from {source}", points.len());
-    println!(
-        "fit: {}",
-        kernelgen::vmem::spill::SpillForm::of(kernel).formula()
-    );
-    let base = kernelgen::vmem::spill::SpillForm::of(kernel)
-        .band_base()
-        .name();
+    let form = kernelgen::vmem::spill::SpillForm::of(kernel);
+    println!("fit: {}", form.formula());
+    let base = form.band_base().name();
     println!(
         "{:<5} {:>6}  {:<62} {:>22} {:>22}",
         "target",
@@ -263,8 +260,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
 
 /// One line per oracle point: compiler vs checker at the target's default limit.
 fn print_points(points: &[OraclePoint]) {
-    let mib =
-        |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / 1048576.0));
+    let mib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / MIB));
     println!(
         "{:<6} {:<34} {:<9} {:>9} {:>9} {:>9}  checker",
         "target",

@@ -65,7 +65,7 @@ pub struct SpillFeatures {
 pub const N_FEATURES: usize = 9;
 
 /// The tile form's unit: features, coefficients and the intercept are in MiB.
-const MIB: f64 = (1u64 << 20) as f64;
+const MIB: f64 = crate::target::MIB as f64;
 
 /// How a kernel's spill depends on its features (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -219,6 +219,33 @@ impl SpillModel {
         let upper = total + self.under * base + self.under_abs;
         (lower.floor() as u64, upper.ceil() as u64)
     }
+
+    /// The band's width relative to the estimated total at the calibration points whose estimate
+    /// is at least `floor` bytes (see [`BandWidths`]).
+    pub fn widths(&self, obs: &[Observation], floor: u64) -> BandWidths {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for o in obs {
+            let total = o.explicit + self.predict(&o.features);
+            if total < floor as f64 {
+                continue;
+            }
+            let (lower, upper) = self.band(total, o.explicit);
+            up.push(upper as f64 / total - 1.0);
+            down.push(1.0 - lower as f64 / total);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        BandWidths {
+            floor,
+            points: up.len(),
+            max_up: up.iter().copied().fold(0.0, f64::max),
+            max_down: down.iter().copied().fold(0.0, f64::max),
+            median_up: median(&mut up),
+            median_down: median(&mut down),
+        }
+    }
 }
 
 /// The committed model for `kernel` on `t`, if calibrated (see `spill_fitted.rs`).
@@ -278,33 +305,6 @@ pub struct BandWidths {
     pub median_down: f64,
     pub max_up: f64,
     pub max_down: f64,
-}
-
-impl SpillModel {
-    pub fn widths(&self, obs: &[Observation], floor: u64) -> BandWidths {
-        let (mut up, mut down) = (Vec::new(), Vec::new());
-        for o in obs {
-            let total = o.explicit + self.predict(&o.features);
-            if total < floor as f64 {
-                continue;
-            }
-            let (lower, upper) = self.band(total, o.explicit);
-            up.push(upper as f64 / total - 1.0);
-            down.push(1.0 - lower as f64 / total);
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
-        BandWidths {
-            floor,
-            points: up.len(),
-            max_up: up.iter().copied().fold(0.0, f64::max),
-            max_down: down.iter().copied().fold(0.0, f64::max),
-            median_up: median(&mut up),
-            median_down: median(&mut down),
-        }
-    }
 }
 
 /// One calibration observation: features, explicit bytes, and the measured minimum limit.
