@@ -155,6 +155,13 @@ fn kernels() -> Vec<Kernel> {
             detect_races: true,
         },
         Kernel {
+            // 256 folded rows per KV head: 256-key chunks (`pallas::chunk_keys`), two per block
+            name: "f32-gqa8-d32-p32-q32-kv16-rows256-chunks",
+            cfg: small_config((8, 1), 32, 32, F32, (32, 16), 64, 2, 32),
+            batches: vec![mixed(), decode(2)],
+            detect_races: false,
+        },
+        Kernel {
             name: "f32-mha2-d32-p64-q4-kv16-chunks",
             cfg: small_config((2, 2), 32, 64, F32, (4, 16), 16, 2, 32),
             batches: vec![mixed(), prompt()],
@@ -240,6 +247,17 @@ fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
     assert!(
         chunked >= 2,
         "the rolled chunk loop runs in {chunked} kernels"
+    );
+    let shortened = kernels()
+        .iter()
+        .filter(|k| {
+            let d = PallasDims::new(&k.cfg);
+            d.kv_chunks > 1 && d.chunk_pages * d.page_size < pallas::CHUNK_KEYS
+        })
+        .count();
+    assert!(
+        shortened >= 1,
+        "no kernel scores chunks shortened for many rows"
     );
     let mut cases = Vec::new();
     let mut json_cases = Vec::new();

@@ -103,12 +103,30 @@ pub fn kv_heads_per_block(num_kv_heads: u32, dtype: Dtype) -> u32 {
 /// in VMEM are bounded by a chunk, not by `kv_pages_block`.
 pub const CHUNK_KEYS: u32 = 512;
 
+/// Score elements (`rows x keys`) a chunk holds, at most, once a KV head's query tile has more
+/// than `CHUNK_SCORES / CHUNK_KEYS` = 128 rows: the chunk's keys shrink with the rows (to no
+/// fewer than [`MIN_CHUNK_KEYS`]), so one head's score tile stays 256 KiB in f32. Measured with
+/// deviceless compiles (MSA off): 512-key chunks at 256-512 rows left 0.9-3.3 MiB of compiler
+/// spill beyond the exact buffers; 256-key chunks cut it by 29-42% on 12 such configs.
+pub const CHUNK_SCORES: u32 = 128 * CHUNK_KEYS;
+
+/// The fewest keys a chunk is cut down to for many rows: one MXU width on v5e (the contraction
+/// of the chunk's `p @ v`).
+pub const MIN_CHUNK_KEYS: u32 = 128;
+
+/// Keys per chunk for a query tile of `rows` rows: [`CHUNK_KEYS`], or fewer from 128 rows up so
+/// that `rows x keys` stays within [`CHUNK_SCORES`], never below [`MIN_CHUNK_KEYS`].
+pub fn chunk_keys(rows: u32) -> u32 {
+    (CHUNK_SCORES / rows.max(1)).clamp(MIN_CHUNK_KEYS, CHUNK_KEYS)
+}
+
 /// Pages per chunk: the largest divisor of `kv_pages_block` whose pages hold at most
-/// [`CHUNK_KEYS`] keys (one page when a page alone holds more).
-pub fn chunk_pages(kv_pages_block: u32, page_size: u32) -> u32 {
+/// [`chunk_keys`]`(rows)` keys (one page when a page alone holds more).
+pub fn chunk_pages(kv_pages_block: u32, page_size: u32, rows: u32) -> u32 {
+    let keys = chunk_keys(rows);
     (1..=kv_pages_block)
         .rev()
-        .find(|&c| kv_pages_block.is_multiple_of(c) && c * page_size <= CHUNK_KEYS)
+        .find(|&c| kv_pages_block.is_multiple_of(c) && c * page_size <= keys)
         .unwrap_or(1)
 }
 
@@ -123,7 +141,8 @@ impl PallasDims {
         let g = cfg.geometry();
         let kv_heads_per_block = kv_heads_per_block(g.num_kv_heads, cfg.dtype());
         let num_q_blocks = cfg.max_num_tokens().div_ceil(cfg.q_block());
-        let chunk_pages = chunk_pages(cfg.kv_pages_block(), cfg.page_size());
+        let rows = cfg.q_block() * g.group();
+        let chunk_pages = chunk_pages(cfg.kv_pages_block(), cfg.page_size(), rows);
         PallasDims {
             version: crate::VERSION,
             num_q_heads: g.num_q_heads,
@@ -151,7 +170,7 @@ impl PallasDims {
             num_head_blocks: g.num_kv_heads / kv_heads_per_block,
             num_q_blocks,
             q_rows_padded: num_q_blocks * cfg.q_block(),
-            rows: cfg.q_block() * g.group(),
+            rows,
             chunk_pages,
             kv_chunks: cfg.kv_pages_block() / chunk_pages,
         }
@@ -380,19 +399,35 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_the_most_whole_pages_within_512_keys() {
-        assert_eq!(chunk_pages(16, 64), 8);
-        assert_eq!(chunk_pages(32, 16), 32);
-        assert_eq!(chunk_pages(6, 128), 3);
-        assert_eq!(chunk_pages(3, 256), 1);
-        assert_eq!(chunk_pages(4, 1024), 1);
-        for kv in 1..=64 {
-            for page in [1, 3, 8, 16, 100, 128, 256, 600] {
-                let c = chunk_pages(kv, page);
-                assert!(kv.is_multiple_of(c), "{kv} x {page} -> {c}");
-                assert!(c == 1 || c * page <= CHUNK_KEYS, "{kv} x {page} -> {c}");
-                let larger = (c + 1..=kv).find(|&d| kv.is_multiple_of(d) && d * page <= CHUNK_KEYS);
-                assert_eq!(larger, None, "{kv} x {page}: {c} is not the largest");
+    fn chunks_are_the_most_whole_pages_within_their_keys() {
+        assert_eq!(chunk_pages(16, 64, 64), 8);
+        assert_eq!(chunk_pages(32, 16, 128), 32);
+        assert_eq!(chunk_pages(6, 128, 8), 3);
+        assert_eq!(chunk_pages(3, 256, 8), 1);
+        assert_eq!(chunk_pages(4, 1024, 8), 1);
+        // many rows: 256 keys at 256 rows, 128 from 512 rows on
+        assert_eq!(chunk_pages(16, 64, 256), 4);
+        assert_eq!(chunk_pages(16, 64, 384), 2);
+        assert_eq!(chunk_pages(16, 64, 512), 2);
+        assert_eq!(chunk_pages(16, 64, 2048), 2);
+        for rows in [1, 8, 128, 129, 192, 256, 384, 512, 1024] {
+            let keys = chunk_keys(rows);
+            assert!(
+                (MIN_CHUNK_KEYS..=CHUNK_KEYS).contains(&keys),
+                "{rows} -> {keys}"
+            );
+            assert!(
+                keys == MIN_CHUNK_KEYS || rows * keys <= CHUNK_SCORES,
+                "{rows} -> {keys}"
+            );
+            for kv in 1..=64 {
+                for page in [1, 3, 8, 16, 100, 128, 256, 600] {
+                    let c = chunk_pages(kv, page, rows);
+                    assert!(kv.is_multiple_of(c), "{kv} x {page} -> {c}");
+                    assert!(c == 1 || c * page <= keys, "{kv} x {page} -> {c}");
+                    let larger = (c + 1..=kv).find(|&d| kv.is_multiple_of(d) && d * page <= keys);
+                    assert_eq!(larger, None, "{kv} x {page}: {c} is not the largest");
+                }
             }
         }
     }
