@@ -67,8 +67,8 @@ fn assert_agreement(
     );
 }
 
-/// Zero disagreements where the model commits to a verdict; `uncertain` on at most 7% (today's
-/// share, `kernelgen calibrate --kernel jax-rpa`: 23 of 369, with the tile form, measured with
+/// Zero disagreements where the model commits to a verdict; `uncertain` on at most 6% (today's
+/// share, `kernelgen calibrate --kernel jax-rpa`: 21 of 369, with the tile form, measured with
 /// the operands in HBM).
 #[test]
 fn jax_rpa_verdict_equals_compiler_verdict_on_every_committed_point() {
@@ -77,7 +77,7 @@ fn jax_rpa_verdict_equals_compiler_verdict_on_every_committed_point() {
         300,
         5,
         &["v5e", "v5p", "v6e", "v7x"],
-        7,
+        6,
     );
 }
 
@@ -132,39 +132,50 @@ fn spill_constants_match_a_refit_of_the_data() {
     }
 }
 
-/// The emitted kernel's verdict band, relative to the estimated total at its fit points with an
-/// estimate of at least a quarter of the default limit (`kernelgen calibrate --kernel
-/// kernelgen`): within 5% at the median and 12% at the widest on every target (today's widest:
-/// 9% above / 11% below on v5e, 4-5% / 8-9% elsewhere; the median at most 3.5%). Issue 18 asks
-/// for +-10%; a wider band sends more configs to `uncertain`.
+/// Each kernel's verdict band, relative to the estimated total at its fit points with an
+/// estimate of at least a quarter of the default limit (`kernelgen calibrate --kernel K`), no
+/// wider than today's on any target: kernelgen's within 5% at the median and 12% at the widest
+/// (today 9% above / 11% below on v5e at the widest, 4-5% / 8-9% elsewhere, the median at most
+/// 3.5%); JAX's within 20% and 21% (today 11-19% / 12-20% at the median, 11-20% / 13-21% at
+/// the widest). Issue 18 asks for +-10%; a wider band sends more configs to `uncertain`.
 #[test]
-fn kernelgen_band_is_narrow_on_every_target() {
-    let all = points(KernelModel::Kernelgen);
-    let fit = fit_all(&all);
-    let mut targets = 0;
-    for (kernel, target, w) in &fit.widths {
-        assert_eq!(*kernel, KernelModel::Kernelgen);
-        eprintln!("{target}: {w:?}");
+fn bands_are_no_wider_than_today() {
+    for (kernel, median, widest) in [
+        (KernelModel::Kernelgen, 0.05, 0.12),
+        (KernelModel::JaxRpa, 0.20, 0.21),
+    ] {
+        let fit = fit_all(&points(kernel));
+        let mut targets = 0;
+        for (k, target, w) in &fit.widths {
+            assert_eq!(*k, kernel);
+            eprintln!("{} {target}: {w:?}", kernel.name());
+            assert!(
+                w.points >= 20,
+                "{target}: {} points above the floor",
+                w.points
+            );
+            assert!(
+                w.median_up <= median && w.median_down <= median,
+                "{} {target}: median band +{:.1}% / -{:.1}%",
+                kernel.name(),
+                w.median_up * 100.0,
+                w.median_down * 100.0
+            );
+            assert!(
+                w.max_up <= widest && w.max_down <= widest,
+                "{} {target}: widest band +{:.1}% / -{:.1}%",
+                kernel.name(),
+                w.max_up * 100.0,
+                w.max_down * 100.0
+            );
+            targets += 1;
+        }
         assert!(
-            w.points >= 20,
-            "{target}: {} points above the floor",
-            w.points
+            targets >= 4,
+            "{}: only {targets} targets fitted",
+            kernel.name()
         );
-        assert!(
-            w.median_up <= 0.05 && w.median_down <= 0.05,
-            "{target}: median band +{:.1}% / -{:.1}%",
-            w.median_up * 100.0,
-            w.median_down * 100.0
-        );
-        assert!(
-            w.max_up <= 0.12 && w.max_down <= 0.12,
-            "{target}: widest band +{:.1}% / -{:.1}%",
-            w.max_up * 100.0,
-            w.max_down * 100.0
-        );
-        targets += 1;
     }
-    assert!(targets >= 4, "only {targets} targets fitted");
 }
 
 /// Every point the compiler rejected for a reason other than memory is one the model refuses
@@ -195,12 +206,12 @@ fn compiler_errors_are_configs_the_model_refuses() {
 }
 
 /// Leave-one-out on each kernel's points: disagreements and uncertain verdicts no worse than
-/// today's (`kernelgen calibrate --kernel K --cross-validate`: jax-rpa 347 agree, 20 uncertain,
+/// today's (`kernelgen calibrate --kernel K --cross-validate`: jax-rpa 350 agree, 17 uncertain,
 /// 2 disagree; kernelgen 199, 1, 1).
 #[test]
 fn leave_one_out_is_no_worse_than_today() {
     for (kernel, max_disagree, max_uncertain) in
-        [(KernelModel::JaxRpa, 2, 20), (KernelModel::Kernelgen, 1, 1)]
+        [(KernelModel::JaxRpa, 2, 17), (KernelModel::Kernelgen, 1, 1)]
     {
         let l = leave_one_out(&points(kernel));
         eprintln!("{}: leave-one-out {l:?}", kernel.name());
@@ -270,7 +281,7 @@ fn the_compilers_scoped_size_is_the_scratch_figure() {
 }
 
 /// Issue 18's target for `uncertain` on the held-out split (`kernelgen calibrate --heldout`
-/// today: 8 of 170, 4.7%: jax-rpa 8 of 70, kernelgen 0 of 100).
+/// today: 7 of 170, 4.1%: jax-rpa 7 of 70, kernelgen 0 of 100).
 const HELDOUT_MAX_UNCERTAIN_PCT: usize = 5;
 
 /// The held-out split (`kernelgen/data/vmem_oracle_heldout.jsonl`: both kernels on v5e, v5p,

@@ -24,14 +24,18 @@
 //!   8-11%, the same leave-one-out verdicts (199 agree, 1 uncertain, 1 disagree of 201);
 //! - JAX's kernel, in score tiles (T = 4 r k bytes, one f32 `[rows, keys]` tile), which its
 //!   unrolled heads keep live one or more per head:
-//!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd +
-//!   c7 odd h T + c8 4kd[h=1]`, the last an f32 `[keys, head_dim]` copy of K that a lone head
-//!   keeps (an LLO dump of 6 q / 1 KV head, q_block 8, 64 pages of 256, bf16, on v5e at its
-//!   smallest limit: 2848 spilled vregs, 11.1 MiB, where its score tile is 3 MiB and that copy
-//!   8 MiB), least squares weighted by 1 / measured limit (relative error). Its points judged
-//!   leave-one-out (`kernelgen calibrate --kernel jax-rpa --cross-validate`): 20 uncertain with
-//!   this form without c8, 33 with the multiplicative one (351 points); 20 with c8 on the 369
-//!   points re-measured with the operands in HBM (19 before).
+//!   `spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 f32 4hkd + c6 odd h T +
+//!   c7 4kd[h=1] + c8 4hrd[h>=4]`, least squares weighted by 1 / measured limit (relative
+//!   error). c7 is an f32 `[keys, head_dim]` copy of K that a lone head keeps (an LLO dump of
+//!   6 q / 1 KV head, q_block 8, 64 pages of 256, bf16, on v5e at its smallest limit: 2848
+//!   spilled vregs, 11.1 MiB, where its score tile is 3 MiB and that copy 8 MiB). c8 is f32
+//!   `[rows, head_dim]` per head once 4 or more are unrolled: their measured spill per score
+//!   tile grows as the keys shrink (4 heads, bf16, v6e: 5.1-5.4 T at 512 keys, 3.1-3.9 T at
+//!   2048-4096), a part in the rows alone; it took the place of a term in all K/V bytes
+//!   (`4hkd`), which no longer helped. Its points judged leave-one-out (`kernelgen calibrate
+//!   --kernel jax-rpa --cross-validate`, 369 points measured with the operands in HBM): 17
+//!   uncertain with this form, 20 with `4hkd` in c8's place; the widest band on v5e 37% above /
+//!   28% below the total then, 17% / 20% now.
 //!
 //! One coefficient set per (kernel, target).
 //!
@@ -108,7 +112,7 @@ impl SpillForm {
                 "ln spill = c0 + c1 ln h + c2 ln r + c3 ln k + c4 odd + c5 f32 + c6 ln r ln k + c7 ln2 r + c8 ln2 k"
             }
             SpillForm::Tiles => {
-                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 4hkd + c6 f32 4hkd + c7 odd h T + c8 4kd[h=1] (T = 4rk; MiB)"
+                "spill = c0 + c1 T[h=1] + c2 T[h=2] + c3 T[h<=4] + c4 T[h>4] + c5 f32 4hkd + c6 odd h T + c7 4kd[h=1] + c8 4hrd[h>=4] (T = 4rk; MiB)"
             }
         }
     }
@@ -164,11 +168,14 @@ impl SpillFeatures {
                 let mut x = [0.0; N_FEATURES];
                 x[0] = 1.0;
                 x[class] = tile;
-                let kv = 4.0 * h as f64 * k * d / MIB;
-                x[5] = kv;
-                x[6] = f32 * kv;
-                x[7] = odd * h as f64 * tile;
-                x[8] = if h == 1 { 4.0 * k * d / MIB } else { 0.0 };
+                x[5] = f32 * 4.0 * h as f64 * k * d / MIB;
+                x[6] = odd * h as f64 * tile;
+                x[7] = if h == 1 { 4.0 * k * d / MIB } else { 0.0 };
+                x[8] = if h >= 4 {
+                    4.0 * h as f64 * r * d / MIB
+                } else {
+                    0.0
+                };
                 x
             }
         }
@@ -533,8 +540,10 @@ mod tests {
 
     #[test]
     fn fit_recovers_a_known_tile_spill() {
-        // spill = 0.1 MiB + 1.2 T (one head) .. 1.7 T per head (h > 4) + 0.5 KV bytes, less for odd groups, + 0.9 f32 K bytes for a lone head
-        let truth = [0.1, 1.2, 2.3, 4.5, 13.0, 0.5, -0.2, -0.3, 0.9];
+        // spill = 0.1 MiB + 1.2 T (one head) .. 13 T (h > 4) + 0.5 f32 KV bytes, less for odd
+        // groups, + 0.8 a lone head's f32 K, + 0.9 f32 [rows, d] per head from 4 heads up (every
+        // spill positive, so `predict`'s floor at 0 leaves the data linear)
+        let truth = [0.1, 1.2, 2.3, 4.5, 13.0, 0.5, -0.2, 0.8, 0.9];
         let mut obs = Vec::new();
         for (i, rows) in [8u64, 16, 64, 128, 256, 512].iter().enumerate() {
             for keys in [128u64, 256, 1024, 4096] {
