@@ -252,7 +252,7 @@ fn emitted_pallas_kernel_matches_the_reference_in_interpret_mode() {
         .iter()
         .filter(|k| {
             let d = PallasDims::new(&k.cfg);
-            d.kv_chunks > 1 && d.chunk_pages * d.page_size < pallas::CHUNK_KEYS
+            d.kv_chunks > 1 && d.chunk_pages < pallas::chunk_pages(d.kv_pages_block, d.page_size, 1)
         })
         .count();
     assert!(

@@ -105,9 +105,11 @@ pub const CHUNK_KEYS: u32 = 512;
 
 /// Score elements (`rows x keys`) a chunk holds, at most, once a KV head's query tile has more
 /// than `CHUNK_SCORES / CHUNK_KEYS` = 128 rows: the chunk's keys shrink with the rows (to no
-/// fewer than [`MIN_CHUNK_KEYS`]), so one head's score tile stays 256 KiB in f32. Measured with
-/// deviceless compiles (MSA off): 512-key chunks at 256-512 rows left 0.9-3.3 MiB of compiler
-/// spill beyond the exact buffers; 256-key chunks cut it by 29-42% on 12 such configs.
+/// fewer than [`MIN_CHUNK_KEYS`]), so one head's f32 score tile stays within 256 KiB up to 512
+/// rows. Measured with deviceless compiles (MSA off) on the 70 calibration configs with more
+/// than 128 rows (`kernelgen/data/vmem_oracle_kernelgen.jsonl`): against 512-key chunks, the
+/// smallest fitting limit fell on 53 (by 0.51 MiB on average, at most 1.56 MiB) and rose on 3
+/// (at most 0.44 MiB).
 pub const CHUNK_SCORES: u32 = 128 * CHUNK_KEYS;
 
 /// The fewest keys a chunk is cut down to for many rows: one MXU width on v5e (the contraction
