@@ -192,17 +192,17 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("fit: {}", form.formula());
     let base = form.band_base().name();
     println!(
-        "{:<5} {:>6}  {:<62} {:>22} {:>22}",
+        "{:<5} {:>6}  {:<69} {:>22} {:>22}",
         "target",
         "points",
-        "c0 .. c8",
+        format!("c0 .. c{}", kernelgen::vmem::spill::N_FEATURES - 1),
         format!("band above: x {base} +"),
         format!("band below: x {base} +")
     );
     for (_, t, m) in &fit.models {
         let coef: Vec<String> = m.coef.iter().map(|c| format!("{c:.3}")).collect();
         println!(
-            "{t:<5} {:>6}  {:<62} {:>12.1}% {:>6.2}M {:>12.1}% {:>6.2}M",
+            "{t:<5} {:>6}  {:<69} {:>12.1}% {:>6.2}M {:>12.1}% {:>6.2}M",
             m.points,
             coef.join(" "),
             m.under * 100.0,
