@@ -98,8 +98,9 @@ impl SpillForm {
     /// scales with the spill: a band in parts of the total would be as wide for a config that
     /// barely spills as for one that spills much. JAX's spill is a quarter to a third of its
     /// total and its linear fit's misses scale with the total. Chosen like the forms, by
-    /// leave-one-out verdicts on the fit points (`calibrate --cross-validate`): kernelgen 1
-    /// uncertain with the spill as the base, 5 with the total.
+    /// leave-one-out verdicts on the fit points (`calibrate --cross-validate`; kernelgen's 201
+    /// points when it was chosen, before the rows-aware chunks: 1 uncertain with the spill as
+    /// the base, 5 with the total).
     pub fn band_base(self) -> BandBase {
         match self {
             SpillForm::LogLinear => BandBase::Spill,
