@@ -15,6 +15,88 @@
 use super::element::Element;
 use super::workers::{SharedOut, Workers};
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
+
+/// Where a matmul's weight `[n, k]` comes from, addressed by flat index `row * k + col` and
+/// widened to f32: a slice of one [`Element`] type ([`Plain`]), or the LM head's two 16-bit
+/// planes (`super::lm_head::Split`). Every tile reads its weights through this, so each source
+/// shares the tiles' arithmetic exactly.
+pub(crate) trait WeightRows: Copy + Send + Sync {
+    /// The source advanced by `n` values.
+    ///
+    /// # Safety
+    /// The result stays within the source.
+    unsafe fn offset(self, n: usize) -> Self;
+    /// The value at flat index `i`.
+    ///
+    /// # Safety
+    /// `i` within the source.
+    unsafe fn get(self, i: usize) -> f32;
+    /// 16 values from flat index `i`.
+    ///
+    /// # Safety
+    /// `i..i+16` within the source; AVX-512F, BW and VL available.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(self, i: usize) -> __m512;
+    /// The first `n` (< 16) values from `i`, the other lanes zero.
+    ///
+    /// # Safety
+    /// As [`WeightRows::load16`], with `i..i+n` within the source.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16_tail(self, i: usize, n: usize) -> __m512;
+    /// Hints that the values from `i` are read soon (any `i`: a prefetch never faults).
+    #[cfg(target_arch = "x86_64")]
+    fn prefetch(self, i: usize);
+}
+
+/// A weight stored as one [`Element`] type.
+#[derive(Clone, Copy)]
+pub(crate) struct Plain<W>(*const W);
+
+impl<W: Element> Plain<W> {
+    pub(crate) fn new(w: &[W]) -> Plain<W> {
+        Plain(w.as_ptr())
+    }
+}
+
+// SAFETY: a read-only view of `Sync` values, shared by work items for the call.
+unsafe impl<W: Element> Send for Plain<W> {}
+// SAFETY: as above.
+unsafe impl<W: Element> Sync for Plain<W> {}
+
+impl<W: Element> WeightRows for Plain<W> {
+    #[inline(always)]
+    unsafe fn offset(self, n: usize) -> Self {
+        // SAFETY: the caller's contract.
+        Plain(unsafe { self.0.add(n) })
+    }
+    #[inline(always)]
+    unsafe fn get(self, i: usize) -> f32 {
+        // SAFETY: the caller's contract.
+        unsafe { *self.0.add(i) }.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(self, i: usize) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { W::load16(self.0.add(i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_tail(self, i: usize, n: usize) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { W::load16_tail(self.0.add(i), n) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn prefetch(self, i: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(self.0.wrapping_add(i).cast::<i8>()) }
+    }
+}
+
 /// The call's dimensions: `x[m, k]`, `w[n, k]`, `out[m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulShape {
@@ -100,35 +182,55 @@ pub fn matmul<W: Element>(
     if out.is_empty() {
         return Ok(());
     }
+    // SAFETY: `w` holds n * k values (checked above) and `out` m * n.
+    unsafe { matmul_rows(s, x, Plain::new(w), out, true, workers) };
+    Ok(())
+}
+
+/// [`matmul`] from any weight source, without the length checks; `packed` allows the packed
+/// tiles from [`PACKED_MIN_ROWS`] rows (their sums run in another order).
+///
+/// # Safety
+/// `w` holds `n * k` values, `x` `m * k` and `out` `m * n`.
+pub(crate) unsafe fn matmul_rows<P: WeightRows>(
+    s: &MatmulShape,
+    x: &[f32],
+    w: P,
+    out: &mut [f32],
+    packed: bool,
+    workers: &dyn Workers,
+) {
     let block = block_rows(s.n, workers.threads());
     let items = s.n.div_ceil(block);
     let ptr = SharedOut(out.as_mut_ptr());
     let job = |i: usize| {
         let rows = i * block..((i + 1) * block).min(s.n);
-        // SAFETY: items write disjoint columns `rows` of `out`, which holds m * n values.
-        unsafe { rows_block(s, x, w, rows, &ptr) };
+        // SAFETY: items write disjoint columns `rows` of `out`; the caller's contract.
+        unsafe { rows_block(s, x, w, rows, &ptr, packed) };
     };
     workers.run(items, &job);
-    Ok(())
 }
 
 /// Weight rows per item: a multiple of 4, at least [`MIN_BLOCK_ROWS`], about
 /// [`ITEMS_PER_THREAD`] items per thread.
-fn block_rows(n: usize, threads: usize) -> usize {
+pub(crate) fn block_rows(n: usize, threads: usize) -> usize {
     let per = n.div_ceil(threads.max(1) * ITEMS_PER_THREAD);
     per.max(MIN_BLOCK_ROWS).next_multiple_of(4)
 }
 
-/// Columns `rows` of `out` (weight rows `rows`).
+/// Columns `rows` of `out` (weight rows `rows`), in packed tiles from [`PACKED_MIN_ROWS`] rows
+/// of `x` if `packed`.
 ///
 /// # Safety
-/// `out` points to `m * n` values; no other thread writes columns `rows`.
-unsafe fn rows_block<W: Element>(
+/// `w` holds `n * k` values; `out` points to `m * n` values; no other thread writes columns
+/// `rows`.
+pub(crate) unsafe fn rows_block<P: WeightRows>(
     s: &MatmulShape,
     x: &[f32],
-    w: &[W],
+    w: P,
     rows: std::ops::Range<usize>,
     out: &SharedOut<f32>,
+    packed: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -136,7 +238,7 @@ unsafe fn rows_block<W: Element>(
             // SAFETY: the CPU has AVX-512F, BW and VL (checked just above); the caller's
             // contract.
             return unsafe {
-                if s.m >= PACKED_MIN_ROWS {
+                if packed && s.m >= PACKED_MIN_ROWS {
                     avx512::packed_rows_block(s, x, w, rows, out.0)
                 } else {
                     avx512::rows_block(s, x, w, rows, out.0)
@@ -150,10 +252,10 @@ unsafe fn rows_block<W: Element>(
 
 /// # Safety
 /// As [`rows_block`].
-unsafe fn portable_rows_block<W: Element>(
+unsafe fn portable_rows_block<P: WeightRows>(
     s: &MatmulShape,
     x: &[f32],
-    w: &[W],
+    w: P,
     rows: std::ops::Range<usize>,
     out: *mut f32,
 ) {
@@ -161,18 +263,19 @@ unsafe fn portable_rows_block<W: Element>(
     let k = s.k;
     let kv = k - k % L;
     for j in rows {
-        let wr = &w[j * k..(j + 1) * k];
+        // SAFETY: row j < n of the weight (the caller's contract).
+        let wr = |c: usize| unsafe { w.get(j * k + c) };
         for i in 0..s.m {
             let xr = &x[i * k..(i + 1) * k];
             let mut acc = [0.0f32; L];
-            for (cx, cw) in xr[..kv].chunks_exact(L).zip(wr[..kv].chunks_exact(L)) {
+            for (b, cx) in xr[..kv].chunks_exact(L).enumerate() {
                 for l in 0..L {
-                    acc[l] += cx[l] * cw[l].to_f32();
+                    acc[l] += cx[l] * wr(b * L + l);
                 }
             }
             let mut sum: f32 = acc.iter().sum();
-            for (a, b) in xr[kv..].iter().zip(&wr[kv..]) {
-                sum += a * b.to_f32();
+            for (c, a) in xr.iter().enumerate().skip(kv) {
+                sum += a * wr(c);
             }
             // SAFETY: i < m, j < n; the caller's contract.
             unsafe { *out.add(i * s.n + j) = sum };
@@ -182,7 +285,7 @@ unsafe fn portable_rows_block<W: Element>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Element, MatmulShape};
+    use super::{Element, MatmulShape, WeightRows};
     use std::arch::x86_64::*;
 
     /// See [`super::rows_block`].
@@ -190,10 +293,10 @@ mod avx512 {
     /// # Safety
     /// As there; AVX-512F available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn rows_block<W: Element>(
+    pub unsafe fn rows_block<P: WeightRows>(
         s: &MatmulShape,
         x: &[f32],
-        w: &[W],
+        w: P,
         rows: std::ops::Range<usize>,
         out: *mut f32,
     ) {
@@ -208,7 +311,7 @@ mod avx512 {
                 unsafe {
                     let t = Tile {
                         x: x.as_ptr().add(i * s.k),
-                        w: w.as_ptr().add(j * s.k),
+                        w: w.offset(j * s.k),
                         k: s.k,
                         out: out.add(i * s.n + j),
                         ldo: s.n,
@@ -253,10 +356,10 @@ mod avx512 {
     /// # Safety
     /// As [`super::rows_block`]; AVX-512F available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn packed_rows_block<W: Element>(
+    pub unsafe fn packed_rows_block<P: WeightRows>(
         s: &MatmulShape,
         x: &[f32],
-        w: &[W],
+        w: P,
         rows: std::ops::Range<usize>,
         out: *mut f32,
     ) {
@@ -277,10 +380,10 @@ mod avx512 {
     /// # Safety
     /// As [`packed_rows_block`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn packed_with<W: Element>(
+    unsafe fn packed_with<P: WeightRows>(
         s: &MatmulShape,
         x: &[f32],
-        w: &[W],
+        w: P,
         rows: std::ops::Range<usize>,
         out: *mut f32,
         panel: &mut [f32],
@@ -292,9 +395,9 @@ mod avx512 {
             // Columns past `nr` keep whatever an earlier panel left: each lane sums alone, and
             // theirs are masked off at the store.
             for r in 0..nr {
-                let row = &w[(j + r) * k..(j + r + 1) * k];
-                for (c, v) in row.iter().enumerate() {
-                    panel[c * PANEL + r] = v.to_f32();
+                for c in 0..k {
+                    // SAFETY: row j + r < n of the weight (the caller's contract).
+                    panel[c * PANEL + r] = unsafe { w.get((j + r) * k + c) };
                 }
             }
             let mask = if nr == PANEL {
@@ -371,15 +474,15 @@ mod avx512 {
 
     /// One tile: rows of `x` (row stride `k`) against rows of `w` (row stride `k`), into `out`
     /// (row stride `ldo`).
-    struct Tile<W> {
+    struct Tile<P> {
         x: *const f32,
-        w: *const W,
+        w: P,
         k: usize,
         out: *mut f32,
         ldo: usize,
     }
 
-    impl<W: Element> Tile<W> {
+    impl<P: WeightRows> Tile<P> {
         /// `MT` x `NT` dot products over `k`, 16 lanes at a time.
         ///
         /// # Safety
@@ -397,8 +500,8 @@ mod avx512 {
                     for (jj, v) in wv.iter_mut().enumerate() {
                         // The next tile's rows (contiguous after these): hardware prefetch
                         // alone left b8's matmuls at 33.5 ms against 26.4 with this.
-                        _mm_prefetch::<_MM_HINT_T0>(self.w.add((jj + NT) * k + c).cast::<i8>());
-                        *v = W::load16(self.w.add(jj * k + c));
+                        self.w.prefetch((jj + NT) * k + c);
+                        *v = self.w.load16(jj * k + c);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
                         let xv = _mm512_loadu_ps(self.x.add(ii * k + c));
@@ -412,7 +515,7 @@ mod avx512 {
                     let n = k - kv;
                     let mut wv = [_mm512_setzero_ps(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
-                        *v = W::load16_tail(self.w.add(jj * k + kv), n);
+                        *v = self.w.load16_tail(jj * k + kv, n);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
                         let xv = f32::load16_tail(self.x.add(ii * k + kv), n);
