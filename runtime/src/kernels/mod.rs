@@ -4,6 +4,8 @@
 //!   [`RPA_TARGET`]; kernelgen's `host` schedule emits the call).
 //! - [`matmul`]: `x @ w^T` for the step program's projections at decode sizes (custom call
 //!   target [`MATMUL_TARGET`]; step programs with host kernels emit it).
+//! - [`lm_head`]: the LM head over its weight's two 16-bit planes, whose greedy rows read half
+//!   the bytes (custom call target [`LM_HEAD_TARGET`]).
 //!
 //! [`register`] installs the handlers with a plugin ([`crate::pjrt::Api::load`] does it for every
 //! plugin it loads, so compiled and deserialized executables both find them). Handlers never
@@ -11,6 +13,7 @@
 //! execution with its message.
 
 pub mod element;
+pub mod lm_head;
 pub mod matmul;
 mod pool;
 pub mod rpa;
@@ -31,13 +34,19 @@ pub const RPA_TARGET: &str = "kernelgen_rpa";
 /// The custom call target of the host matmul (`x @ w^T`, weight `[n, k]`).
 pub const MATMUL_TARGET: &str = "kernelgen_matmul";
 
+/// The custom call target of the host LM head: operands `x f32[m, k]`, `planes u16[2, n, k]`
+/// ([`lm_head::split`]), `norms f32[n]` ([`lm_head::row_norms`]) and `argmax_only i32[1]`
+/// (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
+pub const LM_HEAD_TARGET: &str = "kernelgen_lm_head";
+
 /// The XLA platform name of host (CPU) custom calls.
 pub const HOST_PLATFORM: &str = "Host";
 
 /// Registers every host kernel with the plugin behind `api`.
 pub fn register(api: &Api) -> Result<(), PjrtError> {
     api.register_ffi_handler(RPA_TARGET, HOST_PLATFORM, rpa_handler)?;
-    api.register_ffi_handler(MATMUL_TARGET, HOST_PLATFORM, matmul_handler)
+    api.register_ffi_handler(MATMUL_TARGET, HOST_PLATFORM, matmul_handler)?;
+    api.register_ffi_handler(LM_HEAD_TARGET, HOST_PLATFORM, lm_head_handler)
 }
 
 /// The FFI entry point of [`rpa::rpa`].
@@ -56,6 +65,15 @@ unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
 unsafe extern "C" fn matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
     unsafe { handle(frame, MATMUL_TARGET, execute_matmul) }
+}
+
+/// The FFI entry point of [`lm_head::lm_head`].
+///
+/// # Safety
+/// Called by XLA with its call frame.
+unsafe extern "C" fn lm_head_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: the caller's contract.
+    unsafe { handle(frame, LM_HEAD_TARGET, execute_lm_head) }
 }
 
 /// Decodes XLA's call frame and runs `execute` at the execute stage; a refusal or a panic
@@ -137,6 +155,68 @@ fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
             }
         }
     }
+    .map_err(|e| e.to_string())
+}
+
+fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    let ([x, planes, norms, mode], [out]) = (&call.args[..], &call.rets[..]) else {
+        return Err(format!(
+            "{LM_HEAD_TARGET} takes 4 operands (x, planes, norms, argmax_only) and returns 1 \
+             result, got {} and {}",
+            call.args.len(),
+            call.rets.len()
+        ));
+    };
+    let (m, k, n) = match (x.dims, planes.dims, out.dims) {
+        (&[m, k], &[2, n, kw], &[mo, no])
+            if kw == k && mo == m && no == n && m >= 0 && k >= 0 && n >= 0 =>
+        {
+            (m as usize, k as usize, n as usize)
+        }
+        _ => {
+            return Err(format!(
+                "{LM_HEAD_TARGET}: x {:?}, planes {:?} and the result {:?} disagree (x[m, k], \
+                 planes[2, n, k], result[m, n])",
+                x.dims, planes.dims, out.dims
+            ))
+        }
+    };
+    if x.dtype != dtype::F32
+        || out.dtype != dtype::F32
+        || norms.dtype != dtype::F32
+        || planes.dtype != dtype::U16
+    {
+        return Err(format!(
+            "{LM_HEAD_TARGET}: x, norms and the result must be f32, planes u16"
+        ));
+    }
+    if mode.dtype != dtype::S32 || mode.elements() != 1 {
+        return Err(format!("{LM_HEAD_TARGET}: argmax_only must be one i32"));
+    }
+    let workers = &XlaPool::new(frame, m <= matmul::MAX_ROWS);
+    if out.elements() == 0 {
+        return Ok(());
+    }
+    // SAFETY: dtypes checked; XLA's buffers hold `elements()` values and live for the call;
+    // the (non-empty) result is the handler's alone and aliases no operand.
+    unsafe {
+        let mode = match *mode.data.cast::<i32>() {
+            0 => lm_head::HeadMode::Exact,
+            _ => lm_head::HeadMode::Argmax,
+        };
+        let o = std::slice::from_raw_parts_mut(out.data.cast::<f32>(), out.elements());
+        let shape = matmul::MatmulShape { m, k, n };
+        lm_head::lm_head(
+            &shape,
+            slice(x),
+            slice(planes),
+            slice(norms),
+            mode,
+            o,
+            workers,
+        )
+    }
+    .map(|_| ())
     .map_err(|e| e.to_string())
 }
 

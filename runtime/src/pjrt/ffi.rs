@@ -212,6 +212,7 @@ const ERRC_INTERNAL: i32 = 13;
 /// `XLA_FFI_DataType` values this crate reads.
 pub mod dtype {
     pub const S32: i32 = 4;
+    pub const U16: i32 = 7;
     pub const S64: i32 = 5;
     pub const F32: i32 = 11;
     pub const BF16: i32 = 16;

@@ -1,0 +1,697 @@
+//! The LM head `logits = x @ w^T` over an f32 weight `[v, k]` stored as two 16-bit planes
+//! ([`split`]): `hi`, the top half of every value (a bf16 rounded toward zero), then `lo`, the
+//! bottom half. Same bytes as the f32 matrix, and two ways to read them:
+//!
+//! - [`HeadMode::Exact`]: both planes, rejoined into the f32 values: the very sums
+//!   [`super::matmul`] computes over the f32 matrix (the same tiles, `super::matmul::WeightRows`).
+//! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), the `hi`
+//!   plane alone, half the bytes: an estimate `a` of every logit (BF16 dot products of `x`
+//!   rounded to bf16 and `hi`, 32 per instruction) and a bound `e` on how far the exact sum `c`
+//!   can lie from it, then [`HeadMode::Exact`]'s sums for the candidates, the logits with
+//!   `a + e >= max(a - e)`. Any other logit `j` is below the row's largest exact one:
+//!   `c_j <= a_j + e_j < a_m - e_m <= c_m` for the `m` reaching `max(a - e)`, a candidate. So
+//!   the argmax, ties included (the lowest index of the largest value), is the one
+//!   [`HeadMode::Exact`] gives; the row holds candidates' exact sums and the others' estimates
+//!   (each below the row's maximum).
+//!
+//! The bound: `hi` truncates each value's mantissa to 7 bits, so `|w - hi| <= 2^-7 |hi|`;
+//! rounding `x` to bf16 moves it by at most `2^-8 |x|`; and an f32 sum of `k` products `p` lies
+//! within `gamma_k * sum |p|` of the real one (`gamma_k = k u / (1 - k u)`, `u = 2^-24`,
+//! Higham's bound). Every such sum of magnitudes is at most `|x| |hi_j|` (Cauchy-Schwarz, the
+//! rows' norms computed once at upload, [`row_norms`]), so
+//! `e_j = (2^-7 + 2^-8 + 3 gamma_k)(1 + 2^-6) |x| |hi_j|` plus a floor for values the BF16 dot
+//! product flushes to zero ([`bound_scale`], [`bound_floor`]). A call whose estimates or bounds
+//! are not finite gets [`HeadMode::Exact`]'s sums throughout (a NaN there must reach the
+//! sampler as it is), and so does a CPU without AVX-512 BF16 ([`argmax_reads_half`]).
+
+use super::matmul::{self, MatmulError, MatmulShape, WeightRows};
+use super::workers::{SharedOut, Workers};
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// How the LM head reads its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadMode {
+    /// Every logit exact (both planes).
+    Exact,
+    /// Each row's argmax exact, from the `hi` plane and the candidates' `lo` halves.
+    Argmax,
+}
+
+/// `w` (`[v, k]` f32) as its two planes, `[2, v, k]` 16-bit: the top halves, then the bottom
+/// halves. [`join`] inverts it exactly.
+pub fn split(w: &[f32]) -> Vec<u16> {
+    let mut planes = vec![0u16; 2 * w.len()];
+    let (hi, lo) = planes.split_at_mut(w.len());
+    for ((h, l), v) in hi.iter_mut().zip(lo.iter_mut()).zip(w) {
+        let bits = v.to_bits();
+        *h = (bits >> 16) as u16;
+        *l = bits as u16;
+    }
+    planes
+}
+
+/// The f32 value whose halves are `hi` and `lo`.
+#[inline(always)]
+pub fn join(hi: u16, lo: u16) -> f32 {
+    f32::from_bits(((hi as u32) << 16) | lo as u32)
+}
+
+/// The planes of [`split`] as a weight source for the matmul tiles: each value rejoined.
+#[derive(Clone, Copy)]
+pub(crate) struct Split {
+    hi: *const u16,
+    lo: *const u16,
+}
+
+// SAFETY: a read-only view of the planes, shared by work items for the call.
+unsafe impl Send for Split {}
+// SAFETY: as above.
+unsafe impl Sync for Split {}
+
+impl WeightRows for Split {
+    #[inline(always)]
+    unsafe fn offset(self, n: usize) -> Self {
+        // SAFETY: the caller's contract (both planes have the same length).
+        unsafe {
+            Split {
+                hi: self.hi.add(n),
+                lo: self.lo.add(n),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn get(self, i: usize) -> f32 {
+        // SAFETY: the caller's contract.
+        unsafe { join(*self.hi.add(i), *self.lo.add(i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(self, i: usize) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(self.hi.add(i).cast()));
+            let l = _mm512_cvtepu16_epi32(_mm256_loadu_si256(self.lo.add(i).cast()));
+            _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(h, 16), l))
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_tail(self, i: usize, n: usize) -> __m512 {
+        let mask = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: masked lanes are not read.
+        unsafe {
+            let h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, self.hi.add(i).cast()));
+            let l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, self.lo.add(i).cast()));
+            _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(h, 16), l))
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn prefetch(self, i: usize) {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(self.hi.wrapping_add(i).cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(self.lo.wrapping_add(i).cast::<i8>());
+        }
+    }
+}
+
+/// What one call did: how many logits [`HeadMode::Argmax`] summed exactly (all of them in
+/// [`HeadMode::Exact`], or where it fell back to exact sums).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadStats {
+    pub exact: usize,
+}
+
+/// Whether this CPU runs [`HeadMode::Argmax`]'s estimate: AVX-512 with BF16 dot products
+/// (`vdpbf16ps`, 32 products per instruction). Elsewhere [`HeadMode::Argmax`] sums exactly, and
+/// step programs keep the plain f32 LM head (`kernelgen::step::StepSource::split_head`).
+pub fn argmax_reads_half() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Each row's Euclidean norm of the `hi` plane of `planes` (`[2, n, k]`, [`split`]), rounded
+/// up to f32: the bound's per-row factor ([`HeadMode::Argmax`]), computed once at upload.
+pub fn row_norms(planes: &[u16], k: usize) -> Vec<f32> {
+    let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
+    (0..n)
+        .map(|j| {
+            let sq: f64 = planes[j * k..(j + 1) * k]
+                .iter()
+                .map(|&h| (join(h, 0) as f64).powi(2))
+                .sum();
+            round_up(sq.sqrt())
+        })
+        .collect()
+}
+
+/// The smallest f32 at least `v` (`v` finite and non-negative).
+fn round_up(v: f64) -> f32 {
+    let f = v as f32;
+    if (f as f64) < v {
+        f32::from_bits(f.to_bits() + 1)
+    } else {
+        f
+    }
+}
+
+/// `out[m, v] = x[m, k] @ w^T`, `w` given as `planes` (`[2, v, k]`, [`split`]) with `norms`
+/// ([`row_norms`]), in `mode`.
+pub fn lm_head(
+    s: &MatmulShape,
+    x: &[f32],
+    planes: &[u16],
+    norms: &[f32],
+    mode: HeadMode,
+    out: &mut [f32],
+    workers: &dyn Workers,
+) -> Result<HeadStats, MatmulError> {
+    let check = |name, dims: String, got: usize, want: usize| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(MatmulError::Length {
+                name,
+                dims,
+                got,
+                want,
+            })
+        }
+    };
+    check("x", format!("{}, {}", s.m, s.k), x.len(), s.m * s.k)?;
+    check(
+        "planes",
+        format!("2, {}, {}", s.n, s.k),
+        planes.len(),
+        2 * s.n * s.k,
+    )?;
+    check("norms", format!("{}", s.n), norms.len(), s.n)?;
+    check("out", format!("{}, {}", s.m, s.n), out.len(), s.m * s.n)?;
+    if out.is_empty() {
+        return Ok(HeadStats::default());
+    }
+    let (hi, lo) = planes.split_at(s.n * s.k);
+    let w = Split {
+        hi: hi.as_ptr(),
+        lo: lo.as_ptr(),
+    };
+    if mode == HeadMode::Argmax && s.k > 0 && argmax_reads_half() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: lengths checked above; the CPU has AVX-512 BF16.
+            return Ok(unsafe { argmax(s, x, w, hi, norms, out, workers) });
+        }
+    }
+    // SAFETY: lengths checked above.
+    unsafe { matmul::matmul_rows(s, x, w, out, false, workers) };
+    Ok(HeadStats { exact: out.len() })
+}
+
+/// The bound's factor of `|x| |hi_j|` (both Euclidean norms) for sums of `k` products: `hi`'s
+/// truncation (2^-7), `x` rounded to bf16 for the estimate (2^-8) and three f32 sums' rounding
+/// (the exact sum, the estimate, and the exact sum's products with `w` in place of `hi`), each
+/// within `gamma_k` of its real value; enlarged by 2^-6 for the rest (second-order terms, the
+/// norms' own rounding).
+fn bound_scale(k: usize) -> f64 {
+    let u = f64::powi(2.0, -24);
+    let ku = (k + 32) as f64 * u;
+    let gamma = ku / (1.0 - ku);
+    (f64::powi(2.0, -7) + f64::powi(2.0, -8) + 3.0 * gamma) * (1.0 + f64::powi(2.0, -6))
+}
+
+/// The bound's absolute part for one row of `x` and weight row norm `norm`: values flushed to
+/// zero by the BF16 dot product (inputs and results below 2^-126) and `hi`'s zero or subnormal
+/// values.
+fn bound_floor(k: usize, x_max: f64, norm: f64) -> f64 {
+    (k + 32) as f64 * f64::powi(2.0, -126) * (2.0 + x_max + norm)
+}
+
+/// One row of `x`'s bound, `e_j = slope |hi_j| + floor` ([`bound_scale`] and [`bound_floor`]
+/// spelled out, so the scans over the vocabulary stay simple loops).
+#[derive(Clone, Copy)]
+struct RowBound {
+    slope: f64,
+    floor: f64,
+}
+
+impl RowBound {
+    fn of(x: &[f32], scale: f64) -> RowBound {
+        let x_norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let x_max = x.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+        let tiny = bound_floor(x.len(), 0.0, 0.0) / 2.0;
+        RowBound {
+            slope: scale * x_norm + tiny,
+            floor: tiny * (2.0 + x_max),
+        }
+    }
+
+    #[inline(always)]
+    fn at(self, norm: f32) -> f64 {
+        self.slope * norm as f64 + self.floor
+    }
+}
+
+/// One work item's scan of one row of `x` over its block of the vocabulary.
+#[derive(Clone, Debug, Default)]
+struct BlockScan {
+    /// The block's largest `a - e`.
+    low: f64,
+    /// Every `a` and `e` finite, and `|a| + e` within f32's range.
+    finite: bool,
+    /// The block's logits with `a + e >= low`: a superset of the row's candidates, whose
+    /// threshold (the row's largest `a - e`) is at least `low`.
+    candidates: Vec<usize>,
+}
+
+/// Scans `a` (estimates of logits `first..`) against `bounds`.
+fn scan(a: &[f32], norms: &[f32], first: usize, bound: RowBound) -> BlockScan {
+    let mut low = f64::NEG_INFINITY;
+    let mut finite = true;
+    for (&aj, &nj) in a.iter().zip(norms) {
+        let (aj, ej) = (aj as f64, bound.at(nj));
+        // False for NaN too.
+        finite &= aj.abs() + ej < f32::MAX as f64;
+        let lo = aj - ej;
+        low = if lo > low { lo } else { low };
+    }
+    let candidates = a
+        .iter()
+        .zip(norms)
+        .enumerate()
+        .filter(|(_, (&aj, &nj))| aj as f64 + bound.at(nj) >= low)
+        .map(|(j, _)| first + j)
+        .collect();
+    BlockScan {
+        low,
+        finite,
+        candidates,
+    }
+}
+
+/// [`HeadMode::Argmax`]: pass one (each work item's block of estimates, then its scan while
+/// the block is in cache), then the candidates' exact sums on the calling thread.
+///
+/// # Safety
+/// `w` holds `n * k` values (its `hi` plane is `hi`), `norms` `n`, `x` `m * k`, `out` `m * n`;
+/// the CPU has AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+unsafe fn argmax(
+    s: &MatmulShape,
+    x: &[f32],
+    w: Split,
+    hi: &[u16],
+    norms: &[f32],
+    out: &mut [f32],
+    workers: &dyn Workers,
+) -> HeadStats {
+    let scale = bound_scale(s.k);
+    let bounds: Vec<RowBound> = x.chunks(s.k).map(|r| RowBound::of(r, scale)).collect();
+    let xb: Vec<u16> = x
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect();
+    let block = matmul::block_rows(s.n, workers.threads());
+    let items = s.n.div_ceil(block);
+    let scans: Vec<std::sync::Mutex<Vec<BlockScan>>> =
+        (0..items).map(|_| Default::default()).collect();
+    let o = SharedOut(out.as_mut_ptr());
+    let job = |item: usize| {
+        let rows = item * block..((item + 1) * block).min(s.n);
+        // SAFETY: the caller's contract; items write disjoint columns `rows` of `out`.
+        unsafe { avx512bf16::estimate_block(s, &xb, hi, rows.clone(), &o) };
+        let found = bounds
+            .iter()
+            .enumerate()
+            .map(|(i, &bound)| {
+                // SAFETY: this item's columns of row i, written just above.
+                let a = unsafe {
+                    std::slice::from_raw_parts(
+                        o.0.add(i * s.n + rows.start).cast_const(),
+                        rows.len(),
+                    )
+                };
+                scan(a, &norms[rows.clone()], rows.start, bound)
+            })
+            .collect();
+        *scans[item].lock().unwrap_or_else(|e| e.into_inner()) = found;
+    };
+    workers.run(items, &job);
+    let scans: Vec<Vec<BlockScan>> = scans
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let mut candidates: Vec<usize> = Vec::new();
+    let mut whole = false;
+    for (i, &bound) in bounds.iter().enumerate() {
+        let row = scans.iter().map(|item| &item[i]);
+        whole |= !bound.slope.is_finite() || row.clone().any(|b| !b.finite);
+        let low = row.clone().fold(f64::NEG_INFINITY, |l, b| l.max(b.low));
+        candidates.extend(
+            row.flat_map(|b| &b.candidates)
+                .filter(|&&j| out[i * s.n + j] as f64 + bound.at(norms[j]) >= low),
+        );
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    // Past a quarter of the weight, reading it all is as cheap.
+    if whole || candidates.len() * 4 > s.n {
+        // SAFETY: the caller's contract.
+        unsafe { matmul::matmul_rows(s, x, w, out, false, workers) };
+        return HeadStats { exact: out.len() };
+    }
+    let o = SharedOut(out.as_mut_ptr());
+    for &j in &candidates {
+        // SAFETY: j < n; column j of `out` is written by this thread alone now.
+        unsafe { matmul::rows_block(s, x, w, j..j + 1, &o, false) };
+    }
+    HeadStats {
+        exact: candidates.len() * s.m,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16 {
+    use super::{MatmulShape, SharedOut};
+    use std::arch::x86_64::*;
+
+    /// Weight rows per tile.
+    const NT: usize = 4;
+    /// Rows of `x` per tile: 16 accumulators.
+    const MT: usize = 4;
+    /// bf16 values per vector.
+    const LANES: usize = 32;
+
+    /// Columns `rows` of pass one (see [`super::estimate`]).
+    ///
+    /// # Safety
+    /// AVX-512F, BW, VL and BF16 available; `out` points to `m * n` values, columns `rows`
+    /// this thread's alone; `xb` holds `m * k` values, `hi` `n * k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn estimate_block(
+        s: &MatmulShape,
+        xb: &[u16],
+        hi: &[u16],
+        rows: std::ops::Range<usize>,
+        out: &SharedOut<f32>,
+    ) {
+        let out = out.0;
+        let mut j = rows.start;
+        while j < rows.end {
+            let nt = (rows.end - j).min(NT);
+            let mut i = 0;
+            while i < s.m {
+                let mt = (s.m - i).min(MT);
+                // SAFETY: rows j..j+nt of `hi` and i..i+mt of `xb` exist; the cells are this
+                // item's.
+                unsafe {
+                    let t = Tile {
+                        x: xb.as_ptr().add(i * s.k),
+                        w: hi.as_ptr().add(j * s.k),
+                        k: s.k,
+                        out: out.add(i * s.n + j),
+                        ldo: s.n,
+                    };
+                    match (mt, nt) {
+                        (4, 4) => t.run::<4, 4>(),
+                        (4, 3) => t.run::<4, 3>(),
+                        (4, 2) => t.run::<4, 2>(),
+                        (4, _) => t.run::<4, 1>(),
+                        (3, 4) => t.run::<3, 4>(),
+                        (3, 3) => t.run::<3, 3>(),
+                        (3, 2) => t.run::<3, 2>(),
+                        (3, _) => t.run::<3, 1>(),
+                        (2, 4) => t.run::<2, 4>(),
+                        (2, 3) => t.run::<2, 3>(),
+                        (2, 2) => t.run::<2, 2>(),
+                        (2, _) => t.run::<2, 1>(),
+                        (_, 4) => t.run::<1, 4>(),
+                        (_, 3) => t.run::<1, 3>(),
+                        (_, 2) => t.run::<1, 2>(),
+                        (_, _) => t.run::<1, 1>(),
+                    }
+                }
+                i += mt;
+            }
+            j += nt;
+        }
+    }
+
+    /// One tile: bf16 rows of `x` (row stride `k`) against rows of `hi` (row stride `k`).
+    struct Tile {
+        x: *const u16,
+        w: *const u16,
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    }
+
+    /// 32 bf16 values at `p`, or the first `n` of them (the other lanes zero).
+    ///
+    /// # Safety
+    /// `p..p+n` readable; AVX-512BW available.
+    #[inline(always)]
+    unsafe fn load32(p: *const u16, n: usize) -> __m512bh {
+        // SAFETY: the caller's contract; masked lanes are not read. The transmute
+        // reinterprets 32 16-bit lanes as 32 bf16 lanes.
+        unsafe {
+            let v = if n == LANES {
+                _mm512_loadu_si512(p.cast())
+            } else {
+                _mm512_maskz_loadu_epi16(((1u64 << n) - 1) as __mmask32, p.cast())
+            };
+            std::mem::transmute::<__m512i, __m512bh>(v)
+        }
+    }
+
+    impl Tile {
+        /// `MT` x `NT` BF16 dot products over `k`, 32 products per instruction.
+        ///
+        /// # Safety
+        /// The tile's rows are readable and its out cells writable; AVX-512 BF16 available.
+        #[inline(always)]
+        unsafe fn run<const MT: usize, const NT: usize>(&self) {
+            let k = self.k;
+            // SAFETY: the caller's contract; every offset stays below k in its row.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); NT]; MT];
+                let mut c = 0;
+                while c < k {
+                    let n = (k - c).min(LANES);
+                    let mut wv =
+                        [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NT];
+                    for (jj, v) in wv.iter_mut().enumerate() {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            self.w.wrapping_add((jj + NT) * k + c).cast::<i8>(),
+                        );
+                        *v = load32(self.w.add(jj * k + c), n);
+                    }
+                    for (ii, row) in acc.iter_mut().enumerate() {
+                        let xv = load32(self.x.add(ii * k + c), n);
+                        for (a, v) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_dpbf16_ps(*a, xv, *v);
+                        }
+                    }
+                    c += n;
+                }
+                for (ii, row) in acc.iter().enumerate() {
+                    for (jj, a) in row.iter().enumerate() {
+                        *self.out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::workers::Serial;
+    use proptest::prelude::*;
+
+    fn reference(s: &MatmulShape, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut out = vec![0.0; s.m * s.n];
+        for i in 0..s.m {
+            for j in 0..s.n {
+                out[i * s.n + j] = (0..s.k)
+                    .map(|c| x[i * s.k + c] as f64 * w[j * s.k + c] as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// The lowest index of the largest value (the sampler's greedy pick).
+    fn argmax(row: &[f32]) -> usize {
+        let mut best = 0;
+        for (j, v) in row.iter().enumerate() {
+            if *v > row[best] {
+                best = j;
+            }
+        }
+        best
+    }
+
+    fn run(s: &MatmulShape, x: &[f32], w: &[f32], mode: HeadMode) -> (Vec<f32>, HeadStats) {
+        let mut out = vec![f32::NAN; s.m * s.n];
+        let planes = split(w);
+        let norms = row_norms(&planes, s.k);
+        let stats = lm_head(s, x, &planes, &norms, mode, &mut out, &Serial).unwrap();
+        (out, stats)
+    }
+
+    #[test]
+    fn split_planes_join_back_exactly() {
+        let w = [
+            0.0,
+            -0.0,
+            1.5,
+            -3.25e-20,
+            f32::MIN_POSITIVE / 3.0,
+            1e38,
+            f32::INFINITY,
+        ];
+        let planes = split(&w);
+        for (i, v) in w.iter().enumerate() {
+            assert_eq!(join(planes[i], planes[w.len() + i]).to_bits(), v.to_bits());
+        }
+    }
+
+    /// Exact mode computes the f32 matmul's very sums.
+    #[test]
+    fn exact_mode_equals_the_f32_matmul_bit_for_bit() {
+        for (m, k, n) in [(1, 576, 300), (3, 17, 41), (8, 64, 70), (70, 33, 9)] {
+            let s = MatmulShape { m, k, n };
+            let x = crate::kernels::test_values(m * k, 3);
+            let w = crate::kernels::test_values(n * k, 5);
+            let mut plain = vec![0.0; m * n];
+            // The packed tiles (from 64 rows) sum in another order: compare tile for tile.
+            // SAFETY: lengths as declared.
+            unsafe {
+                matmul::matmul_rows(&s, &x, matmul::Plain::new(&w), &mut plain, false, &Serial)
+            };
+            let (got, _) = run(&s, &x, &w, HeadMode::Exact);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{s:?}"
+            );
+        }
+    }
+
+    /// A weight whose first three rows are `x`'s first row with random low halves, the others
+    /// random at half the scale: for that row of `x` the three are the top logits, which only
+    /// the low halves (the exact sums) tell apart.
+    fn near_ties(x: &[f32], k: usize, n: usize, seed: u64) -> Vec<f32> {
+        let noise = crate::kernels::test_values(n * k, seed + 1);
+        (0..n * k)
+            .map(|i| {
+                if i / k < 3 {
+                    let lo = ((noise[i] + 1.0) * 32767.0) as u32;
+                    f32::from_bits((x[i % k].to_bits() & 0xffff_0000) | lo)
+                } else {
+                    noise[i] / 2.0
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Argmax mode picks exact mode's argmax on every row, its candidates hold exact
+        /// mode's sums and every other logit lies below the row's maximum; exact mode is within
+        /// f32 rounding of the f64 reference.
+        #[test]
+        fn argmax_mode_keeps_the_exact_argmax(
+            m in 1usize..7, k in 1usize..100, n in 1usize..200, seed in 0u64..1000,
+            ties in any::<bool>(), scale in -8i32..8,
+        ) {
+            let s = MatmulShape { m, k, n };
+            let x: Vec<f32> = crate::kernels::test_values(m * k, seed)
+                .iter()
+                .map(|v| v * f32::powi(2.0, scale))
+                .collect();
+            let w = if ties { near_ties(&x, k, n, seed) } else { crate::kernels::test_values(n * k, seed + 7) };
+            let (exact, _) = run(&s, &x, &w, HeadMode::Exact);
+            let want = reference(&s, &x, &w);
+            for (g, r) in exact.iter().zip(&want) {
+                let tol = 1e-6 * k as f64 * f64::powi(2.0, scale) + 1e-6 * r.abs();
+                prop_assert!((*g as f64 - r).abs() <= tol, "{} vs {}", g, r);
+            }
+            let (fast, stats) = run(&s, &x, &w, HeadMode::Argmax);
+            prop_assert!(stats.exact >= m && stats.exact <= m * n);
+            // One row with its three near-tied top logits: those alone are summed exactly.
+            if ties && m == 1 && n >= 16 && argmax_reads_half() {
+                prop_assert!(stats.exact < n, "{:?}", stats);
+            }
+            for i in 0..m {
+                let (e, f) = (&exact[i * n..(i + 1) * n], &fast[i * n..(i + 1) * n]);
+                let best = argmax(e);
+                prop_assert_eq!(argmax(f), best, "row {}", i);
+                prop_assert_eq!(f[best].to_bits(), e[best].to_bits());
+                for j in 0..n {
+                    prop_assert!(f[j].to_bits() == e[j].to_bits() || f[j] < e[best]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_norms_bound_the_hi_rows_from_above() {
+        let w = crate::kernels::test_values(7 * 33, 4);
+        let planes = split(&w);
+        let norms = row_norms(&planes, 33);
+        assert_eq!(norms.len(), 7);
+        for (j, n) in norms.iter().enumerate() {
+            let exact: f64 = (0..33)
+                .map(|c| (join(planes[j * 33 + c], 0) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(*n as f64 >= exact && (*n as f64) < exact * (1.0 + 1e-6));
+        }
+    }
+
+    /// A row whose input holds a NaN gets exact mode's sums (all NaN), not estimates.
+    #[test]
+    fn a_non_finite_row_is_summed_exactly() {
+        let s = MatmulShape { m: 2, k: 32, n: 50 };
+        let mut x = crate::kernels::test_values(64, 1);
+        x[40] = f32::NAN;
+        let w = crate::kernels::test_values(50 * 32, 2);
+        let (exact, _) = run(&s, &x, &w, HeadMode::Exact);
+        let (fast, stats) = run(&s, &x, &w, HeadMode::Argmax);
+        assert_eq!(stats.exact, 100);
+        assert!(fast[50..].iter().all(|v| v.is_nan()));
+        assert_eq!(
+            fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            exact.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    /// On model-sized rows, argmax mode reads few exact rows (where this CPU runs it).
+    #[test]
+    fn argmax_mode_rescores_a_few_rows_of_a_wide_head() {
+        if !argmax_reads_half() {
+            return;
+        }
+        let s = MatmulShape {
+            m: 1,
+            k: 576,
+            n: 4096,
+        };
+        let x = crate::kernels::test_values(576, 11);
+        let w = crate::kernels::test_values(4096 * 576, 12);
+        let (_, stats) = run(&s, &x, &w, HeadMode::Argmax);
+        assert!(stats.exact < 4096 / 8, "{stats:?}");
+    }
+}
