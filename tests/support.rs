@@ -135,6 +135,7 @@ impl BatchScript {
             slot_mapping: vec![],
             seqs: vec![],
             logits_rows: vec![],
+            argmax_only: false,
         };
         for (tokens, target, pages) in self.seqs.iter_mut() {
             let left = *target - tokens.len();

@@ -170,6 +170,7 @@ fn host_executor_matches_dense_decoder() {
             slot_mapping: vec![],
             seqs: vec![],
             logits_rows: vec![],
+            argmax_only: false,
         };
         let mut members = Vec::new();
         let mut order: Vec<usize> = (0..n_seqs).collect();
@@ -275,6 +276,7 @@ fn host_executor_rejects_malformed_batches() {
             pages: vec![2],
         }],
         logits_rows: vec![2],
+        argmax_only: false,
     };
     assert_eq!(exec.step(&good).unwrap().len(), cfg.vocab_size);
     let mut cases: Vec<StepBatch> = Vec::new();

@@ -81,6 +81,7 @@ fn smollm2_greedy_continuation_is_english() {
                 pages: pages.clone(),
             }],
             logits_rows: vec![end - cached - 1],
+            argmax_only: false,
         };
         let got = exec.step(&batch).unwrap();
         cached = end;

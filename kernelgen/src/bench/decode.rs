@@ -144,6 +144,8 @@ struct BatchFigures {
     /// The median round's decode step taken apart, when asked for.
     breakdown: Option<Breakdown>,
     memory: MemoryReport,
+    /// The engine's LM head reads half its bytes in greedy steps.
+    split_head: bool,
     kernel: String,
     kernel_warning: Option<String>,
 }
@@ -153,7 +155,8 @@ fn time_matmuls(served: &Served, rows: usize, tp: usize) -> Result<f64, BenchErr
     let exec = served.engine.executor();
     let m = &crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
     let source = exec.source();
-    let chain = matmul_chain(m, rows, source.form(), source.weights).map_err(crate::Error::from)?;
+    let chain = matmul_chain(m, rows, source.form(), source.weights, source.split_head())
+        .map_err(crate::Error::from)?;
     let exe = exec
         .client()
         .compile(&chain.generic_text, &CompileOptions::new())
@@ -244,7 +247,8 @@ fn take_apart(
         _ => Some(time_all_reduces(served, batch, tp)?),
     };
     let shard = crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
-    let weight_bytes = decode_weight_bytes(&shard, served.engine.executor().source().weights);
+    let source = served.engine.executor().source();
+    let weight_bytes = decode_weight_bytes(&shard, source.weights, source.split_head());
     let ms = |s: f64| s * 1e3;
     Ok(Breakdown {
         engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
@@ -289,6 +293,7 @@ fn run_batch(
             None
         },
         memory: served.engine.executor().memory_report(),
+        split_head: served.engine.executor().source().split_head(),
         kernel: served.kernel.clone(),
         kernel_warning: served.kernel_warning.clone(),
     })
@@ -304,18 +309,24 @@ impl DecodeReport {
     }
 }
 
-/// Bytes a decode step reads with weight matrices in `weights`: every weight except the
+/// Bytes a greedy decode step reads with weight matrices in `weights`: every weight except the
 /// embedding table (one row is gathered), plus the embedding once more when it is the (tied)
-/// LM head.
-pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype) -> u64 {
+/// LM head; with `split_head` ([`crate::step::StepSource::split_head`]) half the LM head (its
+/// top-half plane, and a few candidate rows' bottom halves, left out).
+pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype, split_head: bool) -> u64 {
     let embed = (c.vocab_size * c.hidden_size) as u64 * weights.bytes();
-    weight_bytes(c, weights) - embed + if c.tie_word_embeddings { embed } else { 0 }
+    let bytes = weight_bytes(c, weights) - embed + if c.tie_word_embeddings { embed } else { 0 };
+    if split_head {
+        bytes - embed / 2
+    } else {
+        bytes
+    }
 }
 
 /// Multiply-adds per token of a decode step's matmuls (the weights [`decode_weight_bytes`]
 /// counts, one each).
 fn decode_weight_params(c: &LlamaConfig) -> u64 {
-    decode_weight_bytes(c, Dtype::F32) / 4
+    decode_weight_bytes(c, Dtype::F32, false) / 4
 }
 
 impl DecodeBench {
@@ -360,7 +371,8 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
     ));
     let client = Client::new(Api::load(&b.served.plugin).map_err(plugin_err)?)
         .map_err(pjrt("creating a PJRT client"))?;
-    let step_bytes = decode_weight_bytes(c, b.served.weights_dtype);
+    // Until the first engine says whether it splits the LM head.
+    let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, false);
     let mut r = DecodeReport {
         plugin: b.served.plugin.display().to_string(),
         kv_dtype: b.served.kv_dtype,
@@ -381,7 +393,6 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         f2,
     )?);
     drop(client);
-    let bw_bound = r.bandwidth_gbs * 1e9 / step_bytes as f64;
     let flop_bound = r.matmul_gflops * 1e9 / (2.0 * decode_weight_params(c) as f64);
     for &tp in &b.tp {
         // Every degree refused before any work, naming the ones the model can use.
@@ -393,6 +404,11 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         for &batch in &b.batches {
             progress(&format!("decode batch {batch}, tp {tp} ..."));
             let f = run_batch(&at_tp, batch, b.prompt_len, b.new_tokens, 0, true)?;
+            let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, f.split_head);
+            if tp == b.tp[0] {
+                r.weight_bytes = step_bytes;
+            }
+            let bw_bound = r.bandwidth_gbs * 1e9 / step_bytes as f64;
             let bound = (bw_bound * batch as f64).min(flop_bound);
             r.decode.push(Figure {
                 batch,

@@ -186,7 +186,7 @@ pub fn check_op(op: &OpView) -> Check {
     let short = op.name.strip_prefix("stablehlo.").unwrap_or(&op.name);
     match short {
         "add" | "subtract" | "multiply" | "divide" | "maximum" | "minimum" | "and" | "or"
-        | "remainder" | "power" => elementwise(op, 2),
+        | "remainder" | "power" | "shift_left" => elementwise(op, 2),
         "exponential" | "tanh" | "negate" | "sqrt" | "rsqrt" | "log" | "abs" | "not"
         | "logistic" | "cosine" | "sine" => elementwise(op, 1),
         "concatenate" => concatenate(op),
@@ -198,6 +198,18 @@ pub fn check_op(op: &OpView) -> Check {
                 &op.results[0],
                 &op.operands[0].with_elem(&op.results[0].elem),
             )
+        }
+        // Same shape, same element width (kernelgen rejoins 32-bit patterns into f32).
+        "bitcast_convert" => {
+            op.arity(1, 1)?;
+            let (a, r) = (&op.operands[0], &op.results[0]);
+            let bits = |e: &str| {
+                e.trim_start_matches(|c: char| c.is_alphabetic())
+                    .to_string()
+            };
+            ensure(a.dims == r.dims && bits(&a.elem) == bits(&r.elem), || {
+                format!("cannot bitcast {a} to {r}: shapes and element widths must match")
+            })
         }
         "reshape" => {
             op.arity(1, 1)?;
@@ -260,9 +272,10 @@ fn custom_call(op: &OpView) -> Check {
     match op.attr("call_target_name")? {
         "\"kernelgen_rpa\"" => host_rpa(op),
         "\"kernelgen_matmul\"" => host_matmul(op),
+        "\"kernelgen_lm_head\"" => host_lm_head(op),
         target => Err(format!(
-            "unknown custom call target {target} (kernelgen emits \"kernelgen_rpa\" and \
-             \"kernelgen_matmul\")"
+            "unknown custom call target {target} (kernelgen emits \"kernelgen_rpa\", \
+             \"kernelgen_matmul\" and \"kernelgen_lm_head\")"
         )),
     }
 }
@@ -284,6 +297,46 @@ fn host_matmul(op: &OpView) -> Check {
         &op.results[0],
         &TensorType {
             dims: vec![x.dims[0], w.dims[0]],
+            elem: "f32".into(),
+        },
+    )
+}
+
+/// The host LM head: `x[m, k] f32`, the weight's planes `[2, n, k] ui16`, their rows' norms
+/// `[n] f32` and `argmax_only [1] i32`: `[m, n] f32`.
+fn host_lm_head(op: &OpView) -> Check {
+    op.arity(4, 1)?;
+    let [x, w, norms, flag] = &op.operands[..] else {
+        unreachable!("arity checked")
+    };
+    ensure(
+        x.rank() == 2 && w.rank() == 3 && w.dims[0] == 2 && x.dims[1] == w.dims[2],
+        || format!("x {x} and planes {w} must be [m, k] and [2, n, k]"),
+    )?;
+    ensure(x.elem == "f32" && w.elem == "ui16", || {
+        format!("x {x} must be f32 and planes {w} ui16")
+    })?;
+    expect_eq(
+        "norms",
+        norms,
+        &TensorType {
+            dims: vec![w.dims[1]],
+            elem: "f32".into(),
+        },
+    )?;
+    expect_eq(
+        "argmax_only",
+        flag,
+        &TensorType {
+            dims: vec![1],
+            elem: "i32".into(),
+        },
+    )?;
+    expect_eq(
+        "result",
+        &op.results[0],
+        &TensorType {
+            dims: vec![x.dims[0], w.dims[1]],
             elem: "f32".into(),
         },
     )

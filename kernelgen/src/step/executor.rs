@@ -187,7 +187,13 @@ impl DeviceExecutor {
             let bucket = exec.bucket_for(tokens)?;
             exec.compile_bucket(bucket, decode)?;
         }
-        exec.weights = upload_weights(&exec.client, model, tp, exec.source.weights)?;
+        exec.weights = upload_weights(
+            &exec.client,
+            model,
+            tp,
+            exec.source.weights,
+            exec.source.split_head(),
+        )?;
         // Each part was dequantized into a host buffer freed after its upload: hand that heap
         // back rather than keep it as the process's high-water mark.
         runtime::mem::release_free_heap();
@@ -255,6 +261,7 @@ impl DeviceExecutor {
         };
         StepShapes {
             weights_dtype: self.source.weights,
+            split_head: self.source.split_head(),
             ..shapes
         }
     }
@@ -397,6 +404,7 @@ impl DeviceExecutor {
         let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
         let rows = pad(&rows, 0, r);
         let num_seqs = [batch.seqs.len() as i32];
+        let argmax_only = [batch.argmax_only as i32];
         let (t, s, r, pps) = (t as i64, s as i64, r as i64, pps as i64);
         let host: [(&[i32], &[i64]); NUM_STEP_INPUTS] = [
             (&tokens, &[t]),
@@ -407,6 +415,7 @@ impl DeviceExecutor {
             (&cu, &[s + 1]),
             (&num_seqs, &[1]),
             (&rows, &[r]),
+            (&argmax_only, &[1]),
         ];
         (0..self.tp)
             .map(|d| {

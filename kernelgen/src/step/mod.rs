@@ -12,7 +12,8 @@
 //! Parameters, in order:
 //! 1. per-step inputs: `token_ids i32[T]`, `positions i32[T]`, `slot_mapping i32[T]`,
 //!    `kv_lens i32[S]`, `page_indices i32[S, PPS]`, `cu_q_lens i32[S+1]`, `num_seqs i32[1]`,
-//!    `logits_rows i32[R]`;
+//!    `logits_rows i32[R]`, `argmax_only i32[1]` (non-zero: every row only needs its argmax,
+//!    which a split LM head finds from half its bytes, [`StepShapes::split_head`]);
 //! 2. the KV pool of each layer, `[NP, page_size, 2*kv_heads, head_dim]` (K even, V odd heads),
 //!    donated and aliased to output `1 + layer`: updated in place, never copied;
 //! 3. weights, uploaded once and borrowed, every projection laid out `[out, in]`, matrices in
@@ -20,7 +21,10 @@
 //!    `rope_inv_freq f32[D/2]`, `embed [V, H]`, per layer `attn_norm [H]`,
 //!    `wqkv [(Hq + 2 Hkv) D, H]` (q, k, v rows stacked), `wo [H, Hq D]`, `ffn_norm [H]`,
 //!    `w_gate_up [2F, H]` (gate, up stacked), `w_down [H, F]`; then `final_norm [H]`, and
-//!    `lm_head [V, H]` unless tied (then logits read `embed`).
+//!    `lm_head [V, H]` unless tied (then logits read `embed`). With
+//!    [`StepShapes::split_head`] the LM head's matrix (`embed` when tied) is instead
+//!    `u16[2, V, H]`, the f32 values' top halves then their bottom halves
+//!    ([`runtime::kernels::lm_head`]).
 //!
 //! Outputs: `logits f32[R, V]` (row i = token row `logits_rows[i]`), then the KV pools.
 
@@ -56,6 +60,9 @@ pub struct StepShapes {
     pub weights_dtype: Dtype,
     /// A decode-only program: every sequence has one new token, so `seqs == tokens`.
     pub decode: bool,
+    /// The LM head's f32 matrix is held as two 16-bit planes and read by the host LM head
+    /// ([`StepSource::split_head`]).
+    pub split_head: bool,
 }
 
 impl StepShapes {
@@ -71,6 +78,7 @@ impl StepShapes {
             kv_dtype,
             weights_dtype: Dtype::F32,
             decode: false,
+            split_head: false,
         }
     }
 
@@ -100,7 +108,7 @@ impl StepShapes {
 }
 
 /// Number of per-step inputs before the KV pools.
-pub const NUM_STEP_INPUTS: usize = 8;
+pub const NUM_STEP_INPUTS: usize = 9;
 
 /// Powers of two up to `max_tokens` (and `max_tokens` itself).
 pub fn default_buckets(max_tokens: usize) -> Vec<usize> {

@@ -31,18 +31,22 @@ struct MatmulChain {
     host: bool,
     /// The weight matrices' element type.
     w: &'static str,
+    /// The LM head is the host LM head over two 16-bit planes, in argmax-only mode.
+    split_head: bool,
 }
 
 /// The step's matmuls at `rows` token rows, as one checked program returning the logits, in
 /// the form a step program with kernels of `form` and weight matrices in `weights` uses at
-/// those rows.
+/// those rows (`split_head`: [`super::StepSource::split_head`], a greedy step's LM head).
 pub fn matmul_chain(
     m: &LlamaConfig,
     rows: usize,
     form: KernelForm,
     weights: Dtype,
+    split_head: bool,
 ) -> Result<CheckedModule, EmitError> {
     let p = MatmulChain {
+        split_head,
         w: weights.mlir(),
         host: host_matmul(form, rows, weights),
         rows,
@@ -57,7 +61,7 @@ pub fn matmul_chain(
     };
     let mut ctx = tera::Context::new();
     ctx.insert("p", &p);
-    ctx.insert("params", &weight_params(m, weights));
+    ctx.insert("params", &weight_params(m, weights, split_head));
     ctx.insert(
         "header",
         &emit::header(&format!(
@@ -126,7 +130,7 @@ mod tests {
             .llama_config();
             let matmuls = 4 * m.num_layers + 1;
             let widened = if weights == Dtype::Bf16 { matmuls } else { 0 };
-            let c = matmul_chain(&m, 3, KernelForm::Portable, weights)
+            let c = matmul_chain(&m, 3, KernelForm::Portable, weights, false)
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.op_counts["stablehlo.dot_general"], matmuls);
             assert_eq!(
@@ -134,8 +138,8 @@ mod tests {
                 widened
             );
             // The host form calls the host matmul where this CPU runs its vector path.
-            let c =
-                matmul_chain(&m, 3, KernelForm::Host, weights).unwrap_or_else(|e| panic!("{e}"));
+            let c = matmul_chain(&m, 3, KernelForm::Host, weights, false)
+                .unwrap_or_else(|e| panic!("{e}"));
             let op = if runtime::kernels::matmul::vectorized() {
                 "stablehlo.custom_call"
             } else {
@@ -149,6 +153,26 @@ mod tests {
                 weights == Dtype::Bf16,
                 "the matrices are parameters in the served dtype"
             );
+        }
+    }
+
+    /// With the LM head split, its matrix is a `ui16 [2, V, H]` parameter, its rows' norms the
+    /// last, and the head one call of the host LM head in argmax-only mode.
+    #[test]
+    fn a_split_head_chain_calls_the_host_lm_head_on_the_planes() {
+        for tied in [true, false] {
+            let m = TinyConfig {
+                tie_word_embeddings: tied,
+                ..Default::default()
+            }
+            .llama_config();
+            let c = matmul_chain(&m, 1, KernelForm::Host, Dtype::F32, true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (v, h) = (m.vocab_size, m.hidden_size);
+            let text = &c.generic_text;
+            assert!(text.contains(&format!("tensor<2x{v}x{h}xui16>")), "{text}");
+            assert!(text.contains(&format!("tensor<{v}xf32>) -> tensor<1x{v}xf32>")));
+            assert_eq!(text.matches("kernelgen_lm_head").count(), 1);
         }
     }
 

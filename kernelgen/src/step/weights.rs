@@ -25,6 +25,32 @@ pub struct WeightParam {
     /// The matrices (embedding, projections, LM head) are the served weights' dtype; norms
     /// and RoPE frequencies stay f32 (a few thousand values, read once a step).
     pub dtype: Dtype,
+    /// The MLIR element type the program declares: `dtype`'s, or `ui16` for the LM head's
+    /// matrix held as two 16-bit planes (`dims` then `[2, V, H]`).
+    pub elem: &'static str,
+}
+
+impl WeightParam {
+    pub fn bytes(&self) -> u64 {
+        let n = self.dims.iter().product::<usize>() as u64;
+        if self.elem == SPLIT_ELEM {
+            2 * n
+        } else {
+            n * self.dtype.bytes()
+        }
+    }
+}
+
+/// The element type of a matrix held as two 16-bit planes ([`runtime::kernels::lm_head`]).
+const SPLIT_ELEM: &str = "ui16";
+
+/// The part whose matrix the LM head reads: the embedding when tied.
+pub fn head_part(m: &LlamaConfig) -> Part {
+    if m.tie_word_embeddings {
+        Part::Embed
+    } else {
+        Part::LmHead
+    }
 }
 
 /// Names and dims of the step's weight parameters, in order, from the config alone.
@@ -34,14 +60,32 @@ pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// The step's weight parameters, in order, with `weights` the matrices' dtype.
-pub fn weight_params(m: &LlamaConfig, weights: Dtype) -> Vec<WeightParam> {
+/// The step's weight parameters, in order, with `weights` the matrices' dtype and, if
+/// `split_head`, the LM head's matrix as two 16-bit planes and its rows' norms last
+/// (`head_norms f32[V]`, [`runtime::kernels::lm_head::row_norms`]).
+pub fn weight_params(m: &LlamaConfig, weights: Dtype, split_head: bool) -> Vec<WeightParam> {
+    let head = head_part(m).name();
+    let norms = split_head.then(|| ("head_norms".to_string(), vec![m.vocab_size]));
     pack_weights_dims(m)
         .into_iter()
-        .map(|(name, dims)| WeightParam {
-            dtype: param_dtype(&dims, weights),
-            name,
-            dims,
+        .chain(norms)
+        .map(|(name, dims)| {
+            let dtype = param_dtype(&dims, weights);
+            if split_head && name == head {
+                WeightParam {
+                    dims: [2].into_iter().chain(dims).collect(),
+                    name,
+                    dtype,
+                    elem: SPLIT_ELEM,
+                }
+            } else {
+                WeightParam {
+                    name,
+                    dims,
+                    dtype,
+                    elem: dtype.mlir(),
+                }
+            }
         })
         .collect()
 }
@@ -64,11 +108,12 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
         .sum()
 }
 
-/// Bytes of the step's weight parameters with matrices in `weights`.
+/// Bytes of the step's weight parameters with matrices in `weights` (the same with the LM head
+/// split into planes, but for its rows' norms, `4 V` bytes).
 pub fn weight_bytes(m: &LlamaConfig, weights: Dtype) -> u64 {
-    weight_params(m, weights)
+    weight_params(m, weights, false)
         .iter()
-        .map(|p| p.dims.iter().product::<usize>() as u64 * p.dtype.bytes())
+        .map(WeightParam::bytes)
         .sum()
 }
 
@@ -82,12 +127,16 @@ pub fn weight_bytes(m: &LlamaConfig, weights: Dtype) -> u64 {
 ///
 /// Under tensor parallelism (`tp` devices) device `d` (`[d]` of the result) gets its shard of
 /// each part ([`super::tp::shard_part`]), in the shard model's dims. Matrices are uploaded in
-/// `weights` ([`weight_params`]): bf16 rounds each value to nearest even.
+/// `weights` ([`weight_params`]): bf16 rounds each value to nearest even. With `split_head`
+/// (one device, f32) the LM head's matrix goes up as its two 16-bit planes
+/// ([`runtime::kernels::lm_head::split`]), and its rows' norms after every part
+/// ([`weight_params`]).
 pub fn upload_weights(
     client: &Client,
     src: &dyn WeightSource,
     tp: usize,
     weights: Dtype,
+    split_head: bool,
 ) -> Result<Vec<Vec<Buffer>>, EngineError> {
     let m = src.config();
     let shard = super::tp::shard_config(m, tp).map_err(|e| EngineError::Config(e.to_string()))?;
@@ -111,6 +160,7 @@ pub fn upload_weights(
     order.sort_by_key(|&i| std::cmp::Reverse(len(parts[i])));
     let mut scratch: Vec<f32> = Vec::new();
     let mut narrowed: Vec<bf16> = Vec::new();
+    let mut head_norms: Option<Vec<f32>> = None;
     for i in order {
         let p = parts[i];
         if scratch.capacity() > 2 * len(p) {
@@ -123,7 +173,13 @@ pub fn upload_weights(
         for (d, device) in uploaded.iter_mut().enumerate() {
             let part = super::tp::shard_part(m, tp, d, p, data);
             let shape = dims(&p.dims(&shard));
-            let buffer = if param_dtype(&shape, weights) == Dtype::Bf16 {
+            let buffer = if split_head && p == head_part(m) {
+                let planes = runtime::kernels::lm_head::split(&part);
+                let k = m.hidden_size;
+                head_norms.get_or_insert_with(|| runtime::kernels::lm_head::row_norms(&planes, k));
+                let shape: Vec<i64> = [2].into_iter().chain(shape).collect();
+                client.buffer_from_host_on(d, &planes, &shape)
+            } else if param_dtype(&shape, weights) == Dtype::Bf16 {
                 narrowed.clear();
                 narrowed.extend(part.iter().map(|&x| bf16::from_f32(x)));
                 client.buffer_from_host_on(d, &narrowed, &shape)
@@ -134,10 +190,19 @@ pub fn upload_weights(
             device[i + 1] = Some(buffer);
         }
     }
-    Ok(uploaded
+    let mut devices: Vec<Vec<Buffer>> = uploaded
         .into_iter()
         .map(|device| device.into_iter().flatten().collect())
-        .collect())
+        .collect();
+    if let Some(norms) = head_norms {
+        for (d, device) in devices.iter_mut().enumerate() {
+            let buffer = client
+                .buffer_from_host_on(d, &norms, &[norms.len() as i64])
+                .map_err(up_err("head_norms".into()))?;
+            device.push(buffer);
+        }
+    }
+    Ok(devices)
 }
 
 #[cfg(test)]

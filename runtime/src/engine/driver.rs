@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::{Metrics, PageSnapshot, StepRecord};
 use super::page_allocator::PageAllocator;
-use super::sampler::{sample_rng, validate_params, Distribution};
+use super::sampler::{is_greedy, sample_rng, validate_params, Distribution};
 use super::scheduler::{Chunk, Scheduler, SeqId, SeqView, Sequence};
 use super::{
     EngineConfig, EngineError, FinishReason, RequestId, SamplingParams, StepExecutor, TokenEvent,
@@ -397,7 +397,8 @@ impl<E: StepExecutor> Engine<E> {
         if schedule.chunks.is_empty() {
             return Err(bug("work pending but nothing could be scheduled"));
         }
-        let (batch, sampling) = self.sched.build_batch(&schedule.chunks)?;
+        let (mut batch, sampling) = self.sched.build_batch(&schedule.chunks)?;
+        batch.argmax_only = self.all_greedy(&schedule.chunks, &sampling)?;
         // Decode rows: one-token chunks of a sequence's latest generated token. Everything
         // else (prompt chunks, recomputation after preemption, fork tails) is prefill work.
         let mut prefill_tokens = 0;
@@ -567,6 +568,23 @@ impl<E: StepExecutor> Engine<E> {
             return Ok(None);
         };
         Ok(Some((reason, text.or_else(detok))))
+    }
+
+    /// Whether every chunk that samples this step samples greedily (its logits row then needs
+    /// only its argmax exact: [`StepBatch::argmax_only`]).
+    fn all_greedy(&self, chunks: &[Chunk], sampling: &[bool]) -> Result<bool, EngineError> {
+        for (c, _) in chunks.iter().zip(sampling).filter(|(_, &s)| s) {
+            let req = self.sched.seq(c.seq)?.request;
+            let params = &self
+                .requests
+                .get(&req)
+                .ok_or_else(|| bug(format!("sequence of unknown request {req}")))?
+                .params;
+            if !is_greedy(params) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn finish_sample(

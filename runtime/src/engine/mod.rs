@@ -143,6 +143,10 @@ pub struct StepBatch {
     pub seqs: Vec<SeqInBatch>,
     /// Token rows whose logits are needed (each sampling sequence's last row), in order.
     pub logits_rows: Vec<usize>,
+    /// Every row samples greedily, so only each row's argmax must be exact: the executor may
+    /// return, for tokens that cannot be the argmax, logits below the row's maximum instead of
+    /// their exact values (`runtime::kernels::lm_head` reads half the LM head then).
+    pub argmax_only: bool,
 }
 
 /// Runs the model for one step.

@@ -87,6 +87,12 @@ pub fn argmax(logits: &[f32]) -> Result<u32, SampleError> {
     Ok(i.expect("the maximum is one of the logits") as u32)
 }
 
+/// Whether `params` pick the argmax and read no other logit (temperature 0, or NaN, which
+/// [`validate_params`] refuses anyway): [`Distribution::new`]'s greedy case.
+pub fn is_greedy(params: &SamplingParams) -> bool {
+    params.temperature <= 0.0 || params.temperature.is_nan()
+}
+
 /// The distribution one logits row induces under `params`, ready for any number of draws.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Distribution {
@@ -102,7 +108,7 @@ impl Distribution {
     /// top-k candidates, then to the smallest prefix (by descending probability) whose mass
     /// reaches top_p (always at least one token).
     pub fn new(logits: &[f32], params: &SamplingParams) -> Result<Self, SampleError> {
-        if params.temperature <= 0.0 || params.temperature.is_nan() {
+        if is_greedy(params) {
             return argmax(logits).map(Distribution::Greedy);
         }
         let none = || SampleError::NoCandidates(logits.len());

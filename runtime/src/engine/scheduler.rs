@@ -530,6 +530,7 @@ impl Scheduler {
             slot_mapping: Vec::with_capacity(rows),
             seqs: Vec::with_capacity(chunks.len()),
             logits_rows: Vec::new(),
+            argmax_only: false,
         };
         let mut samples = Vec::with_capacity(chunks.len());
         for c in chunks {
