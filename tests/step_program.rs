@@ -225,8 +225,14 @@ fn matvec(x: &[f64], w: &runtime::model::Matrix) -> Vec<f64> {
         .collect()
 }
 
+/// `x / sqrt(mean(x^2) + eps) * w`, in f64.
+fn rms_norm(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
+    let r = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
+    x.iter().zip(w).map(|(v, &w)| v / r * w as f64).collect()
+}
+
 /// The profile program `kernelgen bench decode` times as "the step's matmuls" really runs the
-/// model's projections in order on the executor's weight buffers: its logits equal an f64 host
+/// model's projections and RMS norms in order on the executor's weight buffers: its logits equal an f64 host
 /// chain over the model's weights (so the packing and the parameter order are right too), tied
 /// and untied, with XLA's dot and with the native host matmul, on f32 weights and on bf16 ones (the
 /// reference then reads the matrices rounded to bf16, as the device holds them).
@@ -298,22 +304,22 @@ fn matmul_chain_profile_program_runs_the_models_projections() {
         args.extend(device.weights());
         let got: Vec<f32> = exe.execute_borrowed(&args).unwrap()[0].to_host().unwrap();
         let head = w.head();
-        let (qd, f) = (c.q_dim(), c.intermediate_size);
+        let (qd, f, eps) = (c.q_dim(), c.intermediate_size, c.rms_norm_eps as f64);
         for r in 0..rows {
             let mut h: Vec<f64> = x[r * c.hidden_size..(r + 1) * c.hidden_size]
                 .iter()
                 .map(|&v| v as f64)
                 .collect();
             for l in &w.layers {
-                let qkv = matvec(&h, &l.wqkv);
+                let qkv = matvec(&rms_norm(&h, &l.attn_norm, eps), &l.wqkv);
                 let o = matvec(&qkv[..qd], &l.wo);
                 let x1: Vec<f64> = h.iter().zip(&o).map(|(a, b)| a + b).collect();
-                let gu = matvec(&x1, &l.w_gate_up);
+                let gu = matvec(&rms_norm(&x1, &l.ffn_norm, eps), &l.w_gate_up);
                 let m: Vec<f64> = gu[..f].iter().zip(&gu[f..]).map(|(a, b)| a * b).collect();
                 let d = matvec(&m, &l.w_down);
                 h = x1.iter().zip(&d).map(|(a, b)| a + b).collect();
             }
-            let want = matvec(&h, head);
+            let want = matvec(&rms_norm(&h, &w.final_norm, eps), head);
             let row = &got[r * c.vocab_size..(r + 1) * c.vocab_size];
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             if split {

@@ -1,8 +1,8 @@
 //! The step program taken apart, for `kernelgen bench decode`'s breakdown of where a step's time
 //! goes: [`matmul_chain`] is the step's projections alone
 //! (`templates/step_matmuls.stablehlo.mlir.tera`), in order and dependent on each other as in
-//! the model (QKV, O, gate/up, down per layer, then the LM head), reading the very weight
-//! buffers the step reads. Its parameters are `x f32[rows, H]` followed by every weight of
+//! the model (QKV, O, gate/up, down per layer, then the LM head, each behind the model's RMS
+//! norm), reading the very weight buffers the step reads. Its parameters are `x f32[rows, H]` followed by every weight of
 //! [`super::weights::pack_weights_dims`] in order, so it runs against
 //! [`super::DeviceExecutor::weights`] without another upload. Under tensor parallelism,
 //! [`all_reduce_chain`] is the step's collectives alone.
@@ -33,6 +33,9 @@ struct MatmulChain {
     w: &'static str,
     /// The LM head is the host LM head over two 16-bit planes, in argmax-only mode.
     split_head: bool,
+    /// The RMS norms' epsilon and 1 / H, as the step spells them.
+    eps: String,
+    inv_h: String,
 }
 
 /// The step's matmuls at `rows` token rows, as one checked program returning the logits, in
@@ -47,6 +50,8 @@ pub fn matmul_chain(
 ) -> Result<CheckedModule, EmitError> {
     let p = MatmulChain {
         split_head,
+        eps: crate::emit::stablehlo::hex_f32(m.rms_norm_eps),
+        inv_h: crate::emit::stablehlo::hex_f32(1.0 / m.hidden_size as f32),
         w: weights.mlir(),
         host: host_matmul(form, rows, weights),
         rows,
