@@ -175,17 +175,8 @@ pub fn lm_head(
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> Result<HeadStats, MatmulError> {
-    let check = |name, dims: String, got: usize, want: usize| {
-        if got == want {
-            Ok(())
-        } else {
-            Err(MatmulError::Length {
-                name,
-                dims,
-                got,
-                want,
-            })
-        }
+    let check = |name, dims: String, got, want| {
+        matmul::check_len(super::LM_HEAD_TARGET, name, dims, got, want)
     };
     check("x", format!("{}, {}", s.m, s.k), x.len(), s.m * s.k)?;
     check(
@@ -659,6 +650,26 @@ mod tests {
                 .sqrt();
             assert!(*n as f64 >= exact && (*n as f64) < exact * (1.0 + 1e-6));
         }
+    }
+
+    #[test]
+    fn wrong_lengths_are_refused_by_name() {
+        let s = MatmulShape { m: 1, k: 2, n: 3 };
+        let mut out = [0.0; 3];
+        let err = lm_head(
+            &s,
+            &[0.0; 2],
+            &[0; 12],
+            &[0.0; 2],
+            HeadMode::Exact,
+            &mut out,
+            &Serial,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernelgen_lm_head: norms holds 2 values, [3] needs 3"
+        );
     }
 
     /// A row whose input holds a NaN gets exact mode's sums (all NaN), not estimates.

@@ -108,8 +108,10 @@ pub struct MatmulShape {
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MatmulError {
-    #[error("kernelgen_matmul: {name} holds {got} values, [{dims}] needs {want}")]
+    #[error("{target}: {name} holds {got} values, [{dims}] needs {want}")]
     Length {
+        /// The kernel's custom call target.
+        target: &'static str,
         name: &'static str,
         dims: String,
         got: usize,
@@ -164,18 +166,8 @@ pub fn matmul<W: Element>(
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> Result<(), MatmulError> {
-    let check = |name, dims: String, got: usize, want: usize| {
-        if got == want {
-            Ok(())
-        } else {
-            Err(MatmulError::Length {
-                name,
-                dims,
-                got,
-                want,
-            })
-        }
-    };
+    let check =
+        |name, dims: String, got, want| check_len(super::MATMUL_TARGET, name, dims, got, want);
     check("x", format!("{}, {}", s.m, s.k), x.len(), s.m * s.k)?;
     check("w", format!("{}, {}", s.n, s.k), w.len(), s.n * s.k)?;
     check("out", format!("{}, {}", s.m, s.n), out.len(), s.m * s.n)?;
@@ -185,6 +177,27 @@ pub fn matmul<W: Element>(
     // SAFETY: `w` holds n * k values (checked above) and `out` m * n.
     unsafe { matmul_rows(s, x, Plain::new(w), out, true, workers) };
     Ok(())
+}
+
+/// Refuses `name` of `target`'s call unless it holds `want` values (`dims` says its shape).
+pub(crate) fn check_len(
+    target: &'static str,
+    name: &'static str,
+    dims: String,
+    got: usize,
+    want: usize,
+) -> Result<(), MatmulError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(MatmulError::Length {
+            target,
+            name,
+            dims,
+            got,
+            want,
+        })
+    }
 }
 
 /// [`matmul`] from any weight source, without the length checks; `packed` allows the packed
