@@ -429,12 +429,7 @@ impl<E: StepExecutor> Engine<E> {
         // A row with a non-finite logit gets no distribution: its sample fails alone.
         let mut dists = Vec::with_capacity(sampled.len());
         for (row, chunk) in sampled.iter().enumerate() {
-            let req = self.sched.seq(chunk.seq)?.request;
-            let params = &self
-                .requests
-                .get(&req)
-                .ok_or_else(|| bug(format!("sequence of unknown request {req}")))?
-                .params;
+            let (req, params) = self.params_of(chunk.seq)?;
             let row_logits = &logits[row * v..(row + 1) * v];
             if row_logits.iter().any(|x| !x.is_finite()) {
                 dists.push(None);
@@ -574,17 +569,21 @@ impl<E: StepExecutor> Engine<E> {
     /// only its argmax exact: [`StepBatch::argmax_only`]).
     fn all_greedy(&self, chunks: &[Chunk], sampling: &[bool]) -> Result<bool, EngineError> {
         for (c, _) in chunks.iter().zip(sampling).filter(|(_, &s)| s) {
-            let req = self.sched.seq(c.seq)?.request;
-            let params = &self
-                .requests
-                .get(&req)
-                .ok_or_else(|| bug(format!("sequence of unknown request {req}")))?
-                .params;
-            if !is_greedy(params) {
+            if !is_greedy(self.params_of(c.seq)?.1) {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// The request of sequence `seq`, and its sampling parameters.
+    fn params_of(&self, seq: SeqId) -> Result<(RequestId, &SamplingParams), EngineError> {
+        let req = self.sched.seq(seq)?.request;
+        let r = self
+            .requests
+            .get(&req)
+            .ok_or_else(|| bug(format!("sequence of unknown request {req}")))?;
+        Ok((req, &r.params))
     }
 
     fn finish_sample(
