@@ -372,12 +372,9 @@ unsafe fn argmax(
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16 {
     use super::{MatmulShape, SharedOut};
+    use crate::kernels::matmul::avx512::{for_each_tile, TileKernel};
     use std::arch::x86_64::*;
 
-    /// Weight rows per tile.
-    const NT: usize = 4;
-    /// Rows of `x` per tile: 16 accumulators.
-    const MT: usize = 4;
     /// bf16 values per vector.
     const LANES: usize = 32;
 
@@ -394,46 +391,15 @@ mod avx512bf16 {
         rows: std::ops::Range<usize>,
         out: &SharedOut<f32>,
     ) {
-        let out = out.0;
-        let mut j = rows.start;
-        while j < rows.end {
-            let nt = (rows.end - j).min(NT);
-            let mut i = 0;
-            while i < s.m {
-                let mt = (s.m - i).min(MT);
-                // SAFETY: rows j..j+nt of `hi` and i..i+mt of `xb` exist; the cells are this
-                // item's.
-                unsafe {
-                    let t = Tile {
-                        x: xb.as_ptr().add(i * s.k),
-                        w: hi.as_ptr().add(j * s.k),
-                        k: s.k,
-                        out: out.add(i * s.n + j),
-                        ldo: s.n,
-                    };
-                    match (mt, nt) {
-                        (4, 4) => t.run::<4, 4>(),
-                        (4, 3) => t.run::<4, 3>(),
-                        (4, 2) => t.run::<4, 2>(),
-                        (4, _) => t.run::<4, 1>(),
-                        (3, 4) => t.run::<3, 4>(),
-                        (3, 3) => t.run::<3, 3>(),
-                        (3, 2) => t.run::<3, 2>(),
-                        (3, _) => t.run::<3, 1>(),
-                        (2, 4) => t.run::<2, 4>(),
-                        (2, 3) => t.run::<2, 3>(),
-                        (2, 2) => t.run::<2, 2>(),
-                        (2, _) => t.run::<2, 1>(),
-                        (_, 4) => t.run::<1, 4>(),
-                        (_, 3) => t.run::<1, 3>(),
-                        (_, 2) => t.run::<1, 2>(),
-                        (_, _) => t.run::<1, 1>(),
-                    }
-                }
-                i += mt;
-            }
-            j += nt;
-        }
+        let t = Tile {
+            x: xb.as_ptr(),
+            w: hi.as_ptr(),
+            k: s.k,
+            out: out.0,
+            ldo: s.n,
+        };
+        // SAFETY: rows `rows` of `hi` and every row of `xb` exist; the cells are this item's.
+        unsafe { for_each_tile(s.m, rows, &t) }
     }
 
     /// One tile: bf16 rows of `x` (row stride `k`) against rows of `hi` (row stride `k`).
@@ -463,16 +429,15 @@ mod avx512bf16 {
         }
     }
 
-    impl Tile {
+    impl TileKernel for Tile {
         /// `MT` x `NT` BF16 dot products over `k`, 32 products per instruction.
-        ///
-        /// # Safety
-        /// The tile's rows are readable and its out cells writable; AVX-512 BF16 available.
         #[inline(always)]
-        unsafe fn run<const MT: usize, const NT: usize>(&self) {
+        unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
             let k = self.k;
             // SAFETY: the caller's contract; every offset stays below k in its row.
             unsafe {
+                let (x, w) = (self.x.add(i * k), self.w.add(j * k));
+                let out = self.out.add(i * self.ldo + j);
                 let mut acc = [[_mm512_setzero_ps(); NT]; MT];
                 let mut c = 0;
                 while c < k {
@@ -480,13 +445,11 @@ mod avx512bf16 {
                     let mut wv =
                         [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            self.w.wrapping_add((jj + NT) * k + c).cast::<i8>(),
-                        );
-                        *v = load32(self.w.add(jj * k + c), n);
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((jj + NT) * k + c).cast::<i8>());
+                        *v = load32(w.add(jj * k + c), n);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = load32(self.x.add(ii * k + c), n);
+                        let xv = load32(x.add(ii * k + c), n);
                         for (a, v) in row.iter_mut().zip(&wv) {
                             *a = _mm512_dpbf16_ps(*a, xv, *v);
                         }
@@ -495,7 +458,7 @@ mod avx512bf16 {
                 }
                 for (ii, row) in acc.iter().enumerate() {
                     for (jj, a) in row.iter().enumerate() {
-                        *self.out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
+                        *out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
                     }
                 }
             }

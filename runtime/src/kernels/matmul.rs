@@ -297,7 +297,7 @@ unsafe fn portable_rows_block<P: WeightRows>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{Element, MatmulShape, WeightRows};
     use std::arch::x86_64::*;
 
@@ -313,39 +313,63 @@ mod avx512 {
         rows: std::ops::Range<usize>,
         out: *mut f32,
     ) {
+        let t = Tile {
+            x: x.as_ptr(),
+            w,
+            k: s.k,
+            out,
+            ldo: s.n,
+        };
+        // SAFETY: rows `rows` of w and every row of x exist (slices checked by the caller);
+        // out cells (.., rows) are this item's.
+        unsafe { for_each_tile(s.m, rows, &t) }
+    }
+
+    /// A register tile's work: `MT` rows of `x` from row `i` against `NT` weight rows from row
+    /// `j` (each at most 4).
+    pub(crate) trait TileKernel {
+        /// # Safety
+        /// The rows exist and the tile's out cells are the caller's; the CPU features the
+        /// kernel was compiled for are available.
+        unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize);
+    }
+
+    /// Runs `kernel` over `m` rows of `x` and weight rows `rows` in tiles of up to 4 x 4, each
+    /// at its own shape (inlined into its caller, whose target features the tiles then share).
+    ///
+    /// # Safety
+    /// As [`TileKernel::tile`], for every tile.
+    #[inline(always)]
+    pub(crate) unsafe fn for_each_tile<K: TileKernel>(
+        m: usize,
+        rows: std::ops::Range<usize>,
+        kernel: &K,
+    ) {
         let mut j = rows.start;
         while j < rows.end {
             let nt = (rows.end - j).min(4);
             let mut i = 0;
-            while i < s.m {
-                let mt = (s.m - i).min(4);
-                // SAFETY: rows j..j+nt of w and i..i+mt of x exist (slices checked by the
-                // caller); out cells (i.., j..) are this item's.
+            while i < m {
+                let mt = (m - i).min(4);
+                // SAFETY: the caller's contract.
                 unsafe {
-                    let t = Tile {
-                        x: x.as_ptr().add(i * s.k),
-                        w: w.offset(j * s.k),
-                        k: s.k,
-                        out: out.add(i * s.n + j),
-                        ldo: s.n,
-                    };
                     match (mt, nt) {
-                        (4, 4) => t.run::<4, 4>(),
-                        (4, 3) => t.run::<4, 3>(),
-                        (4, 2) => t.run::<4, 2>(),
-                        (4, _) => t.run::<4, 1>(),
-                        (3, 4) => t.run::<3, 4>(),
-                        (3, 3) => t.run::<3, 3>(),
-                        (3, 2) => t.run::<3, 2>(),
-                        (3, _) => t.run::<3, 1>(),
-                        (2, 4) => t.run::<2, 4>(),
-                        (2, 3) => t.run::<2, 3>(),
-                        (2, 2) => t.run::<2, 2>(),
-                        (2, _) => t.run::<2, 1>(),
-                        (_, 4) => t.run::<1, 4>(),
-                        (_, 3) => t.run::<1, 3>(),
-                        (_, 2) => t.run::<1, 2>(),
-                        (_, _) => t.run::<1, 1>(),
+                        (4, 4) => kernel.tile::<4, 4>(i, j),
+                        (4, 3) => kernel.tile::<4, 3>(i, j),
+                        (4, 2) => kernel.tile::<4, 2>(i, j),
+                        (4, _) => kernel.tile::<4, 1>(i, j),
+                        (3, 4) => kernel.tile::<3, 4>(i, j),
+                        (3, 3) => kernel.tile::<3, 3>(i, j),
+                        (3, 2) => kernel.tile::<3, 2>(i, j),
+                        (3, _) => kernel.tile::<3, 1>(i, j),
+                        (2, 4) => kernel.tile::<2, 4>(i, j),
+                        (2, 3) => kernel.tile::<2, 3>(i, j),
+                        (2, 2) => kernel.tile::<2, 2>(i, j),
+                        (2, _) => kernel.tile::<2, 1>(i, j),
+                        (_, 4) => kernel.tile::<1, 4>(i, j),
+                        (_, 3) => kernel.tile::<1, 3>(i, j),
+                        (_, 2) => kernel.tile::<1, 2>(i, j),
+                        (_, _) => kernel.tile::<1, 1>(i, j),
                     }
                 }
                 i += mt;
@@ -485,8 +509,8 @@ mod avx512 {
         }
     }
 
-    /// One tile: rows of `x` (row stride `k`) against rows of `w` (row stride `k`), into `out`
-    /// (row stride `ldo`).
+    /// Dot-product tiles: rows of `x` (row stride `k`) against rows of `w` (row stride `k`),
+    /// into `out` (row stride `ldo`).
     struct Tile<P> {
         x: *const f32,
         w: P,
@@ -495,17 +519,16 @@ mod avx512 {
         ldo: usize,
     }
 
-    impl<P: WeightRows> Tile<P> {
+    impl<P: WeightRows> TileKernel for Tile<P> {
         /// `MT` x `NT` dot products over `k`, 16 lanes at a time.
-        ///
-        /// # Safety
-        /// The tile's rows are readable and its out cells writable; AVX-512F available.
         #[inline(always)]
-        unsafe fn run<const MT: usize, const NT: usize>(&self) {
+        unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
             let k = self.k;
             let kv = k - k % 16;
             // SAFETY: the caller's contract; every offset stays below k in its row.
             unsafe {
+                let (x, w) = (self.x.add(i * k), self.w.offset(j * k));
+                let out = self.out.add(i * self.ldo + j);
                 let mut acc = [[_mm512_setzero_ps(); NT]; MT];
                 let mut c = 0;
                 while c < kv {
@@ -513,11 +536,11 @@ mod avx512 {
                     for (jj, v) in wv.iter_mut().enumerate() {
                         // The next tile's rows (contiguous after these): hardware prefetch
                         // alone left b8's matmuls at 33.5 ms against 26.4 with this.
-                        self.w.prefetch((jj + NT) * k + c);
-                        *v = self.w.load16(jj * k + c);
+                        w.prefetch((jj + NT) * k + c);
+                        *v = w.load16(jj * k + c);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = _mm512_loadu_ps(self.x.add(ii * k + c));
+                        let xv = _mm512_loadu_ps(x.add(ii * k + c));
                         for (a, v) in row.iter_mut().zip(&wv) {
                             *a = _mm512_fmadd_ps(xv, *v, *a);
                         }
@@ -528,10 +551,10 @@ mod avx512 {
                     let n = k - kv;
                     let mut wv = [_mm512_setzero_ps(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
-                        *v = self.w.load16_tail(jj * k + kv, n);
+                        *v = w.load16_tail(jj * k + kv, n);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = f32::load16_tail(self.x.add(ii * k + kv), n);
+                        let xv = f32::load16_tail(x.add(ii * k + kv), n);
                         for (a, v) in row.iter_mut().zip(&wv) {
                             *a = _mm512_fmadd_ps(xv, *v, *a);
                         }
@@ -539,7 +562,7 @@ mod avx512 {
                 }
                 for (ii, row) in acc.iter().enumerate() {
                     for (jj, a) in row.iter().enumerate() {
-                        *self.out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
+                        *out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
                     }
                 }
             }
