@@ -4,6 +4,7 @@
 //!
 //! - [`HeadMode::Exact`]: both planes, rejoined into the f32 values: the very sums
 //!   [`super::matmul`] computes over the f32 matrix (the same tiles, `super::matmul::WeightRows`).
+//!   Calls of `super::matmul::PACKED_MIN_ROWS` rows or more (compute bound) are always exact.
 //! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), the `hi`
 //!   plane alone, half the bytes: an estimate `a` of every logit (BF16 dot products of `x`
 //!   rounded to bf16 and `hi`, 32 per instruction) and a bound `e` on how far the exact sum `c`
@@ -195,7 +196,9 @@ pub fn lm_head(
         hi: hi.as_ptr(),
         lo: lo.as_ptr(),
     };
-    if mode == HeadMode::Argmax && s.k > 0 && argmax_reads_half() {
+    // From PACKED_MIN_ROWS rows the call is compute bound: every logit exact, in the f32
+    // matmul's packed tiles (reading half the bytes would save little there).
+    if mode == HeadMode::Argmax && s.k > 0 && s.m < matmul::PACKED_MIN_ROWS && argmax_reads_half() {
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: lengths checked above; the CPU has AVX-512 BF16.
@@ -203,7 +206,7 @@ pub fn lm_head(
         }
     }
     // SAFETY: lengths checked above.
-    unsafe { matmul::matmul_rows(s, x, w, out, false, workers) };
+    unsafe { matmul::matmul_rows(s, x, w, out, true, workers) };
     Ok(HeadStats { exact: out.len() })
 }
 
@@ -528,11 +531,7 @@ mod tests {
             let x = crate::kernels::test_values(m * k, 3);
             let w = crate::kernels::test_values(n * k, 5);
             let mut plain = vec![0.0; m * n];
-            // The packed tiles (from 64 rows) sum in another order: compare tile for tile.
-            // SAFETY: lengths as declared.
-            unsafe {
-                matmul::matmul_rows(&s, &x, matmul::Plain::new(&w), &mut plain, false, &Serial)
-            };
+            matmul::matmul(&s, &x, &w, &mut plain, &Serial).unwrap();
             let (got, _) = run(&s, &x, &w, HeadMode::Exact);
             assert_eq!(
                 got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -147,7 +147,7 @@ pub const MAX_ROWS: usize = 32;
 /// packing is not paid back). In the 256-token prefill with bf16 weights (`bench decode
 /// --weights bf16`, alternated three times) they gave 1324, 1261, 1289 tokens/s against 1293,
 /// 1199, 1220; with f32 weights XLA's dot stays faster (1291, 1414 against 1221, 1205).
-const PACKED_MIN_ROWS: usize = 64;
+pub(crate) const PACKED_MIN_ROWS: usize = 64;
 
 /// Weight rows per work item the planner aims at as a floor (a block's rows are read once).
 const MIN_BLOCK_ROWS: usize = 16;
