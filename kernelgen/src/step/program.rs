@@ -347,14 +347,15 @@ impl StepSource {
 
     /// Whether its programs hold the LM head's f32 matrix as two 16-bit planes and read it
     /// with the host LM head ([`runtime::kernels::lm_head`]), whose greedy steps read half of
-    /// it: with f32 weights on one device where the host kernels run vectorized. On
+    /// it: with f32 weights on one device, with the host kernels, where the CPU runs the head's
+    /// half-read estimate (AVX-512 BF16, [`runtime::kernels::lm_head::argmax_reads_half`]). On
     /// SmolLM2-135M (tied, a fifth of the weights) a greedy decode step then reads 482 MB
     /// instead of 538.
     pub fn split_head(&self) -> bool {
         self.tp == 1
             && self.weights == Dtype::F32
             && self.form() == KernelForm::Host
-            && runtime::kernels::matmul::vectorized()
+            && runtime::kernels::lm_head::argmax_reads_half()
     }
 
     /// One device's model.

@@ -347,7 +347,8 @@ unsafe fn argmax(
     let mut whole = false;
     for (i, &bound) in bounds.iter().enumerate() {
         let row = scans.iter().map(|item| &item[i]);
-        whole |= !bound.slope.is_finite() || row.clone().any(|b| !b.finite);
+        // A non-finite `x` makes every bound non-finite, which the scans flag too.
+        whole |= row.clone().any(|b| !b.finite);
         let low = row.clone().fold(f64::NEG_INFINITY, |l, b| l.max(b.low));
         candidates.extend(
             row.flat_map(|b| &b.candidates)
@@ -381,7 +382,8 @@ mod avx512bf16 {
     /// bf16 values per vector.
     const LANES: usize = 32;
 
-    /// Columns `rows` of pass one (see [`super::estimate`]).
+    /// Columns `rows` of pass one (see [`super::argmax`]): `out` gets the sums of `xb` (`x`
+    /// rounded to bf16) and the `hi` plane.
     ///
     /// # Safety
     /// AVX-512F, BW, VL and BF16 available; `out` points to `m * n` values, columns `rows`
