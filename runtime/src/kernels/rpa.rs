@@ -92,9 +92,19 @@ impl Item {
 /// balance gained.
 const MIN_SPLIT_KEYS: usize = 256;
 
-/// How many key slots ahead the scoring pass prefetches (8 and 24 were no faster in a pool
-/// larger than the caches).
-const PREFETCH_SLOTS: usize = 2;
+/// How far ahead of the key it scores the decode-like scoring pass prefetches, in bytes of
+/// the item's heads (at least [`MIN_PREFETCH_SLOTS`] slots), across chunk boundaries so that a
+/// chunk's first keys are on their way while the previous chunk's softmax and P.V run. It
+/// matters where a sequence's pages lie apart, as in a pool that has served many requests:
+/// `kernelgen bench kernel --layers 30` (page tables drawn at random) on one SmolLM2 row of
+/// 1800 keys in a pool larger than the caches (AMD EPYC, 2 vCPUs) ran 2.46-2.67 ms with 2 slots
+/// ahead inside the chunk only, 2.13-2.27 with 4-6 slots (6-9 KB) across chunks; 32 slots lost
+/// again. Over pages in order (a fresh pool) the hardware prefetchers keep up either way: the
+/// two alternated inside one `generate` at 1540-2040 keys ran 14.25 / 14.31 ms a step.
+const PREFETCH_BYTES: usize = 8 * 1024;
+/// Fewest key slots ahead the scoring pass prefetches (wide slots: 32 query and 8 KV heads of
+/// 128 read 8 KB a slot).
+const MIN_PREFETCH_SLOTS: usize = 2;
 
 /// Items per thread the planner aims for, so threads finish close together.
 const ITEMS_PER_THREAD: usize = 4;
@@ -462,9 +472,11 @@ impl<T: Element> Ctx<'_, T> {
             if per_head <= 4 {
                 // Decode-like items: few rows; prefetch the next slots as keys are read.
                 let tiles = self.tiles(d);
+                let slot_bytes = 2 * (it.h1 - it.h0) * d * std::mem::size_of::<T>();
+                let ahead = (PREFETCH_BYTES / slot_bytes.max(1)).max(MIN_PREFETCH_SLOTS);
                 for (j, &slot) in sc.keys.iter().enumerate() {
-                    if let Some(&ahead) = sc.keys.get(j + PREFETCH_SLOTS) {
-                        self.prefetch(ahead, it.h0, it.h1);
+                    if c0 + j + ahead < key_hi {
+                        self.prefetch(self.slot_offset(it.seq, c0 + j + ahead), it.h0, it.h1);
                     }
                     for h in it.h0..it.h1 {
                         let key = &self.kv_pages[slot + 2 * h * d..][..d];
