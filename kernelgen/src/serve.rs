@@ -488,6 +488,57 @@ pub fn first_programs(engine: &EngineConfig, requests: &[(usize, usize)]) -> Vec
     steps
 }
 
+/// One sample's text as its tokens arrive, for streaming: each new token is decoded with a few
+/// before it ([`runtime::model::tokenizer::IncrementalDecoder`]), not the whole text again,
+/// and the text is released up to [`streamable`]'s cut, so nothing at or past a stop string is
+/// ever released.
+#[derive(Debug)]
+pub struct TextStream {
+    tokens: Vec<u32>,
+    decoder: runtime::model::tokenizer::IncrementalDecoder,
+    /// Decoded and not yet released: a tail that may still grow into a stop string.
+    held: String,
+    /// Bytes of text released so far.
+    sent: usize,
+}
+
+impl TextStream {
+    /// A stream that decodes with `tok` (special tokens skipped, as the engine's final text).
+    pub fn new(tok: &Tokenizer) -> TextStream {
+        TextStream {
+            tokens: Vec::new(),
+            decoder: tok.incremental(true),
+            held: String::new(),
+            sent: 0,
+        }
+    }
+
+    /// Adds `token`; returns the text it releases (often empty).
+    pub fn push(
+        &mut self,
+        tok: &Tokenizer,
+        token: u32,
+        stops: &[String],
+    ) -> Result<String, ModelError> {
+        self.tokens.push(token);
+        self.held += &self.decoder.next(tok, &self.tokens)?;
+        let end = streamable(&self.held, stops);
+        self.sent += end;
+        Ok(self.held.drain(..end).collect())
+    }
+
+    /// What of the sample's final text (the engine's, cut before a stop string) has not been
+    /// released yet.
+    pub fn rest<'a>(&self, text: &'a str) -> &'a str {
+        text.get(self.sent..).unwrap_or_default()
+    }
+
+    /// The tokens pushed so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+}
+
 /// How much of `text` can be shown while generation goes on: all of it except an incomplete
 /// final character and any tail that could still grow into a stop string.
 pub fn streamable(text: &str, stops: &[String]) -> usize {
@@ -561,6 +612,42 @@ mod streaming_tests {
         assert_eq!(streamable("ab\u{FFFD}", &[]), 2);
         // A tail that may grow into a stop string waits.
         assert_eq!(streamable("hello</", &stops), 5);
+    }
+
+    /// Token by token through a real byte-level tokenizer (characters split across tokens):
+    /// nothing at or past a stop string is released, and what is released plus the final
+    /// text's rest is that text.
+    #[test]
+    fn a_text_stream_releases_the_text_before_a_stop_string() {
+        use super::{TextStream, Tokenizer};
+        let tok = Tokenizer::from_gguf(&runtime::cache::default_model_path())
+            .expect("the cached SmolLM2 model (run scripts/setup.sh --model)");
+        let text = "Grüße 🙂 one </s> two ab 日本語";
+        let ids = tok.encode(text, false).unwrap();
+        for stops in [
+            vec![],
+            vec!["</s>".to_string()],
+            vec!["🙂 o".to_string(), "ab".to_string()],
+            vec!["語".to_string()],
+        ] {
+            let cut = stops
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+                .unwrap_or(text.len());
+            let mut stream = TextStream::new(&tok);
+            let mut shown = String::new();
+            for &id in &ids {
+                shown += &stream.push(&tok, id, &stops).unwrap();
+                assert!(text[..cut].starts_with(&shown), "{stops:?}: {shown:?}");
+            }
+            if stops.is_empty() {
+                assert_eq!(shown, text);
+            }
+            shown += stream.rest(&text[..cut]);
+            assert_eq!(shown, &text[..cut], "{stops:?}");
+            assert_eq!(stream.tokens(), &ids[..]);
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use super::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kernelgen::serve::{first_programs, open, streamable};
+use kernelgen::serve::{first_programs, open, TextStream};
 use runtime::cache::executables::Origin;
 use runtime::engine::{FinishReason, FinishedRequest, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -260,21 +260,17 @@ fn stream(
     id: runtime::engine::RequestId,
     stops: &[String],
 ) -> anyhow::Result<()> {
-    let mut tokens = Vec::new();
-    let mut printed = 0;
+    let mut text = TextStream::new(&served.tokenizer);
     let mut stdout = std::io::stdout();
     while served.engine.has_work() {
         for ev in served.engine.step().map_err(super::failed)? {
-            if ev.request != id || ev.sample != 0 {
+            let Some(token) = ev.token.filter(|_| ev.request == id && ev.sample == 0) else {
                 continue;
-            }
-            tokens.extend(ev.token);
-            let text = served.tokenizer.decode(&tokens, true)?;
-            let end = streamable(&text, stops);
-            if end > printed {
-                write!(stdout, "{}", &text[printed..end])?;
+            };
+            let piece = text.push(&served.tokenizer, token, stops)?;
+            if !piece.is_empty() {
+                write!(stdout, "{piece}")?;
                 stdout.flush()?;
-                printed = end;
             }
         }
     }
@@ -284,21 +280,18 @@ fn stream(
         .iter()
         .find(|f| f.id == id)
         .and_then(|f| f.samples.first());
-    let text = match sample.and_then(|s| s.text.as_deref()) {
+    let whole = match sample.and_then(|s| s.text.as_deref()) {
         Some(t) => t.to_string(),
-        None => served.tokenizer.decode(&tokens, true)?,
+        None => served.tokenizer.decode(text.tokens(), true)?,
     };
-    if text.len() > printed && text.is_char_boundary(printed) {
-        write!(stdout, "{}", &text[printed..])?;
-    }
-    writeln!(stdout)?;
+    writeln!(stdout, "{}", text.rest(&whole))?;
     match sample.map(|s| &s.finish_reason) {
         Some(FinishReason::StopString) => eprintln!("[kernelgen] stopped at a stop string"),
         Some(FinishReason::NonFiniteLogits) => {
             return Err(super::failed(anyhow::anyhow!(
                 "generation stopped after {} tokens: the model produced NaN or infinite logits \
                  (finish reason non_finite_logits)",
-                tokens.len()
+                text.tokens().len()
             )))
         }
         _ => {}

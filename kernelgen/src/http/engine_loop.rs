@@ -4,7 +4,7 @@
 //! client disconnected) is cancelled at the next step and its pages freed.
 
 use super::metrics::ServerMetrics;
-use crate::serve::{streamable, Served};
+use crate::serve::{Served, TextStream};
 use crate::step::executor::MemoryReport;
 use runtime::engine::{FinishReason, RequestId, SamplingParams};
 use std::collections::BTreeMap;
@@ -167,11 +167,8 @@ impl EngineHandle {
 }
 
 /// One sample's stream.
-#[derive(Default)]
 struct SampleStream {
-    tokens: Vec<u32>,
-    /// Bytes of text already sent.
-    sent: usize,
+    text: TextStream,
     last_token: Option<Instant>,
 }
 
@@ -254,7 +251,12 @@ impl EngineLoop {
                             Live {
                                 events,
                                 stops,
-                                samples: (0..n).map(|_| SampleStream::default()).collect(),
+                                samples: (0..n)
+                                    .map(|_| SampleStream {
+                                        text: TextStream::new(&self.served.tokenizer),
+                                        last_token: None,
+                                    })
+                                    .collect(),
                                 prompt_tokens,
                                 arrival: Instant::now(),
                                 waiting: true,
@@ -311,17 +313,12 @@ impl EngineLoop {
                     .observe(now.duration_since(prev).as_secs_f64());
             }
             s.last_token = Some(now);
-            s.tokens.push(token);
             self.metrics.generation_tokens.inc();
-            let text = self
-                .served
-                .tokenizer
-                .decode(&s.tokens, true)
+            let delta = s
+                .text
+                .push(&self.served.tokenizer, token, &live.stops)
                 .unwrap_or_default();
-            let end = streamable(&text, &live.stops);
-            if end > s.sent && text.is_char_boundary(s.sent) {
-                let delta = text[s.sent..end].to_string();
-                s.sent = end;
+            if !delta.is_empty() {
                 let sent = live.events.send(Event::Delta {
                     sample: ev.sample,
                     text: delta,
@@ -338,11 +335,11 @@ impl EngineLoop {
             let mut completion = 0;
             for (i, (out, s)) in f.samples.iter().zip(&live.samples).enumerate() {
                 completion += out.tokens.len();
-                let text = out.text.clone().unwrap_or_default();
-                if text.len() > s.sent && text.is_char_boundary(s.sent) {
+                let rest = s.text.rest(out.text.as_deref().unwrap_or_default());
+                if !rest.is_empty() {
                     let _ = live.events.send(Event::Delta {
                         sample: i,
-                        text: text[s.sent..].to_string(),
+                        text: rest.to_string(),
                     });
                 }
                 let _ = live.events.send(Event::Finished {

@@ -294,6 +294,16 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
+    /// [`Tokenizer::decode`] of a growing token list a piece at a time: see
+    /// [`IncrementalDecoder`].
+    pub fn incremental(&self, skip_special: bool) -> IncrementalDecoder {
+        IncrementalDecoder {
+            prefix: 0,
+            read: 0,
+            skip_special,
+        }
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -373,9 +383,110 @@ pub fn render_chat_template<R: AsRef<str>, C: AsRef<str>>(
     .map_err(err)
 }
 
+/// Text of a growing token list, a piece at a time, for streaming: each call decodes only the
+/// tokens since the last piece it returned (and the tokens of that piece, as context), where
+/// decoding the whole list again for every new token costs time in proportion to the text so
+/// far. Both decodes of a call start at the same token, so decoders that treat the first token
+/// specially (a SentencePiece leading space) do so in both, and the piece is their difference.
+/// A piece is returned only once the tokens end on a whole character (a multi-byte character
+/// split across tokens decodes to U+FFFD until its last byte arrives): the pieces concatenated
+/// are a prefix of [`Tokenizer::decode`] of the whole list, all of it unless the list ends
+/// inside a character.
+#[derive(Clone, Debug)]
+pub struct IncrementalDecoder {
+    /// First token of the current window.
+    prefix: usize,
+    /// Tokens already turned into returned text.
+    read: usize,
+    skip_special: bool,
+}
+
+impl IncrementalDecoder {
+    /// The text `tokens` (every token so far, the previous calls' ones first) adds to what the
+    /// earlier calls returned; empty while the list ends inside a character.
+    pub fn next(&mut self, tok: &Tokenizer, tokens: &[u32]) -> Result<String, ModelError> {
+        if tokens.len() <= self.read {
+            return Ok(String::new());
+        }
+        let before = tok.decode(&tokens[self.prefix..self.read], self.skip_special)?;
+        let now = tok.decode(&tokens[self.prefix..], self.skip_special)?;
+        if now.ends_with('\u{FFFD}') || !now.starts_with(before.as_str()) {
+            return Ok(String::new());
+        }
+        self.prefix = self.read;
+        self.read = tokens.len();
+        Ok(now[before.len()..].to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SmolLM2 tokenizer from the cache (byte-level BPE: single-byte tokens split
+    /// multi-byte characters, and special tokens decode to nothing when skipped).
+    fn smollm2() -> &'static Tokenizer {
+        static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        TOK.get_or_init(|| {
+            Tokenizer::from_gguf(&crate::cache::default_model_path())
+                .expect("the cached SmolLM2 model (run scripts/setup.sh --model)")
+        })
+    }
+
+    /// Feeds `ids` one at a time; returns the pieces concatenated.
+    fn streamed(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
+        let mut dec = tok.incremental(skip_special);
+        let mut out = String::new();
+        for n in 1..=ids.len() {
+            out += &dec.next(tok, &ids[..n]).unwrap();
+        }
+        out
+    }
+
+    /// What streaming promises: the pieces are the whole decode, less at most a tail that ends
+    /// inside a character.
+    fn assert_streams_the_decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) {
+        let whole = tok.decode(ids, skip_special).unwrap();
+        let got = streamed(tok, ids, skip_special);
+        assert!(
+            whole.starts_with(&got),
+            "pieces {got:?} are not a prefix of the decode {whole:?} (ids {ids:?})"
+        );
+        if !whole.ends_with('\u{FFFD}') {
+            assert_eq!(got, whole, "ids {ids:?}");
+        }
+    }
+
+    #[test]
+    fn incremental_decoding_streams_text_split_inside_characters() {
+        let tok = smollm2();
+        let text = "Grüße, naïve café: 3€ → 日本語 🙂🙂 ok\n\tend";
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(streamed(tok, &ids, true), text);
+        // Every prefix, including those that end inside a character.
+        for n in 0..=ids.len() {
+            assert_streams_the_decode(tok, &ids[..n], true);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random ids: half from the first 300 (special tokens and single bytes, which split
+        /// and break characters), half from the whole vocabulary; special tokens kept or
+        /// skipped.
+        #[test]
+        fn incremental_decoding_equals_decoding_the_whole_list(
+            picks in proptest::collection::vec((proptest::bool::ANY, 0u32..49152), 1..80),
+            skip_special in proptest::bool::ANY,
+        ) {
+            let tok = smollm2();
+            let ids: Vec<u32> = picks
+                .iter()
+                .map(|&(low, id)| if low { id % 300 } else { id % tok.vocab_size() as u32 })
+                .collect();
+            assert_streams_the_decode(tok, &ids, skip_special);
+        }
+    }
 
     #[test]
     fn byte_alphabet_is_a_bijection_onto_printable_chars() {
