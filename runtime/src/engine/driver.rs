@@ -26,10 +26,20 @@ use super::scheduler::{Chunk, Scheduler, SeqId, SeqView, Sequence};
 use super::{
     EngineConfig, EngineError, FinishReason, RequestId, SamplingParams, StepExecutor, TokenEvent,
 };
+use crate::model::tokenizer::IncrementalDecoder;
 use crate::plan::EnginePlan;
 
 /// Turns generated token ids into text (for stop strings and [`SampleOutput::text`]).
 pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
+
+/// A sequence's generated text as far as stop strings need it, extended a piece per token
+/// (decoding the whole generation again each token costs time in proportion to its length).
+#[derive(Default)]
+struct StopScan {
+    decoder: Option<IncrementalDecoder>,
+    /// The pieces so far: a prefix of the generation's decode.
+    text: String,
+}
 
 /// Most samples one request may ask for.
 pub const MAX_SAMPLES: usize = 4096;
@@ -111,6 +121,8 @@ pub struct Engine<E: StepExecutor> {
     requests: BTreeMap<RequestId, RequestState>,
     next_request: RequestId,
     detokenizer: Option<Detokenizer>,
+    /// Sequences with stop strings: their text so far (dropped when they finish).
+    stop_scans: BTreeMap<SeqId, StopScan>,
     stop_token_ids: Vec<u32>,
     finished: Vec<FinishedRequest>,
     metrics: Metrics,
@@ -119,6 +131,34 @@ pub struct Engine<E: StepExecutor> {
 
 fn bug(msg: impl std::fmt::Display) -> EngineError {
     EngineError::Internal(msg.to_string())
+}
+
+/// Extends `scan` by the text `generated`'s newest token adds and says whether a stop string
+/// may now occur: one overlapping the new text (or the text decoded past it, a character still
+/// unfinished), since any earlier occurrence was found a token earlier. Also true whenever the
+/// decoder cannot split this token's text off (the caller then searches the whole decode).
+fn stop_string_may_end_here(
+    scan: &mut StopScan,
+    generated: &[u32],
+    detok: &Detokenizer,
+    stops: &[String],
+) -> bool {
+    let decoder = scan
+        .decoder
+        .get_or_insert_with(|| IncrementalDecoder::new(true));
+    let Ok(Some((piece, held))) = decoder.next_with(generated, |ids| {
+        Ok::<_, std::convert::Infallible>(detok(ids))
+    }) else {
+        return true;
+    };
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    let mut from = scan.text.len().saturating_sub(longest.saturating_sub(1));
+    while !scan.text.is_char_boundary(from) {
+        from -= 1;
+    }
+    scan.text += &piece;
+    let window = format!("{}{held}", &scan.text[from..]);
+    stops.iter().any(|s| window.contains(s.as_str()))
 }
 
 /// Checks `config` against the engine's own limits and the `runtime::plan` rules (one
@@ -191,6 +231,7 @@ impl<E: StepExecutor> Engine<E> {
             requests: BTreeMap::new(),
             next_request: 0,
             detokenizer: None,
+            stop_scans: BTreeMap::new(),
             stop_token_ids: Vec::new(),
             finished: Vec::new(),
             metrics: Metrics::new(),
@@ -302,6 +343,7 @@ impl<E: StepExecutor> Engine<E> {
         }
         for seq in self.sched.seqs_of(id) {
             self.sched.finish(seq)?;
+            self.stop_scans.remove(&seq);
         }
         self.metrics.record_cancelled();
         Ok(true)
@@ -520,7 +562,7 @@ impl<E: StepExecutor> Engine<E> {
     /// Why `id` stops after its latest token, with its text (cut before a stop string).
     /// Precedence on one token: stop token, stop string, max_new_tokens, max_seq_len.
     fn stop_reason(
-        &self,
+        &mut self,
         id: SeqId,
     ) -> Result<Option<(FinishReason, Option<String>)>, EngineError> {
         let seq = self.sched.seq(id)?;
@@ -540,19 +582,19 @@ impl<E: StepExecutor> Engine<E> {
         {
             return Ok(Some((FinishReason::StopToken, detok())));
         }
-        let text = if p.stop_strings.is_empty() {
-            None
-        } else {
-            detok()
-        };
-        if let Some(t) = &text {
-            let cut = p
-                .stop_strings
-                .iter()
-                .filter_map(|s| t.find(s.as_str()))
-                .min();
-            if let Some(cut) = cut {
-                return Ok(Some((FinishReason::StopString, Some(t[..cut].to_string()))));
+        if let (false, Some(d)) = (p.stop_strings.is_empty(), self.detokenizer.as_ref()) {
+            let scan = self.stop_scans.entry(id).or_default();
+            if stop_string_may_end_here(scan, generated, d, &p.stop_strings) {
+                // The cut is taken in the whole decode, as the finished text is.
+                let t = d(generated);
+                let cut = p
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| t.find(s.as_str()))
+                    .min();
+                if let Some(cut) = cut {
+                    return Ok(Some((FinishReason::StopString, Some(t[..cut].to_string()))));
+                }
             }
         }
         let reason = if generated.len() >= p.max_new_tokens {
@@ -562,7 +604,7 @@ impl<E: StepExecutor> Engine<E> {
         } else {
             return Ok(None);
         };
-        Ok(Some((reason, text.or_else(detok))))
+        Ok(Some((reason, detok())))
     }
 
     /// Whether every chunk that samples this step samples greedily (its logits row then needs
@@ -594,6 +636,7 @@ impl<E: StepExecutor> Engine<E> {
         now: Instant,
     ) -> Result<(), EngineError> {
         let seq = self.sched.finish(id)?;
+        self.stop_scans.remove(&id);
         let req_id = seq.request;
         let req = self
             .requests

@@ -297,11 +297,7 @@ impl Tokenizer {
     /// [`Tokenizer::decode`] of a growing token list a piece at a time: see
     /// [`IncrementalDecoder`].
     pub fn incremental(&self, skip_special: bool) -> IncrementalDecoder {
-        IncrementalDecoder {
-            prefix: 0,
-            read: 0,
-            skip_special,
-        }
+        IncrementalDecoder::new(skip_special)
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -402,20 +398,50 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// A decoder at the start of a list; `skip_special` as [`Tokenizer::decode`]'s.
+    pub fn new(skip_special: bool) -> IncrementalDecoder {
+        IncrementalDecoder {
+            prefix: 0,
+            read: 0,
+            skip_special,
+        }
+    }
+
     /// The text `tokens` (every token so far, the previous calls' ones first) adds to what the
     /// earlier calls returned; empty while the list ends inside a character.
     pub fn next(&mut self, tok: &Tokenizer, tokens: &[u32]) -> Result<String, ModelError> {
+        let skip = self.skip_special;
+        let step = self.next_with(tokens, |ids| tok.decode(ids, skip))?;
+        Ok(step.map(|(piece, _)| piece).unwrap_or_default())
+    }
+
+    /// [`IncrementalDecoder::next`] with any `decode` of a token list, and beside the piece the
+    /// text decoded past it that is not returned yet (an unfinished character's U+FFFD and
+    /// what precedes it in the window; empty once a piece is returned): the returned pieces
+    /// followed by it are the whole list's decode. `None` where the window's decode does not
+    /// extend its earlier decode (a decoder that rewrites earlier text; none of the byte-level
+    /// or SentencePiece decoders here): nothing is returned and the caller decodes the whole
+    /// list if it needs the text now.
+    pub fn next_with<E>(
+        &mut self,
+        tokens: &[u32],
+        decode: impl Fn(&[u32]) -> Result<String, E>,
+    ) -> Result<Option<(String, String)>, E> {
         if tokens.len() <= self.read {
-            return Ok(String::new());
+            return Ok(Some((String::new(), String::new())));
         }
-        let before = tok.decode(&tokens[self.prefix..self.read], self.skip_special)?;
-        let now = tok.decode(&tokens[self.prefix..], self.skip_special)?;
-        if now.ends_with('\u{FFFD}') || !now.starts_with(before.as_str()) {
-            return Ok(String::new());
+        let before = decode(&tokens[self.prefix..self.read])?;
+        let now = decode(&tokens[self.prefix..])?;
+        let Some(added) = now.strip_prefix(before.as_str()) else {
+            return Ok(None);
+        };
+        if added.ends_with('\u{FFFD}') {
+            return Ok(Some((String::new(), added.to_string())));
         }
+        let piece = added.to_string();
         self.prefix = self.read;
         self.read = tokens.len();
-        Ok(now[before.len()..].to_string())
+        Ok(Some((piece, String::new())))
     }
 }
 
