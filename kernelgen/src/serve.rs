@@ -77,7 +77,8 @@ use runtime::cache::executables::ExecutableCache;
 use runtime::engine::{engine_plan, validate_config};
 use runtime::engine::{Engine, EngineConfig, EngineError};
 use runtime::mem::MemTrace;
-use runtime::model::{tokenizer::Tokenizer, ModelError, ModelFile};
+use runtime::model::tokenizer::{IncrementalDecoder, Piece, Tokenizer};
+use runtime::model::{ModelError, ModelFile};
 use runtime::pjrt::{Api, Client, OptionValue, PjrtError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -492,10 +493,10 @@ pub fn first_programs(engine: &EngineConfig, requests: &[(usize, usize)]) -> Vec
 /// before it ([`runtime::model::tokenizer::IncrementalDecoder`]), not the whole text again,
 /// and the text is released up to [`streamable`]'s cut, so nothing at or past a stop string is
 /// ever released.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TextStream {
     tokens: Vec<u32>,
-    decoder: runtime::model::tokenizer::IncrementalDecoder,
+    decoder: IncrementalDecoder,
     /// Decoded and not yet released: a tail that may still grow into a stop string.
     held: String,
     /// Bytes of text released so far.
@@ -503,16 +504,6 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    /// A stream that decodes with `tok` (special tokens skipped, as the engine's final text).
-    pub fn new(tok: &Tokenizer) -> TextStream {
-        TextStream {
-            tokens: Vec::new(),
-            decoder: tok.incremental(true),
-            held: String::new(),
-            sent: 0,
-        }
-    }
-
     /// Adds `token`; returns the text it releases (often empty).
     pub fn push(
         &mut self,
@@ -521,7 +512,10 @@ impl TextStream {
         stops: &[String],
     ) -> Result<String, ModelError> {
         self.tokens.push(token);
-        self.held += &self.decoder.next(tok, &self.tokens)?;
+        // Special tokens skipped, as in the engine's final text.
+        if let Piece::Text(piece) = self.decoder.next(&self.tokens, |t| tok.decode(t, true))? {
+            self.held += &piece;
+        }
         let end = streamable(&self.held, stops);
         self.sent += end;
         Ok(self.held.drain(..end).collect())
@@ -635,7 +629,7 @@ mod streaming_tests {
                 .filter_map(|s| text.find(s.as_str()))
                 .min()
                 .unwrap_or(text.len());
-            let mut stream = TextStream::new(&tok);
+            let mut stream = TextStream::default();
             let mut shown = String::new();
             for &id in &ids {
                 shown += &stream.push(&tok, id, &stops).unwrap();

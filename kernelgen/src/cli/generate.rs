@@ -260,7 +260,7 @@ fn stream(
     id: runtime::engine::RequestId,
     stops: &[String],
 ) -> anyhow::Result<()> {
-    let mut text = TextStream::new(&served.tokenizer);
+    let mut text = TextStream::default();
     let mut stdout = std::io::stdout();
     while served.engine.has_work() {
         for ev in served.engine.step().map_err(super::failed)? {

@@ -167,6 +167,7 @@ impl EngineHandle {
 }
 
 /// One sample's stream.
+#[derive(Default)]
 struct SampleStream {
     text: TextStream,
     last_token: Option<Instant>,
@@ -251,12 +252,7 @@ impl EngineLoop {
                             Live {
                                 events,
                                 stops,
-                                samples: (0..n)
-                                    .map(|_| SampleStream {
-                                        text: TextStream::new(&self.served.tokenizer),
-                                        last_token: None,
-                                    })
-                                    .collect(),
+                                samples: (0..n).map(|_| SampleStream::default()).collect(),
                                 prompt_tokens,
                                 arrival: Instant::now(),
                                 waiting: true,

@@ -26,7 +26,7 @@ use super::scheduler::{Chunk, Scheduler, SeqId, SeqView, Sequence};
 use super::{
     EngineConfig, EngineError, FinishReason, RequestId, SamplingParams, StepExecutor, TokenEvent,
 };
-use crate::model::tokenizer::IncrementalDecoder;
+use crate::model::tokenizer::{IncrementalDecoder, Piece};
 use crate::plan::EnginePlan;
 
 /// Turns generated token ids into text (for stop strings and [`SampleOutput::text`]).
@@ -36,7 +36,7 @@ pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
 /// (decoding the whole generation again each token costs time in proportion to its length).
 #[derive(Default)]
 struct StopScan {
-    decoder: Option<IncrementalDecoder>,
+    decoder: IncrementalDecoder,
     /// The pieces so far: a prefix of the generation's decode.
     text: String,
 }
@@ -143,22 +143,21 @@ fn stop_string_may_end_here(
     detok: &Detokenizer,
     stops: &[String],
 ) -> bool {
-    let decoder = scan
-        .decoder
-        .get_or_insert_with(|| IncrementalDecoder::new(true));
-    let Ok(Some((piece, held))) = decoder.next_with(generated, |ids| {
-        Ok::<_, std::convert::Infallible>(detok(ids))
-    }) else {
-        return true;
-    };
+    let decode = |ids: &[u32]| Ok::<_, std::convert::Infallible>(detok(ids));
+    let Ok(piece) = scan.decoder.next(generated, decode);
     let longest = stops.iter().map(String::len).max().unwrap_or(0);
-    let mut from = scan.text.len().saturating_sub(longest.saturating_sub(1));
-    while !scan.text.is_char_boundary(from) {
-        from -= 1;
+    let from = scan
+        .text
+        .floor_char_boundary(scan.text.len().saturating_sub(longest.saturating_sub(1)));
+    let found = |window: &str| stops.iter().any(|s| window.contains(s.as_str()));
+    match piece {
+        Piece::Text(piece) => {
+            scan.text += &piece;
+            found(&scan.text[from..])
+        }
+        Piece::Unfinished(held) => found(&format!("{}{held}", &scan.text[from..])),
+        Piece::Rewritten => true,
     }
-    scan.text += &piece;
-    let window = format!("{}{held}", &scan.text[from..]);
-    stops.iter().any(|s| window.contains(s.as_str()))
 }
 
 /// Checks `config` against the engine's own limits and the `runtime::plan` rules (one

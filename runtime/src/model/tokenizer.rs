@@ -294,12 +294,6 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
-    /// [`Tokenizer::decode`] of a growing token list a piece at a time: see
-    /// [`IncrementalDecoder`].
-    pub fn incremental(&self, skip_special: bool) -> IncrementalDecoder {
-        IncrementalDecoder::new(skip_special)
-    }
-
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -388,60 +382,50 @@ pub fn render_chat_template<R: AsRef<str>, C: AsRef<str>>(
 /// split across tokens decodes to U+FFFD until its last byte arrives): the pieces concatenated
 /// are a prefix of [`Tokenizer::decode`] of the whole list, all of it unless the list ends
 /// inside a character.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct IncrementalDecoder {
     /// First token of the current window.
     prefix: usize,
     /// Tokens already turned into returned text.
     read: usize,
-    skip_special: bool,
+}
+
+/// What the newest tokens add, by [`IncrementalDecoder::next`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Text that follows every earlier piece (empty when the tokens added none).
+    Text(String),
+    /// The tokens end inside a character: nothing is returned yet; this is the text decoded
+    /// past the earlier pieces so far, ending in U+FFFD.
+    Unfinished(String),
+    /// The window's decode does not extend its earlier decode (a decoder that rewrites earlier
+    /// text; none of the byte-level or SentencePiece decoders here): nothing is returned, and
+    /// a caller that needs the text now decodes the whole list.
+    Rewritten,
 }
 
 impl IncrementalDecoder {
-    /// A decoder at the start of a list; `skip_special` as [`Tokenizer::decode`]'s.
-    pub fn new(skip_special: bool) -> IncrementalDecoder {
-        IncrementalDecoder {
-            prefix: 0,
-            read: 0,
-            skip_special,
-        }
-    }
-
-    /// The text `tokens` (every token so far, the previous calls' ones first) adds to what the
-    /// earlier calls returned; empty while the list ends inside a character.
-    pub fn next(&mut self, tok: &Tokenizer, tokens: &[u32]) -> Result<String, ModelError> {
-        let skip = self.skip_special;
-        let step = self.next_with(tokens, |ids| tok.decode(ids, skip))?;
-        Ok(step.map(|(piece, _)| piece).unwrap_or_default())
-    }
-
-    /// [`IncrementalDecoder::next`] with any `decode` of a token list, and beside the piece the
-    /// text decoded past it that is not returned yet (an unfinished character's U+FFFD and
-    /// what precedes it in the window; empty once a piece is returned): the returned pieces
-    /// followed by it are the whole list's decode. `None` where the window's decode does not
-    /// extend its earlier decode (a decoder that rewrites earlier text; none of the byte-level
-    /// or SentencePiece decoders here): nothing is returned and the caller decodes the whole
-    /// list if it needs the text now.
-    pub fn next_with<E>(
+    /// What `tokens` (every token so far, the earlier calls' ones first) add to the pieces
+    /// earlier calls returned, with `decode` the tokenizer's decode of a token list.
+    pub fn next<E>(
         &mut self,
         tokens: &[u32],
         decode: impl Fn(&[u32]) -> Result<String, E>,
-    ) -> Result<Option<(String, String)>, E> {
+    ) -> Result<Piece, E> {
         if tokens.len() <= self.read {
-            return Ok(Some((String::new(), String::new())));
+            return Ok(Piece::Text(String::new()));
         }
         let before = decode(&tokens[self.prefix..self.read])?;
         let now = decode(&tokens[self.prefix..])?;
         let Some(added) = now.strip_prefix(before.as_str()) else {
-            return Ok(None);
+            return Ok(Piece::Rewritten);
         };
         if added.ends_with('\u{FFFD}') {
-            return Ok(Some((String::new(), added.to_string())));
+            return Ok(Piece::Unfinished(added.to_string()));
         }
-        let piece = added.to_string();
         self.prefix = self.read;
         self.read = tokens.len();
-        Ok(Some((piece, String::new())))
+        Ok(Piece::Text(added.to_string()))
     }
 }
 
@@ -461,10 +445,15 @@ mod tests {
 
     /// Feeds `ids` one at a time; returns the pieces concatenated.
     fn streamed(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
-        let mut dec = tok.incremental(skip_special);
+        let mut dec = IncrementalDecoder::default();
         let mut out = String::new();
         for n in 1..=ids.len() {
-            out += &dec.next(tok, &ids[..n]).unwrap();
+            if let Piece::Text(piece) = dec
+                .next(&ids[..n], |t| tok.decode(t, skip_special))
+                .unwrap()
+            {
+                out += &piece;
+            }
         }
         out
     }
