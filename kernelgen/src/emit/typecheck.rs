@@ -271,19 +271,48 @@ pub fn check_op(op: &OpView) -> Check {
 fn custom_call(op: &OpView) -> Check {
     match op.attr("call_target_name")? {
         "\"kernelgen_rpa\"" => host_rpa(op),
-        "\"kernelgen_matmul\"" => host_matmul(op),
+        "\"kernelgen_matmul\"" => {
+            op.arity(2, 1)?;
+            host_matmul(op, &op.operands[0], &op.operands[1])
+        }
+        "\"kernelgen_norm_matmul\"" => {
+            op.arity(3, 1)?;
+            let [x, norm, w] = &op.operands[..] else {
+                unreachable!("arity checked")
+            };
+            let config = op.attr("backend_config")?;
+            ensure(config.contains("eps ="), || {
+                format!("backend_config {config} must give the norm's eps")
+            })?;
+            host_matmul(op, x, w)?;
+            expect_eq("norm", norm, &f32_of(vec![x.dims[1]]))
+        }
+        "\"kernelgen_matmul_add\"" => {
+            op.arity(3, 1)?;
+            let [x, w, residual] = &op.operands[..] else {
+                unreachable!("arity checked")
+            };
+            host_matmul(op, x, w)?;
+            expect_eq("residual", residual, &op.results[0])
+        }
         "\"kernelgen_lm_head\"" => host_lm_head(op),
         target => Err(format!(
             "unknown custom call target {target} (kernelgen emits \"kernelgen_rpa\", \
-             \"kernelgen_matmul\" and \"kernelgen_lm_head\")"
+             \"kernelgen_matmul\", \"kernelgen_norm_matmul\", \"kernelgen_matmul_add\" and \
+             \"kernelgen_lm_head\")"
         )),
     }
 }
 
+fn f32_of(dims: Vec<i64>) -> TensorType {
+    TensorType {
+        dims,
+        elem: "f32".into(),
+    }
+}
+
 /// `x[m, k] f32` times `w[n, k]` (f32 or bf16) transposed: `[m, n] f32`.
-fn host_matmul(op: &OpView) -> Check {
-    op.arity(2, 1)?;
-    let (x, w) = (&op.operands[0], &op.operands[1]);
+fn host_matmul(op: &OpView, x: &TensorType, w: &TensorType) -> Check {
     ensure(
         x.rank() == 2 && w.rank() == 2 && x.dims[1] == w.dims[1],
         || format!("x {x} and w {w} must be [m, k] and [n, k]"),
@@ -295,10 +324,7 @@ fn host_matmul(op: &OpView) -> Check {
     expect_eq(
         "result",
         &op.results[0],
-        &TensorType {
-            dims: vec![x.dims[0], w.dims[0]],
-            elem: "f32".into(),
-        },
+        &f32_of(vec![x.dims[0], w.dims[0]]),
     )
 }
 

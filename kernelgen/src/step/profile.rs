@@ -151,6 +151,21 @@ mod tests {
                 "stablehlo.dot_general"
             };
             assert_eq!(c.op_counts[op], matmuls);
+            // There the norms before QKV and gate/up and the residual adds after O and down are
+            // the calls' own: only the final norm is left to XLA.
+            let (layers, text) = (m.num_layers, &c.generic_text);
+            let fused = runtime::kernels::matmul::vectorized();
+            let norms_in_xla = if fused { 1 } else { 2 * layers + 1 };
+            assert_eq!(c.op_counts["stablehlo.rsqrt"], norms_in_xla);
+            let calls = |t: &str| text.matches(&format!("\"{t}\"")).count();
+            assert_eq!(
+                calls("kernelgen_norm_matmul"),
+                if fused { 2 * layers } else { 0 }
+            );
+            assert_eq!(
+                calls("kernelgen_matmul_add"),
+                if fused { 2 * layers } else { 0 }
+            );
             let params = pack_weights_dims(&m).len() + 1;
             assert!(c.generic_text.matches("tensor<").count() > params);
             assert_eq!(

@@ -206,7 +206,7 @@ pub fn lm_head(
         }
     }
     // SAFETY: lengths checked above.
-    unsafe { matmul::matmul_rows(s, x, w, out, true, workers) };
+    unsafe { matmul::matmul_rows(s, x, w, out, true, None, workers) };
     Ok(HeadStats { exact: out.len() })
 }
 
@@ -360,7 +360,7 @@ unsafe fn argmax(
     // Past a quarter of the weight, reading it all is as cheap.
     if whole || candidates.len() * 4 > s.n {
         // SAFETY: the caller's contract.
-        unsafe { matmul::matmul_rows(s, x, w, out, false, workers) };
+        unsafe { matmul::matmul_rows(s, x, w, out, false, None, workers) };
         return HeadStats { exact: out.len() };
     }
     let o = SharedOut(out.as_mut_ptr());

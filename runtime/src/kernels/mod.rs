@@ -3,7 +3,9 @@
 //! - [`rpa`]: ragged paged attention reading K/V pages in place (custom call target
 //!   [`RPA_TARGET`]; kernelgen's `host` schedule emits the call).
 //! - [`matmul`]: `x @ w^T` for the step program's projections at decode sizes (custom call
-//!   target [`MATMUL_TARGET`]; step programs with host kernels emit it).
+//!   target [`MATMUL_TARGET`]; step programs with host kernels emit it), also after the RMS
+//!   norm before it ([`NORM_MATMUL_TARGET`]) or plus the residual after it
+//!   ([`MATMUL_ADD_TARGET`]).
 //! - [`lm_head`]: the LM head over its weight's two 16-bit planes, whose greedy rows read half
 //!   the bytes (custom call target [`LM_HEAD_TARGET`]).
 //!
@@ -34,6 +36,14 @@ pub const RPA_TARGET: &str = "kernelgen_rpa";
 /// The custom call target of the host matmul (`x @ w^T`, weight `[n, k]`).
 pub const MATMUL_TARGET: &str = "kernelgen_matmul";
 
+/// The host matmul after the model's RMS norm of `x` ([`matmul::RmsNorm`]): operands `x f32[m,
+/// k]`, `norm f32[k]` and `w [n, k]`, attribute `eps` (f32), result `f32[m, n]`.
+pub const NORM_MATMUL_TARGET: &str = "kernelgen_norm_matmul";
+
+/// The host matmul plus a residual: operands `x f32[m, k]`, `w [n, k]` and `residual f32[m,
+/// n]`, result `residual + x @ w^T`.
+pub const MATMUL_ADD_TARGET: &str = "kernelgen_matmul_add";
+
 /// The custom call target of the host LM head: operands `x f32[m, k]`, `planes u16[2, n, k]`
 /// ([`lm_head::split`]), `norms f32[n]` ([`lm_head::row_norms`]) and `argmax_only i32[1]`
 /// (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
@@ -46,6 +56,8 @@ pub const HOST_PLATFORM: &str = "Host";
 pub fn register(api: &Api) -> Result<(), PjrtError> {
     api.register_ffi_handler(RPA_TARGET, HOST_PLATFORM, rpa_handler)?;
     api.register_ffi_handler(MATMUL_TARGET, HOST_PLATFORM, matmul_handler)?;
+    api.register_ffi_handler(NORM_MATMUL_TARGET, HOST_PLATFORM, norm_matmul_handler)?;
+    api.register_ffi_handler(MATMUL_ADD_TARGET, HOST_PLATFORM, matmul_add_handler)?;
     api.register_ffi_handler(LM_HEAD_TARGET, HOST_PLATFORM, lm_head_handler)
 }
 
@@ -65,6 +77,24 @@ unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
 unsafe extern "C" fn matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
     unsafe { handle(frame, MATMUL_TARGET, execute_matmul) }
+}
+
+/// The FFI entry point of [`matmul::matmul_fused`] with the norm.
+///
+/// # Safety
+/// Called by XLA with its call frame.
+unsafe extern "C" fn norm_matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: the caller's contract.
+    unsafe { handle(frame, NORM_MATMUL_TARGET, execute_norm_matmul) }
+}
+
+/// The FFI entry point of [`matmul::matmul_fused`] with the residual.
+///
+/// # Safety
+/// Called by XLA with its call frame.
+unsafe extern "C" fn matmul_add_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: the caller's contract.
+    unsafe { handle(frame, MATMUL_ADD_TARGET, execute_matmul_add) }
 }
 
 /// The FFI entry point of [`lm_head::lm_head`].
@@ -109,48 +139,126 @@ unsafe fn handle(
 }
 
 fn execute_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
-    let ([x, w], [out]) = (&call.args[..], &call.rets[..]) else {
-        return Err(format!(
-            "{MATMUL_TARGET} takes 2 operands (x, w) and returns 1 result, got {} and {}",
-            call.args.len(),
-            call.rets.len()
-        ));
+    execute_matmul_as(MatmulCall::Plain, call, frame)
+}
+
+fn execute_norm_matmul(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    execute_matmul_as(MatmulCall::Norm, call, frame)
+}
+
+fn execute_matmul_add(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    execute_matmul_as(MatmulCall::Add, call, frame)
+}
+
+/// The three custom calls of the host matmul, by what they fuse around the product.
+#[derive(Clone, Copy)]
+enum MatmulCall {
+    /// [`MATMUL_TARGET`]: `(x, w)`.
+    Plain,
+    /// [`NORM_MATMUL_TARGET`]: `(x, norm, w)` and attribute `eps`.
+    Norm,
+    /// [`MATMUL_ADD_TARGET`]: `(x, w, residual)`.
+    Add,
+}
+
+impl MatmulCall {
+    fn target(self) -> &'static str {
+        match self {
+            MatmulCall::Plain => MATMUL_TARGET,
+            MatmulCall::Norm => NORM_MATMUL_TARGET,
+            MatmulCall::Add => MATMUL_ADD_TARGET,
+        }
+    }
+
+    fn operands(self) -> &'static str {
+        match self {
+            MatmulCall::Plain => "2 operands (x, w)",
+            MatmulCall::Norm => "3 operands (x, norm, w)",
+            MatmulCall::Add => "3 operands (x, w, residual)",
+        }
+    }
+}
+
+fn execute_matmul_as(form: MatmulCall, call: &Call, frame: *mut CallFrame) -> Result<(), String> {
+    let target = form.target();
+    let (x, norm, w, residual, out) = match (form, &call.args[..], &call.rets[..]) {
+        (MatmulCall::Plain, [x, w], [out]) => (x, None, w, None, out),
+        (MatmulCall::Norm, [x, g, w], [out]) => (x, Some(g), w, None, out),
+        (MatmulCall::Add, [x, w, r], [out]) => (x, None, w, Some(r), out),
+        _ => {
+            return Err(format!(
+                "{target} takes {} and returns 1 result, got {} and {}",
+                form.operands(),
+                call.args.len(),
+                call.rets.len()
+            ))
+        }
     };
     let rank2 = |b: &BufferRef, name: &str| match b.dims[..] {
         [r, c] if r >= 0 && c >= 0 => Ok((r as usize, c as usize)),
         _ => Err(format!(
-            "{MATMUL_TARGET}: {name} must have rank 2, got {:?}",
+            "{target}: {name} must have rank 2, got {:?}",
             b.dims
         )),
     };
     let ((m, k), (n, kw), (mo, no)) = (rank2(x, "x")?, rank2(w, "w")?, rank2(out, "the result")?);
     if kw != k || mo != m || no != n {
         return Err(format!(
-            "{MATMUL_TARGET}: x {:?}, w {:?} and the result {:?} disagree (x[m, k], w[n, k], \
+            "{target}: x {:?}, w {:?} and the result {:?} disagree (x[m, k], w[n, k], \
              result[m, n])",
             x.dims, w.dims, out.dims
         ));
     }
     if x.dtype != dtype::F32 || out.dtype != dtype::F32 {
-        return Err(format!("{MATMUL_TARGET}: x and the result must be f32"));
+        return Err(format!("{target}: x and the result must be f32"));
     }
+    if let Some(g) = norm {
+        if g.dtype != dtype::F32 || g.dims != [k as i64] {
+            return Err(format!("{target}: norm must be f32[{k}], got {:?}", g.dims));
+        }
+    }
+    if let Some(r) = residual {
+        if r.dtype != dtype::F32 || r.dims != out.dims {
+            return Err(format!(
+                "{target}: residual must be f32 of the result's shape {:?}, got {:?}",
+                out.dims, r.dims
+            ));
+        }
+    }
+    let eps = match (norm, call.attr("eps")) {
+        (None, _) => 0.0,
+        (Some(_), Some(AttrValue::F32(e))) if e.is_finite() && e >= 0.0 => e,
+        (Some(_), None) => return Err(format!("{target}: attribute eps is missing")),
+        (Some(_), Some(v)) => {
+            return Err(format!(
+                "{target}: attribute eps = {v:?} must be a finite non-negative f32"
+            ))
+        }
+    };
     let shape = matmul::MatmulShape { m, k, n };
     // Helpers linger after decode-sized calls, those whose step uses this matmul.
     let workers = &XlaPool::new(frame, m <= matmul::MAX_ROWS);
     if out.elements() == 0 {
         return Ok(());
     }
-    // SAFETY: dtypes checked; XLA's buffers hold `elements()` values and live for the call;
-    // the (non-empty) result is the handler's alone and aliases no operand.
+    // SAFETY: dtypes and shapes checked; XLA's buffers hold `elements()` values and live for
+    // the call; the (non-empty) result is the handler's alone and aliases no operand.
     unsafe {
+        let fusion = matmul::Fusion {
+            norm: norm.map(|g| matmul::RmsNorm {
+                weight: slice::<f32>(g),
+                eps,
+            }),
+            residual: residual.map(|r| slice::<f32>(r)),
+        };
         let xs = slice::<f32>(x);
         let o = std::slice::from_raw_parts_mut(out.data.cast::<f32>(), out.elements());
         match w.dtype {
-            dtype::F32 => matmul::matmul(&shape, xs, slice::<f32>(w), o, workers),
-            dtype::BF16 => matmul::matmul(&shape, xs, slice::<bf16>(w), o, workers),
+            dtype::F32 => matmul::matmul_fused(&shape, xs, slice::<f32>(w), &fusion, o, workers),
+            dtype::BF16 => matmul::matmul_fused(&shape, xs, slice::<bf16>(w), &fusion, o, workers),
             d => {
                 return Err(format!(
-                    "{MATMUL_TARGET}: unsupported weight dtype {d} (f32 or bf16)"
+                    "{target}: unsupported weight dtype {d} (f32 or bf16)"
                 ))
             }
         }
