@@ -217,6 +217,7 @@ fn check_host_memory(
     engine: &EngineConfig,
     kv_dtype: Dtype,
     weights_dtype: Dtype,
+    split_head: bool,
 ) -> Result<(), EngineError> {
     let mut plan = engine_plan(engine);
     let tp = tp as u64;
@@ -228,7 +229,8 @@ fn check_host_memory(
             shard.num_layers as u64,
         ),
     );
-    plan.weight_bytes = Some(tp * crate::step::weights::weight_bytes(shard, weights_dtype));
+    let weight_bytes = crate::step::weights::weight_bytes(shard, weights_dtype, split_head);
+    plan.weight_bytes = Some(tp * weight_bytes);
     plan.host_bytes = runtime::mem::available_host_bytes();
     plan.validate().map_err(EngineError::Config)
 }
@@ -355,6 +357,7 @@ pub fn open(opts: &ServeOptions) -> Result<Opened, ServeError> {
             &opts.engine,
             opts.kv_dtype,
             opts.weights_dtype,
+            crate::step::program::splits_head(opts.tp, opts.weights_dtype, form),
         )?;
     }
     Ok(Opened {

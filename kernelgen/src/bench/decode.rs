@@ -44,7 +44,8 @@ pub struct DecodeReport {
     pub repeats: usize,
     pub bandwidth_gbs: f64,
     pub matmul_gflops: f64,
-    /// Weight bytes a decode step reads ([`decode_weight_bytes`]).
+    /// Weight bytes a decode step of the first batch size reads ([`decode_weight_bytes`]; each
+    /// batch's bound uses its own).
     pub weight_bytes: u64,
     /// Bytes of every weight on the device.
     pub model_weight_bytes: u64,
@@ -248,7 +249,7 @@ fn take_apart(
     };
     let shard = crate::step::tp::shard_config(&served.model, tp).map_err(crate::Error::from)?;
     let source = served.engine.executor().source();
-    let weight_bytes = decode_weight_bytes(&shard, source.weights, source.split_head());
+    let weight_bytes = decode_weight_bytes(&shard, source.weights, source.split_head(), batch);
     let ms = |s: f64| s * 1e3;
     Ok(Breakdown {
         engine_host_ms: ms(r.decode_step_s - r.inputs_s - r.program_s),
@@ -309,24 +310,27 @@ impl DecodeReport {
     }
 }
 
-/// Bytes a greedy decode step reads with weight matrices in `weights`: every weight except the
-/// embedding table (one row is gathered), plus the embedding once more when it is the (tied)
-/// LM head; with `split_head` ([`crate::step::StepSource::split_head`]) half the LM head (its
-/// top-half plane, and a few candidate rows' bottom halves, left out).
-pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype, split_head: bool) -> u64 {
+/// Bytes a greedy decode step of `rows` rows reads with weight matrices in `weights`: every
+/// weight except the embedding table (one row is gathered), plus the embedding once more when
+/// it is the (tied) LM head; with `split_head` ([`crate::step::StepSource::split_head`]) a
+/// quarter of the LM head's f32 bytes (its 8-bit screen) up to
+/// [`runtime::kernels::lm_head::SCREEN_MAX_ROWS`] rows, half of them (its top-half plane)
+/// above, a few candidate rows' exact values left out.
+pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype, split_head: bool, rows: usize) -> u64 {
     let embed = (c.vocab_size * c.hidden_size) as u64 * weights.bytes();
-    let bytes = weight_bytes(c, weights) - embed + if c.tie_word_embeddings { embed } else { 0 };
-    if split_head {
-        bytes - embed / 2
-    } else {
-        bytes
+    let bytes =
+        weight_bytes(c, weights, false) - embed + if c.tie_word_embeddings { embed } else { 0 };
+    match split_head {
+        true if rows <= runtime::kernels::lm_head::SCREEN_MAX_ROWS => bytes - embed / 4 * 3,
+        true => bytes - embed / 2,
+        false => bytes,
     }
 }
 
 /// Multiply-adds per token of a decode step's matmuls (the weights [`decode_weight_bytes`]
 /// counts, one each).
 fn decode_weight_params(c: &LlamaConfig) -> u64 {
-    decode_weight_bytes(c, Dtype::F32, false) / 4
+    decode_weight_bytes(c, Dtype::F32, false, 1) / 4
 }
 
 impl DecodeBench {
@@ -372,14 +376,14 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
     let client = Client::new(Api::load(&b.served.plugin).map_err(plugin_err)?)
         .map_err(pjrt("creating a PJRT client"))?;
     // Until the first engine says whether it splits the LM head.
-    let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, false);
+    let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, false, 1);
     let mut r = DecodeReport {
         plugin: b.served.plugin.display().to_string(),
         kv_dtype: b.served.kv_dtype,
         weights_dtype: b.served.weights_dtype,
         repeats: b.repeats,
         weight_bytes: step_bytes,
-        model_weight_bytes: weight_bytes(c, b.served.weights_dtype),
+        model_weight_bytes: weight_bytes(c, b.served.weights_dtype, false),
         params: num_params(c),
         ..DecodeReport::default()
     };
@@ -404,7 +408,7 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
         for &batch in &b.batches {
             progress(&format!("decode batch {batch}, tp {tp} ..."));
             let f = run_batch(&at_tp, batch, b.prompt_len, b.new_tokens, 0, true)?;
-            let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, f.split_head);
+            let step_bytes = decode_weight_bytes(c, b.served.weights_dtype, f.split_head, batch);
             if tp == b.tp[0] {
                 r.weight_bytes = step_bytes;
             }

@@ -141,7 +141,8 @@ pub fn run(
     let last = MemSnapshot::now().unwrap_or_default();
     let exec = served.engine.executor();
     let pool_bytes = exec.pool_bytes();
-    let weight_bytes = weight_bytes(&served.model, exec.source().weights);
+    let source = exec.source();
+    let weight_bytes = weight_bytes(&served.model, source.weights, source.split_head());
     Ok(MemoryBenchReport {
         plugin: b.served.plugin.display().to_string(),
         weight_bytes,

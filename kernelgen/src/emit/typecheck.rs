@@ -328,11 +328,11 @@ fn host_matmul(op: &OpView, x: &TensorType, w: &TensorType) -> Check {
     )
 }
 
-/// The host LM head: `x[m, k] f32`, the weight's planes `[2, n, k] ui16`, their rows' norms
-/// `[n] f32` and `argmax_only [1] i32`: `[m, n] f32`.
+/// The host LM head: `x[m, k] f32`, the weight's planes `[2, n, k] ui16`, its tables `norms
+/// [3, n] f32` and `screen [n, k] i8`, and `argmax_only [1] i32`: `[m, n] f32`.
 fn host_lm_head(op: &OpView) -> Check {
-    op.arity(4, 1)?;
-    let [x, w, norms, flag] = &op.operands[..] else {
+    op.arity(5, 1)?;
+    let [x, w, norms, screen, flag] = &op.operands[..] else {
         unreachable!("arity checked")
     };
     ensure(
@@ -342,12 +342,13 @@ fn host_lm_head(op: &OpView) -> Check {
     ensure(x.elem == "f32" && w.elem == "ui16", || {
         format!("x {x} must be f32 and planes {w} ui16")
     })?;
+    expect_eq("norms", norms, &f32_of(vec![3, w.dims[1]]))?;
     expect_eq(
-        "norms",
-        norms,
+        "screen",
+        screen,
         &TensorType {
-            dims: vec![w.dims[1]],
-            elem: "f32".into(),
+            dims: vec![w.dims[1], w.dims[2]],
+            elem: "i8".into(),
         },
     )?;
     expect_eq(

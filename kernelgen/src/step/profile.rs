@@ -176,8 +176,9 @@ mod tests {
         }
     }
 
-    /// With the LM head split, its matrix is a `ui16 [2, V, H]` parameter, its rows' norms the
-    /// last, and the head one call of the host LM head in argmax-only mode.
+    /// With the LM head split, its matrix is a `ui16 [2, V, H]` parameter, its tables (rows'
+    /// norms and 8-bit screen) the last, and the head one call of the host LM head in
+    /// argmax-only mode.
     #[test]
     fn a_split_head_chain_calls_the_host_lm_head_on_the_planes() {
         for tied in [true, false] {
@@ -191,7 +192,9 @@ mod tests {
             let (v, h) = (m.vocab_size, m.hidden_size);
             let text = &c.generic_text;
             assert!(text.contains(&format!("tensor<2x{v}x{h}xui16>")), "{text}");
-            assert!(text.contains(&format!("tensor<{v}xf32>) -> tensor<1x{v}xf32>")));
+            assert!(text.contains(&format!(
+                "tensor<3x{v}xf32>, tensor<{v}x{h}xi8>, tensor<1xi32>) -> tensor<1x{v}xf32>"
+            )));
             assert_eq!(text.matches("kernelgen_lm_head").count(), 1);
         }
     }

@@ -198,6 +198,15 @@ pub fn host_matmul(form: KernelForm, rows: usize, weights: Dtype) -> bool {
         && runtime::kernels::matmul::vectorized()
 }
 
+/// [`StepSource::split_head`] of programs over `tp` devices with weight matrices in `weights`
+/// and kernels of `form`.
+pub fn splits_head(tp: usize, weights: Dtype, form: KernelForm) -> bool {
+    tp == 1
+        && weights == Dtype::F32
+        && form == KernelForm::Host
+        && runtime::kernels::lm_head::argmax_reads_half()
+}
+
 impl StepDims {
     /// The dims of `m` (one device's model when `tp` > 1) at shapes `s`.
     pub fn new(m: &LlamaConfig, s: &StepShapes, tp: usize, form: KernelForm) -> StepDims {
@@ -352,10 +361,7 @@ impl StepSource {
     /// SmolLM2-135M (tied, a fifth of the weights) a greedy decode step then reads 482 MB
     /// instead of 538.
     pub fn split_head(&self) -> bool {
-        self.tp == 1
-            && self.weights == Dtype::F32
-            && self.form() == KernelForm::Host
-            && runtime::kernels::lm_head::argmax_reads_half()
+        splits_head(self.tp, self.weights, self.form())
     }
 
     /// One device's model.

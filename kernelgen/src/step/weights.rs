@@ -26,23 +26,26 @@ pub struct WeightParam {
     /// and RoPE frequencies stay f32 (a few thousand values, read once a step).
     pub dtype: Dtype,
     /// The MLIR element type the program declares: `dtype`'s, or `ui16` for the LM head's
-    /// matrix held as two 16-bit planes (`dims` then `[2, V, H]`).
+    /// matrix held as two 16-bit planes (`dims` then `[2, V, H]`), or `i8` for its screen.
     pub elem: &'static str,
 }
 
 impl WeightParam {
     pub fn bytes(&self) -> u64 {
         let n = self.dims.iter().product::<usize>() as u64;
-        if self.elem == SPLIT_ELEM {
-            2 * n
-        } else {
-            n * self.dtype.bytes()
+        match self.elem {
+            SPLIT_ELEM => 2 * n,
+            SCREEN_ELEM => n,
+            _ => n * self.dtype.bytes(),
         }
     }
 }
 
 /// The element type of a matrix held as two 16-bit planes ([`runtime::kernels::lm_head`]).
 const SPLIT_ELEM: &str = "ui16";
+
+/// The element type of the split LM head's 8-bit screen ([`runtime::kernels::lm_head::tables`]).
+const SCREEN_ELEM: &str = "i8";
 
 /// The part whose matrix the LM head reads: the embedding when tied.
 pub fn head_part(m: &LlamaConfig) -> Part {
@@ -61,33 +64,44 @@ pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// The step's weight parameters, in order, with `weights` the matrices' dtype and, if
-/// `split_head`, the LM head's matrix as two 16-bit planes and its rows' norms last
-/// (`head_norms f32[V]`, [`runtime::kernels::lm_head::row_norms`]).
+/// `split_head`, the LM head's matrix as two 16-bit planes and its tables last
+/// (`head_norms f32[3, V]` and `head_screen i8[V, H]`, [`runtime::kernels::lm_head::tables`]).
 pub fn weight_params(m: &LlamaConfig, weights: Dtype, split_head: bool) -> Vec<WeightParam> {
     let head = head_part(m).name();
-    let norms = split_head.then(|| ("head_norms".to_string(), vec![m.vocab_size]));
-    pack_weights_dims(m)
-        .into_iter()
-        .chain(norms)
-        .map(|(name, dims)| {
-            let dtype = param_dtype(&dims, weights);
-            if split_head && name == head {
-                WeightParam {
-                    dims: [2].into_iter().chain(dims).collect(),
-                    name,
-                    dtype,
-                    elem: SPLIT_ELEM,
-                }
-            } else {
-                WeightParam {
-                    name,
-                    dims,
-                    dtype,
-                    elem: dtype.mlir(),
-                }
+    let tables = [
+        WeightParam {
+            name: "head_norms".into(),
+            dims: vec![3, m.vocab_size],
+            dtype: Dtype::F32,
+            elem: "f32",
+        },
+        WeightParam {
+            name: "head_screen".into(),
+            dims: vec![m.vocab_size, m.hidden_size],
+            dtype: Dtype::F32,
+            elem: SCREEN_ELEM,
+        },
+    ];
+    let params = pack_weights_dims(m).into_iter().map(|(name, dims)| {
+        let dtype = param_dtype(&dims, weights);
+        if split_head && name == head {
+            WeightParam {
+                dims: [2].into_iter().chain(dims).collect(),
+                name,
+                dtype,
+                elem: SPLIT_ELEM,
             }
-        })
-        .collect()
+        } else {
+            WeightParam {
+                name,
+                dims,
+                dtype,
+                elem: dtype.mlir(),
+            }
+        }
+    });
+    let tables = if split_head { &tables[..] } else { &[] };
+    params.chain(tables.iter().cloned()).collect()
 }
 
 /// The dtype of a weight parameter of `dims` when the matrices are `weights`: matrices take
@@ -108,10 +122,10 @@ pub fn num_params(m: &LlamaConfig) -> u64 {
         .sum()
 }
 
-/// Bytes of the step's weight parameters with matrices in `weights` (the same with the LM head
-/// split into planes, but for its rows' norms, `4 V` bytes).
-pub fn weight_bytes(m: &LlamaConfig, weights: Dtype) -> u64 {
-    weight_params(m, weights, false)
+/// Bytes of the step's weight parameters with matrices in `weights`, the LM head's tables
+/// included when `split_head` ([`weight_params`]: its planes are the f32 matrix's bytes).
+pub fn weight_bytes(m: &LlamaConfig, weights: Dtype, split_head: bool) -> u64 {
+    weight_params(m, weights, split_head)
         .iter()
         .map(WeightParam::bytes)
         .sum()
@@ -129,8 +143,8 @@ pub fn weight_bytes(m: &LlamaConfig, weights: Dtype) -> u64 {
 /// each part ([`super::tp::shard_part`]), in the shard model's dims. Matrices are uploaded in
 /// `weights` ([`weight_params`]): bf16 rounds each value to nearest even. With `split_head`
 /// (one device, f32) the LM head's matrix goes up as its two 16-bit planes
-/// ([`runtime::kernels::lm_head::split`]), and its rows' norms after every part
-/// ([`weight_params`]).
+/// ([`runtime::kernels::lm_head::split`]), and its tables after every part
+/// ([`weight_params`], [`runtime::kernels::lm_head::tables`]).
 pub fn upload_weights(
     client: &Client,
     src: &dyn WeightSource,
@@ -160,7 +174,7 @@ pub fn upload_weights(
     order.sort_by_key(|&i| std::cmp::Reverse(len(parts[i])));
     let mut scratch: Vec<f32> = Vec::new();
     let mut narrowed: Vec<bf16> = Vec::new();
-    let mut head_norms: Option<Vec<f32>> = None;
+    let mut head_tables: Option<(Vec<f32>, Vec<i8>)> = None;
     for i in order {
         let p = parts[i];
         if scratch.capacity() > 2 * len(p) {
@@ -176,7 +190,7 @@ pub fn upload_weights(
             let buffer = if split_head && p == head_part(m) {
                 let planes = runtime::kernels::lm_head::split(&part);
                 let k = m.hidden_size;
-                head_norms.get_or_insert_with(|| runtime::kernels::lm_head::row_norms(&planes, k));
+                head_tables.get_or_insert_with(|| runtime::kernels::lm_head::tables(&planes, k));
                 let shape: Vec<i64> = [2].into_iter().chain(shape).collect();
                 client.buffer_from_host_on(d, &planes, &shape)
             } else if param_dtype(&shape, weights) == Dtype::Bf16 {
@@ -194,12 +208,16 @@ pub fn upload_weights(
         .into_iter()
         .map(|device| device.into_iter().flatten().collect())
         .collect();
-    if let Some(norms) = head_norms {
+    if let Some((norms, screen)) = head_tables {
+        let (v, h) = (m.vocab_size as i64, m.hidden_size as i64);
         for (d, device) in devices.iter_mut().enumerate() {
-            let buffer = client
-                .buffer_from_host_on(d, &norms, &[norms.len() as i64])
+            let norms = client
+                .buffer_from_host_on(d, &norms, &[3, v])
                 .map_err(up_err("head_norms".into()))?;
-            device.push(buffer);
+            let screen = client
+                .buffer_from_host_on(d, &screen, &[v, h])
+                .map_err(up_err("head_screen".into()))?;
+            device.extend([norms, screen]);
         }
     }
     Ok(devices)

@@ -1,21 +1,26 @@
 //! The LM head `logits = x @ w^T` over an f32 weight `[v, k]` stored as two 16-bit planes
 //! ([`split`]): `hi`, the top half of every value (a bf16 rounded toward zero), then `lo`, the
-//! bottom half. Same bytes as the f32 matrix, and two ways to read them:
+//! bottom half. Same bytes as the f32 matrix, plus an 8-bit copy of it (a quarter more) for
+//! greedy rows, and two ways to read them:
 //!
 //! - [`HeadMode::Exact`]: both planes, rejoined into the f32 values: the very sums
 //!   [`super::matmul`] computes over the f32 matrix (the same tiles, `super::matmul::WeightRows`).
 //!   Calls of `super::matmul::PACKED_MIN_ROWS` rows or more (compute bound) are always exact.
-//! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), the `hi`
-//!   plane alone, half the bytes: an estimate `a` of every logit (BF16 dot products of `x`
-//!   rounded to bf16 and `hi`, 32 per instruction) and a bound `e` on how far the exact sum `c`
-//!   can lie from it, then [`HeadMode::Exact`]'s sums for the candidates, the logits with
-//!   `a + e >= max(a - e)`. Any other logit `j` is below the row's largest exact one:
+//! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), an estimate
+//!   `a` of every logit and a bound `e` on how far the exact sum `c` can lie from it, then
+//!   [`HeadMode::Exact`]'s sums for the candidates, the logits with `a + e >= max(a - e)`.
+//!   Up to [`SCREEN_MAX_ROWS`] rows the estimate reads an 8-bit copy of the matrix, a quarter
+//!   of its bytes (the screen, [`tables`]: f32 dot products with each row's integers, times
+//!   its scale); above, the `hi` plane alone, half the bytes (BF16 dot products of `x` rounded
+//!   to bf16 and `hi`, 32 per instruction). Any other logit `j` is below the row's largest exact one:
 //!   `c_j <= a_j + e_j < a_m - e_m <= c_m` for the `m` reaching `max(a - e)`, a candidate. So
 //!   the argmax, ties included (the lowest index of the largest value), is the one
 //!   [`HeadMode::Exact`] gives; the row holds candidates' exact sums and the others' estimates
 //!   (each below the row's maximum).
 //!
-//! The bound: `hi` truncates each value's mantissa to 7 bits, so `|w - hi| <= 2^-7 |hi|`;
+//! The screen's bound is row `j`'s `|x| b_j` ([`tables`]: the screen's own error and the f32
+//! sums' rounding, by Cauchy-Schwarz). The `hi` plane's: `hi` truncates each value's mantissa
+//! to 7 bits, so `|w - hi| <= 2^-7 |hi|`;
 //! rounding `x` to bf16 moves it by at most `2^-8 |x|`; and an f32 sum of `k` products `p` lies
 //! within `gamma_k * sum |p|` of the real one (`gamma_k = k u / (1 - k u)`, `u = 2^-24`,
 //! Higham's bound). Every such sum of magnitudes is at most `|x| |hi_j|` (Cauchy-Schwarz, the
@@ -155,6 +160,75 @@ pub fn row_norms(planes: &[u16], k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Rows of `x` up to which [`HeadMode::Argmax`] estimates from the 8-bit screen ([`Tables`]),
+/// a quarter of the matrix's bytes; above, from the `hi` plane (half of them), whose BF16 dot
+/// products do 32 multiply-adds an instruction against the screen's 16 (widened to f32,
+/// [`screen_estimate_block`]), so that many rows are compute bound there. SmolLM2's head in
+/// one `kernelgen bench decode` process alternating the two every 10 calls (a temporary
+/// harness; AMD EPYC, 2 vCPUs), median call: 1 row 0.75 / 0.81 ms against 1.42 / 1.53 from
+/// `hi`, 4 rows 0.95 / 0.98 against 1.76 / 1.83, 8 rows 1.78 / 1.93 against 1.74 / 2.22, 16
+/// rows 3.02 / 3.26 against 2.50 / 2.74, 32 rows 6.43 against 4.83.
+pub const SCREEN_MAX_ROWS: usize = 8;
+
+/// What [`HeadMode::Argmax`] reads besides the planes, computed once at upload ([`tables`]):
+/// `norms` `[3, n]`, each row's [`row_norms`], its screen scale `s_j` and its screen bound
+/// `b_j`; `screen` `[n, k]`, each row of the matrix as 8-bit integers `q_j` with
+/// `w_j ~ s_j q_j`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tables<'a> {
+    pub norms: &'a [f32],
+    pub screen: &'a [i8],
+}
+
+/// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(norms [3, n],
+/// screen [n, k])`. Row `j`'s scale is `s_j = max |w_j| / 127` and `q_j = round(w_j / s_j)`;
+/// its bound `b_j` rounds up `|w_j - s_j q_j| + gamma (|w_j| + s_j |q_j|)` (Euclidean norms,
+/// in f64, `gamma` the f32 sums' [`bound_scale`] term), so that `|x| b_j` bounds how far
+/// the screen's estimate of a logit lies from the exact f32 sum ([`screen_bound`]). A row
+/// holding a non-finite value gets an infinite bound (its call then sums exactly).
+pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
+    let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
+    let (hi, lo) = planes.split_at(n * k);
+    let mut norms = row_norms(planes, k);
+    norms.resize(3 * n, 0.0);
+    let mut screen = vec![0i8; n * k];
+    let gamma = sum_gamma(k);
+    for j in 0..n {
+        let row: Vec<f32> = (j * k..(j + 1) * k).map(|i| join(hi[i], lo[i])).collect();
+        let q = &mut screen[j * k..(j + 1) * k];
+        let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (scale, bound) = if !row.iter().all(|v| v.is_finite()) {
+            (0.0, f32::INFINITY)
+        } else if absmax == 0.0 {
+            (0.0, 0.0)
+        } else {
+            let scale = absmax / 127.0;
+            for (q, v) in q.iter_mut().zip(&row) {
+                *q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+            }
+            let (mut err, mut wn, mut qn) = (0.0f64, 0.0f64, 0.0f64);
+            for (q, v) in q.iter().zip(&row) {
+                let sq = scale as f64 * *q as f64;
+                err += (*v as f64 - sq).powi(2);
+                wn += (*v as f64).powi(2);
+                qn += sq * sq;
+            }
+            let bound = err.sqrt() + gamma * (wn.sqrt() + qn.sqrt());
+            (scale, round_up(bound))
+        };
+        norms[n + j] = scale;
+        norms[2 * n + j] = bound;
+    }
+    (norms, screen)
+}
+
+/// `gamma_k` of an f32 sum of `k` products (Higham's `k u / (1 - k u)`, `u = 2^-24`), with 32
+/// more terms for the vector lanes' final sum.
+fn sum_gamma(k: usize) -> f64 {
+    let ku = (k + 32) as f64 * f64::powi(2.0, -24);
+    ku / (1.0 - ku)
+}
+
 /// The smallest f32 at least `v` (`v` finite and non-negative).
 fn round_up(v: f64) -> f32 {
     let f = v as f32;
@@ -165,13 +239,13 @@ fn round_up(v: f64) -> f32 {
     }
 }
 
-/// `out[m, v] = x[m, k] @ w^T`, `w` given as `planes` (`[2, v, k]`, [`split`]) with `norms`
-/// ([`row_norms`]), in `mode`.
+/// `out[m, v] = x[m, k] @ w^T`, `w` given as `planes` (`[2, v, k]`, [`split`]) with `tables`
+/// ([`tables`]), in `mode`.
 pub fn lm_head(
     s: &MatmulShape,
     x: &[f32],
     planes: &[u16],
-    norms: &[f32],
+    tables: Tables,
     mode: HeadMode,
     out: &mut [f32],
     workers: &dyn Workers,
@@ -186,7 +260,13 @@ pub fn lm_head(
         planes.len(),
         2 * s.n * s.k,
     )?;
-    check("norms", format!("{}", s.n), norms.len(), s.n)?;
+    check("norms", format!("3, {}", s.n), tables.norms.len(), 3 * s.n)?;
+    check(
+        "screen",
+        format!("{}, {}", s.n, s.k),
+        tables.screen.len(),
+        s.n * s.k,
+    )?;
     check("out", format!("{}, {}", s.m, s.n), out.len(), s.m * s.n)?;
     if out.is_empty() {
         return Ok(HeadStats::default());
@@ -201,8 +281,20 @@ pub fn lm_head(
     if mode == HeadMode::Argmax && s.k > 0 && s.m < matmul::PACKED_MIN_ROWS && argmax_reads_half() {
         #[cfg(target_arch = "x86_64")]
         {
+            let estimate = if s.m <= SCREEN_MAX_ROWS {
+                Estimate::Screen {
+                    screen: tables.screen,
+                    scales: &tables.norms[s.n..2 * s.n],
+                    bounds: &tables.norms[2 * s.n..],
+                }
+            } else {
+                Estimate::Hi {
+                    hi,
+                    norms: &tables.norms[..s.n],
+                }
+            };
             // SAFETY: lengths checked above; the CPU has AVX-512 BF16.
-            return Ok(unsafe { argmax(s, x, w, hi, norms, out, workers) });
+            return Ok(unsafe { argmax(s, x, w, estimate, out, workers) });
         }
     }
     // SAFETY: lengths checked above.
@@ -216,9 +308,7 @@ pub fn lm_head(
 /// within `gamma_k` of its real value; enlarged by 2^-6 for the rest (second-order terms, the
 /// norms' own rounding).
 fn bound_scale(k: usize) -> f64 {
-    let u = f64::powi(2.0, -24);
-    let ku = (k + 32) as f64 * u;
-    let gamma = ku / (1.0 - ku);
+    let gamma = sum_gamma(k);
     (f64::powi(2.0, -7) + f64::powi(2.0, -8) + 3.0 * gamma) * (1.0 + f64::powi(2.0, -6))
 }
 
@@ -248,9 +338,54 @@ impl RowBound {
         }
     }
 
+    /// The screen's bound for one row of `x`: `e_j = (1 + 2^-6) |x| b_j` ([`tables`]) plus
+    /// what flushing subnormals to zero may cost, in case the calling thread does: a subnormal
+    /// `x` value read as zero moves a sum by at most `2^-126 |q| s_j`, a flushed partial sum
+    /// by `2^-126 s_j`, `k + 32` of each at most, which `2^-99 b_j` exceeds (`b_j >= gamma
+    /// |w_j| >= 127 gamma s_j`), and the final product's flush by `2^-126`.
+    fn screen(x: &[f32]) -> RowBound {
+        let x_norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        RowBound {
+            slope: (1.0 + f64::powi(2.0, -6)) * x_norm + f64::powi(2.0, -99),
+            floor: f64::powi(2.0, -125),
+        }
+    }
+
     #[inline(always)]
     fn at(self, norm: f32) -> f64 {
         self.slope * norm as f64 + self.floor
+    }
+}
+
+/// Where [`HeadMode::Argmax`]'s estimates come from, with the per-row factors of their bounds.
+#[derive(Clone, Copy)]
+enum Estimate<'a> {
+    /// BF16 dot products of `x` rounded to bf16 and the `hi` plane; bounds `slope |hi_j|`
+    /// ([`bound_scale`]).
+    Hi { hi: &'a [u16], norms: &'a [f32] },
+    /// f32 dot products of `x` and the 8-bit screen, times each row's scale; bounds
+    /// [`RowBound::screen`].
+    Screen {
+        screen: &'a [i8],
+        scales: &'a [f32],
+        bounds: &'a [f32],
+    },
+}
+
+impl Estimate<'_> {
+    /// Each row's factor of its bound ([`RowBound::at`]).
+    fn norms(&self) -> &[f32] {
+        match self {
+            Estimate::Hi { norms, .. } => norms,
+            Estimate::Screen { bounds, .. } => bounds,
+        }
+    }
+
+    fn bound(&self, x: &[f32]) -> RowBound {
+        match self {
+            Estimate::Hi { .. } => RowBound::of(x, bound_scale(x.len())),
+            Estimate::Screen { .. } => RowBound::screen(x),
+        }
     }
 }
 
@@ -295,24 +430,26 @@ fn scan(a: &[f32], norms: &[f32], first: usize, bound: RowBound) -> BlockScan {
 /// the block is in cache), then the candidates' exact sums on the calling thread.
 ///
 /// # Safety
-/// `w` holds `n * k` values (its `hi` plane is `hi`), `norms` `n`, `x` `m * k`, `out` `m * n`;
-/// the CPU has AVX-512 BF16.
+/// `w` holds `n * k` values (its `hi` plane is the estimate's), the estimate's tables `n` rows,
+/// `x` `m * k`, `out` `m * n`; the CPU has AVX-512 BF16.
 #[cfg(target_arch = "x86_64")]
 unsafe fn argmax(
     s: &MatmulShape,
     x: &[f32],
     w: Split,
-    hi: &[u16],
-    norms: &[f32],
+    estimate: Estimate,
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> HeadStats {
-    let scale = bound_scale(s.k);
-    let bounds: Vec<RowBound> = x.chunks(s.k).map(|r| RowBound::of(r, scale)).collect();
-    let xb: Vec<u16> = x
-        .iter()
-        .map(|v| half::bf16::from_f32(*v).to_bits())
-        .collect();
+    let norms = estimate.norms();
+    let bounds: Vec<RowBound> = x.chunks(s.k).map(|r| estimate.bound(r)).collect();
+    let xb: Vec<u16> = match estimate {
+        Estimate::Hi { .. } => x
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect(),
+        Estimate::Screen { .. } => Vec::new(),
+    };
     let block = matmul::block_rows(s.n, workers.threads());
     let items = s.n.div_ceil(block);
     let scans: Vec<std::sync::Mutex<Vec<BlockScan>>> =
@@ -321,7 +458,14 @@ unsafe fn argmax(
     let job = |item: usize| {
         let rows = item * block..((item + 1) * block).min(s.n);
         // SAFETY: the caller's contract; items write disjoint columns `rows` of `out`.
-        unsafe { avx512bf16::estimate_block(s, &xb, hi, rows.clone(), &o) };
+        unsafe {
+            match estimate {
+                Estimate::Hi { hi, .. } => avx512bf16::estimate_block(s, &xb, hi, rows.clone(), &o),
+                Estimate::Screen { screen, scales, .. } => {
+                    screen_estimate_block(s, x, screen, scales, rows.clone(), &o)
+                }
+            }
+        };
         let found = bounds
             .iter()
             .enumerate()
@@ -371,6 +515,103 @@ unsafe fn argmax(
     HeadStats {
         exact: candidates.len() * s.m,
     }
+}
+
+/// Columns `rows` of [`Estimate::Screen`]'s estimates: `out` gets `s_j` times the f32 sums of
+/// `x` and the screen's rows, each 8-bit value widened to f32 (exactly), 16 per vector.
+///
+/// # Safety
+/// AVX-512F, BW and VL available; `out` points to `m * n` values, columns `rows` this
+/// thread's alone; `x` holds `m * k` values, `screen` `n * k`, `scales` `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn screen_estimate_block(
+    s: &MatmulShape,
+    x: &[f32],
+    screen: &[i8],
+    scales: &[f32],
+    rows: std::ops::Range<usize>,
+    out: &SharedOut<f32>,
+) {
+    use matmul::avx512::{for_each_tile, TileKernel};
+
+    struct Tile {
+        x: *const f32,
+        q: *const i8,
+        scales: *const f32,
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    }
+
+    /// 16 values at `p` widened to f32, or the first `n` of them (the other lanes zero).
+    ///
+    /// # Safety
+    /// `p..p+n` readable; AVX-512F, BW and VL available.
+    #[inline(always)]
+    unsafe fn load16(p: *const i8, n: usize) -> __m512 {
+        // SAFETY: the caller's contract; masked lanes are not read.
+        unsafe {
+            let v = if n == 16 {
+                _mm_loadu_si128(p.cast())
+            } else {
+                _mm_maskz_loadu_epi8(((1u32 << n) - 1) as __mmask16, p.cast())
+            };
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))
+        }
+    }
+
+    impl TileKernel for Tile {
+        #[inline(always)]
+        unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
+            let k = self.k;
+            // SAFETY: the caller's contract; every offset stays below k in its row.
+            unsafe {
+                let (x, q) = (self.x.add(i * k), self.q.add(j * k));
+                let out = self.out.add(i * self.ldo + j);
+                let mut acc = [[_mm512_setzero_ps(); NT]; MT];
+                let mut c = 0;
+                while c < k {
+                    let n = (k - c).min(16);
+                    let mut wv = [_mm512_setzero_ps(); NT];
+                    for (jj, v) in wv.iter_mut().enumerate() {
+                        if c % 64 == 0 {
+                            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add((jj + NT) * k + c).cast());
+                        }
+                        *v = load16(q.add(jj * k + c), n);
+                    }
+                    for (ii, row) in acc.iter_mut().enumerate() {
+                        let xv = if n == 16 {
+                            _mm512_loadu_ps(x.add(ii * k + c))
+                        } else {
+                            _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, x.add(ii * k + c))
+                        };
+                        for (a, v) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(xv, *v, *a);
+                        }
+                    }
+                    c += n;
+                }
+                for (ii, row) in acc.iter().enumerate() {
+                    for (jj, a) in row.iter().enumerate() {
+                        *out.add(ii * self.ldo + jj) =
+                            _mm512_reduce_add_ps(*a) * *self.scales.add(j + jj);
+                    }
+                }
+            }
+        }
+    }
+
+    let t = Tile {
+        x: x.as_ptr(),
+        q: screen.as_ptr(),
+        scales: scales.as_ptr(),
+        k: s.k,
+        out: out.0,
+        ldo: s.n,
+    };
+    // SAFETY: rows `rows` of the screen and every row of `x` exist; the cells are this item's.
+    unsafe { for_each_tile(s.m, rows, &t) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -503,8 +744,12 @@ mod tests {
     fn run(s: &MatmulShape, x: &[f32], w: &[f32], mode: HeadMode) -> (Vec<f32>, HeadStats) {
         let mut out = vec![f32::NAN; s.m * s.n];
         let planes = split(w);
-        let norms = row_norms(&planes, s.k);
-        let stats = lm_head(s, x, &planes, &norms, mode, &mut out, &Serial).unwrap();
+        let (norms, screen) = tables(&planes, s.k);
+        let t = Tables {
+            norms: &norms,
+            screen: &screen,
+        };
+        let stats = lm_head(s, x, &planes, t, mode, &mut out, &Serial).unwrap();
         (out, stats)
     }
 
@@ -568,7 +813,7 @@ mod tests {
         /// f32 rounding of the f64 reference.
         #[test]
         fn argmax_mode_keeps_the_exact_argmax(
-            m in 1usize..7, k in 1usize..100, n in 1usize..200, seed in 0u64..1000,
+            m in 1usize..13, k in 1usize..100, n in 1usize..200, seed in 0u64..1000,
             ties in any::<bool>(), scale in -8i32..8,
         ) {
             let s = MatmulShape { m, k, n };
@@ -619,20 +864,27 @@ mod tests {
     #[test]
     fn wrong_lengths_are_refused_by_name() {
         let s = MatmulShape { m: 1, k: 2, n: 3 };
-        let mut out = [0.0; 3];
-        let err = lm_head(
-            &s,
-            &[0.0; 2],
-            &[0; 12],
-            &[0.0; 2],
-            HeadMode::Exact,
-            &mut out,
-            &Serial,
-        )
-        .unwrap_err();
+        let tables = |norms, screen| Tables { norms, screen };
+        let run = |t| {
+            lm_head(
+                &s,
+                &[0.0; 2],
+                &[0; 12],
+                t,
+                HeadMode::Exact,
+                &mut [0.0; 3],
+                &Serial,
+            )
+        };
+        let err = run(tables(&[0.0; 3], &[0; 6])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernelgen_lm_head: norms holds 2 values, [3] needs 3"
+            "kernelgen_lm_head: norms holds 3 values, [3, 3] needs 9"
+        );
+        let err = run(tables(&[0.0; 9], &[0; 5])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernelgen_lm_head: screen holds 5 values, [3, 2] needs 6"
         );
     }
 

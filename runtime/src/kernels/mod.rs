@@ -45,8 +45,8 @@ pub const NORM_MATMUL_TARGET: &str = "kernelgen_norm_matmul";
 pub const MATMUL_ADD_TARGET: &str = "kernelgen_matmul_add";
 
 /// The custom call target of the host LM head: operands `x f32[m, k]`, `planes u16[2, n, k]`
-/// ([`lm_head::split`]), `norms f32[n]` ([`lm_head::row_norms`]) and `argmax_only i32[1]`
-/// (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
+/// ([`lm_head::split`]), `norms f32[3, n]` and `screen i8[n, k]` ([`lm_head::tables`]) and
+/// `argmax_only i32[1]` (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
 pub const LM_HEAD_TARGET: &str = "kernelgen_lm_head";
 
 /// The XLA platform name of host (CPU) custom calls.
@@ -267,10 +267,10 @@ fn execute_matmul_as(form: MatmulCall, call: &Call, frame: *mut CallFrame) -> Re
 }
 
 fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
-    let ([x, planes, norms, mode], [out]) = (&call.args[..], &call.rets[..]) else {
+    let ([x, planes, norms, screen, mode], [out]) = (&call.args[..], &call.rets[..]) else {
         return Err(format!(
-            "{LM_HEAD_TARGET} takes 4 operands (x, planes, norms, argmax_only) and returns 1 \
-             result, got {} and {}",
+            "{LM_HEAD_TARGET} takes 5 operands (x, planes, norms, screen, argmax_only) and \
+             returns 1 result, got {} and {}",
             call.args.len(),
             call.rets.len()
         ));
@@ -293,9 +293,10 @@ fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
         || out.dtype != dtype::F32
         || norms.dtype != dtype::F32
         || planes.dtype != dtype::U16
+        || screen.dtype != dtype::S8
     {
         return Err(format!(
-            "{LM_HEAD_TARGET}: x, norms and the result must be f32, planes u16"
+            "{LM_HEAD_TARGET}: x, norms and the result must be f32, planes u16, screen i8"
         ));
     }
     if mode.dtype != dtype::S32 || mode.elements() != 1 {
@@ -318,7 +319,10 @@ fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
             &shape,
             slice(x),
             slice(planes),
-            slice(norms),
+            lm_head::Tables {
+                norms: slice(norms),
+                screen: slice(screen),
+            },
             mode,
             o,
             workers,

@@ -211,6 +211,7 @@ const ERRC_INTERNAL: i32 = 13;
 
 /// `XLA_FFI_DataType` values this crate reads.
 pub mod dtype {
+    pub const S8: i32 = 2;
     pub const S32: i32 = 4;
     pub const U16: i32 = 7;
     pub const S64: i32 = 5;
