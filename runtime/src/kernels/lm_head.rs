@@ -183,9 +183,12 @@ pub struct Tables<'a> {
 /// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(norms [3, n],
 /// screen [n, k])`. Row `j`'s scale is `s_j = max |w_j| / 127` and `q_j = round(w_j / s_j)`;
 /// its bound `b_j` rounds up `|w_j - s_j q_j| + gamma (|w_j| + s_j |q_j|)` (Euclidean norms,
-/// in f64, `gamma` the f32 sums' [`bound_scale`] term), so that `|x| b_j` bounds how far
-/// the screen's estimate of a logit lies from the exact f32 sum ([`screen_bound`]). A row
-/// holding a non-finite value gets an infinite bound (its call then sums exactly).
+/// in f64, `gamma` the f32 sums' [`sum_gamma`]), so that `|x| b_j` bounds how far the
+/// screen's estimate of a logit lies from the exact f32 sum ([`RowBound::screen`]). A row
+/// whose scale would be subnormal (values below `127 * 2^-126`, which a thread flushing
+/// subnormals would read as zero) gets `s_j = 0` and `q_j = 0`: its estimate is zero, its bound
+/// `|w_j|` and more. A row holding a non-finite value gets an infinite bound (its call then
+/// sums exactly).
 pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
     let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
     let (hi, lo) = planes.split_at(n * k);
@@ -199,12 +202,15 @@ pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
         let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let (scale, bound) = if !row.iter().all(|v| v.is_finite()) {
             (0.0, f32::INFINITY)
-        } else if absmax == 0.0 {
-            (0.0, 0.0)
         } else {
-            let scale = absmax / 127.0;
-            for (q, v) in q.iter_mut().zip(&row) {
-                *q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+            let scale = match absmax / 127.0 {
+                s if s >= f32::MIN_POSITIVE => s,
+                _ => 0.0,
+            };
+            if scale > 0.0 {
+                for (q, v) in q.iter_mut().zip(&row) {
+                    *q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                }
             }
             let (mut err, mut wn, mut qn) = (0.0f64, 0.0f64, 0.0f64);
             for (q, v) in q.iter().zip(&row) {
@@ -859,6 +865,34 @@ mod tests {
                 .sqrt();
             assert!(*n as f64 >= exact && (*n as f64) < exact * (1.0 + 1e-6));
         }
+    }
+
+    /// Each row's screen bound covers its integers' distance from the row (a row of values too
+    /// small for a normal scale is screened as zeros, covered by its norm), and a row holding a
+    /// non-finite value gets an infinite bound.
+    #[test]
+    fn the_screens_bounds_cover_its_error() {
+        let k = 40;
+        let mut w: Vec<f32> = crate::kernels::test_values(5 * k, 8);
+        w[k..2 * k].iter_mut().for_each(|v| *v *= 1e-37);
+        w[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.0);
+        w[3 * k + 7] = f32::NAN;
+        let (norms, screen) = tables(&split(&w), k);
+        let (scales, bounds) = (&norms[5..10], &norms[10..]);
+        for j in 0..5 {
+            let row = &w[j * k..(j + 1) * k];
+            let err = (0..k)
+                .map(|c| (row[c] as f64 - scales[j] as f64 * screen[j * k + c] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            match j {
+                3 => assert_eq!(bounds[j], f32::INFINITY),
+                _ => assert!(bounds[j] as f64 >= err, "row {j}: {} < {err}", bounds[j]),
+            }
+        }
+        assert_eq!((scales[1], scales[2], bounds[2]), (0.0, 0.0, 0.0));
+        assert!(bounds[1] > 0.0 && screen[k..3 * k].iter().all(|&q| q == 0));
+        assert!(screen[..k].iter().any(|&q| q.abs() == 127));
     }
 
     #[test]
