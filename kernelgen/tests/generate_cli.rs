@@ -234,10 +234,11 @@ fn bad_inputs_fail_with_one_clear_error() {
             vec!["--kernel", other.to_str().unwrap()],
             "num_q_heads is 32 in the kernel but 9 in the model",
         ),
-        // 2M pages of 16 tokens x 46 KB: a 1.5 TB pool, refused before the weights are read.
+        // 2M pages of 16 tokens x 46 KB: a 1.5 TB pool, refused before the weights are read
+        // (0.50 GiB of weights, 0.53 where the LM head's 8-bit screen is held beside them).
         (
             vec!["--max-pages", "2000000"],
-            "host memory: 0.50 GiB of weights",
+            "GiB of weights + 2000000 pages x 16 tokens x 46080 B = 1373.29 GiB of pool",
         ),
         (vec!["--tp", "0"], "--tp 0"),
         // SmolLM2's 9 q heads: the degrees it can use are named.
