@@ -313,17 +313,16 @@ impl DecodeReport {
 /// Bytes a greedy decode step of `rows` rows reads with weight matrices in `weights`: every
 /// weight except the embedding table (one row is gathered), plus the embedding once more when
 /// it is the (tied) LM head; with `split_head` ([`crate::step::StepSource::split_head`]) a
-/// quarter of the LM head's f32 bytes (its 8-bit screen) up to
-/// [`runtime::kernels::lm_head::SCREEN_MAX_ROWS`] rows, half of them (its top-half plane)
-/// above, a few candidate rows' exact values left out.
+/// quarter of the LM head's f32 bytes (its 8-bit screen, a few candidate rows' exact values
+/// left out) up to [`runtime::kernels::lm_head::ARGMAX_MAX_ROWS`] rows.
 pub fn decode_weight_bytes(c: &LlamaConfig, weights: Dtype, split_head: bool, rows: usize) -> u64 {
     let embed = (c.vocab_size * c.hidden_size) as u64 * weights.bytes();
     let bytes =
         weight_bytes(c, weights, false) - embed + if c.tie_word_embeddings { embed } else { 0 };
-    match split_head {
-        true if rows <= runtime::kernels::lm_head::SCREEN_MAX_ROWS => bytes - embed / 4 * 3,
-        true => bytes - embed / 2,
-        false => bytes,
+    if split_head && rows <= runtime::kernels::lm_head::ARGMAX_MAX_ROWS {
+        bytes - embed / 4 * 3
+    } else {
+        bytes
     }
 }
 

@@ -13,7 +13,7 @@
 //! 1. per-step inputs: `token_ids i32[T]`, `positions i32[T]`, `slot_mapping i32[T]`,
 //!    `kv_lens i32[S]`, `page_indices i32[S, PPS]`, `cu_q_lens i32[S+1]`, `num_seqs i32[1]`,
 //!    `logits_rows i32[R]`, `argmax_only i32[1]` (non-zero: every row only needs its argmax,
-//!    which a split LM head finds from a quarter or half its bytes, [`StepShapes::split_head`]);
+//!    which a split LM head finds from a quarter of its bytes, [`StepShapes::split_head`]);
 //! 2. the KV pool of each layer, `[NP, page_size, 2*kv_heads, head_dim]` (K even, V odd heads),
 //!    donated and aliased to output `1 + layer`: updated in place, never copied;
 //! 3. weights, uploaded once and borrowed, every projection laid out `[out, in]`, matrices in
@@ -24,7 +24,7 @@
 //!    `lm_head [V, H]` unless tied (then logits read `embed`). With
 //!    [`StepShapes::split_head`] the LM head's matrix (`embed` when tied) is instead
 //!    `u16[2, V, H]`, the f32 values' top halves then their bottom halves
-//!    ([`runtime::kernels::lm_head`]), and its tables come last: `head_norms f32[3, V]` and
+//!    ([`runtime::kernels::lm_head`]), and its tables come last: `head_norms f32[2, V]` and
 //!    `head_screen i8[V, H]` ([`runtime::kernels::lm_head::tables`]).
 //!
 //! Outputs: `logits f32[R, V]` (row i = token row `logits_rows[i]`), then the KV pools.

@@ -193,7 +193,7 @@ mod tests {
             let text = &c.generic_text;
             assert!(text.contains(&format!("tensor<2x{v}x{h}xui16>")), "{text}");
             assert!(text.contains(&format!(
-                "tensor<3x{v}xf32>, tensor<{v}x{h}xi8>, tensor<1xi32>) -> tensor<1x{v}xf32>"
+                "tensor<2x{v}xf32>, tensor<{v}x{h}xi8>, tensor<1xi32>) -> tensor<1x{v}xf32>"
             )));
             assert_eq!(text.matches("kernelgen_lm_head").count(), 1);
         }

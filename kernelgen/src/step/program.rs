@@ -204,7 +204,7 @@ pub fn splits_head(tp: usize, weights: Dtype, form: KernelForm) -> bool {
     tp == 1
         && weights == Dtype::F32
         && form == KernelForm::Host
-        && runtime::kernels::lm_head::argmax_reads_half()
+        && runtime::kernels::lm_head::argmax_screens()
 }
 
 impl StepDims {
@@ -354,12 +354,12 @@ impl StepSource {
         }
     }
 
-    /// Whether its programs hold the LM head's f32 matrix as two 16-bit planes and read it
-    /// with the host LM head ([`runtime::kernels::lm_head`]), whose greedy steps read half of
-    /// it: with f32 weights on one device, with the host kernels, where the CPU runs the head's
-    /// half-read estimate (AVX-512 BF16, [`runtime::kernels::lm_head::argmax_reads_half`]). On
-    /// SmolLM2-135M (tied, a fifth of the weights) a greedy decode step then reads 482 MB
-    /// instead of 538.
+    /// Whether its programs hold the LM head's f32 matrix as two 16-bit planes (and an 8-bit
+    /// copy) and read it with the host LM head ([`runtime::kernels::lm_head`]), whose greedy
+    /// steps read a quarter of its bytes: with f32 weights on one device, with the host
+    /// kernels, where the CPU runs the head's estimate (AVX-512 VNNI,
+    /// [`runtime::kernels::lm_head::argmax_screens`]). On SmolLM2-135M (tied, a fifth of the
+    /// weights) a greedy decode step then reads 453 MB instead of 538.
     pub fn split_head(&self) -> bool {
         splits_head(self.tp, self.weights, self.form())
     }

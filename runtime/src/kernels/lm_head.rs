@@ -6,29 +6,21 @@
 //! - [`HeadMode::Exact`]: both planes, rejoined into the f32 values: the very sums
 //!   [`super::matmul`] computes over the f32 matrix (the same tiles, `super::matmul::WeightRows`).
 //!   Calls of `super::matmul::PACKED_MIN_ROWS` rows or more (compute bound) are always exact.
-//! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), an estimate
-//!   `a` of every logit and a bound `e` on how far the exact sum `c` can lie from it, then
-//!   [`HeadMode::Exact`]'s sums for the candidates, the logits with `a + e >= max(a - e)`.
-//!   Up to [`SCREEN_MAX_ROWS`] rows the estimate reads an 8-bit copy of the matrix, a quarter
-//!   of its bytes (the screen, [`tables`]: f32 dot products with each row's integers, times
-//!   its scale); above, the `hi` plane alone, half the bytes (BF16 dot products of `x` rounded
-//!   to bf16 and `hi`, 32 per instruction). Any other logit `j` is below the row's largest exact one:
+//! - [`HeadMode::Argmax`]: for rows that only need their argmax (greedy decoding), an 8-bit
+//!   copy of the matrix (the screen, [`tables`]), a quarter of its bytes: an estimate `a` of
+//!   every logit (integer dot products of `x` rounded to 16-bit integers and each row's 8-bit
+//!   integers, 32 per instruction, times the two scales) and a bound `e` on how far the exact
+//!   sum `c` can lie from it, then [`HeadMode::Exact`]'s sums for the candidates, the logits
+//!   with `a + e >= max(a - e)`. Any other logit `j` is below the row's largest exact one:
 //!   `c_j <= a_j + e_j < a_m - e_m <= c_m` for the `m` reaching `max(a - e)`, a candidate. So
 //!   the argmax, ties included (the lowest index of the largest value), is the one
 //!   [`HeadMode::Exact`] gives; the row holds candidates' exact sums and the others' estimates
 //!   (each below the row's maximum).
 //!
-//! The screen's bound is row `j`'s `|x| b_j` ([`tables`]: the screen's own error and the f32
-//! sums' rounding, by Cauchy-Schwarz). The `hi` plane's: `hi` truncates each value's mantissa
-//! to 7 bits, so `|w - hi| <= 2^-7 |hi|`;
-//! rounding `x` to bf16 moves it by at most `2^-8 |x|`; and an f32 sum of `k` products `p` lies
-//! within `gamma_k * sum |p|` of the real one (`gamma_k = k u / (1 - k u)`, `u = 2^-24`,
-//! Higham's bound). Every such sum of magnitudes is at most `|x| |hi_j|` (Cauchy-Schwarz, the
-//! rows' norms computed once at upload, [`row_norms`]), so
-//! `e_j = (2^-7 + 2^-8 + 3 gamma_k)(1 + 2^-6) |x| |hi_j|` plus a floor for values the BF16 dot
-//! product flushes to zero ([`bound_scale`], [`bound_floor`]). A call whose estimates or bounds
-//! are not finite gets [`HeadMode::Exact`]'s sums throughout (a NaN there must reach the
-//! sampler as it is), and so does a CPU without AVX-512 BF16 ([`argmax_reads_half`]).
+//! The bound is row `j`'s `|x| b_j` ([`tables`]: the screen's own error, `x`'s rounding and
+//! the f32 roundings, by Cauchy-Schwarz, [`RowBound::screen`]). A call whose estimates or
+//! bounds are not finite gets [`HeadMode::Exact`]'s sums throughout (a NaN there must reach
+//! the sampler as it is), and so does a CPU without AVX-512 VNNI ([`argmax_screens`]).
 
 use super::matmul::{self, MatmulError, MatmulShape, WeightRows};
 use super::workers::{SharedOut, Workers};
@@ -41,7 +33,7 @@ use std::arch::x86_64::*;
 pub enum HeadMode {
     /// Every logit exact (both planes).
     Exact,
-    /// Each row's argmax exact, from the `hi` plane and the candidates' `lo` halves.
+    /// Each row's argmax exact, from the 8-bit screen and the candidates' exact values.
     Argmax,
 }
 
@@ -131,13 +123,14 @@ pub struct HeadStats {
     pub exact: usize,
 }
 
-/// Whether this CPU runs [`HeadMode::Argmax`]'s estimate: AVX-512 with BF16 dot products
-/// (`vdpbf16ps`, 32 products per instruction). Elsewhere [`HeadMode::Argmax`] sums exactly, and
-/// step programs keep the plain f32 LM head (`kernelgen::step::StepSource::split_head`).
-pub fn argmax_reads_half() -> bool {
+/// Whether this CPU runs [`HeadMode::Argmax`]'s estimate ([`screen_estimate_block`]):
+/// AVX-512 with VNNI (`vpdpwssd`, 32 products per instruction). Elsewhere
+/// [`HeadMode::Argmax`] sums exactly, and step programs keep the plain f32 LM head
+/// (`kernelgen::step::StepSource::split_head`).
+pub fn argmax_screens() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+        super::avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -145,46 +138,25 @@ pub fn argmax_reads_half() -> bool {
     }
 }
 
-/// Each row's Euclidean norm of the `hi` plane of `planes` (`[2, n, k]`, [`split`]), rounded
-/// up to f32: the bound's per-row factor ([`HeadMode::Argmax`]), computed once at upload.
-pub fn row_norms(planes: &[u16], k: usize) -> Vec<f32> {
-    let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
-    (0..n)
-        .map(|j| {
-            let sq: f64 = planes[j * k..(j + 1) * k]
-                .iter()
-                .map(|&h| (join(h, 0) as f64).powi(2))
-                .sum();
-            round_up(sq.sqrt())
-        })
-        .collect()
-}
-
-/// Rows of `x` up to which [`HeadMode::Argmax`] estimates from the 8-bit screen ([`Tables`]),
-/// a quarter of the matrix's bytes; above, from the `hi` plane (half of them), whose BF16 dot
-/// products do 32 multiply-adds an instruction against the screen's 16 (widened to f32,
-/// [`screen_estimate_block`]), so that many rows are compute bound there. SmolLM2's head in
-/// one `kernelgen bench decode` process alternating the two every 10 calls (a temporary
-/// harness; AMD EPYC, 2 vCPUs), median call: 1 row 0.75 / 0.81 ms against 1.42 / 1.53 from
-/// `hi`, 4 rows 0.95 / 0.98 against 1.76 / 1.83, 8 rows 1.78 / 1.93 against 1.74 / 2.22, 16
-/// rows 3.02 / 3.26 against 2.50 / 2.74, 32 rows 6.43 against 4.83.
-pub const SCREEN_MAX_ROWS: usize = 8;
+/// Rows from which calls are always exact (compute bound: every logit in the f32 matmul's
+/// packed tiles, where reading fewer bytes would save little).
+pub const ARGMAX_MAX_ROWS: usize = matmul::PACKED_MIN_ROWS - 1;
 
 /// What [`HeadMode::Argmax`] reads besides the planes, computed once at upload ([`tables`]):
-/// `norms` `[3, n]`, each row's [`row_norms`], its screen scale `s_j` and its screen bound
-/// `b_j`; `screen` `[n, k]`, each row of the matrix as 8-bit integers `q_j` with
-/// `w_j ~ s_j q_j`.
+/// `norms` `[2, n]`, each row's screen scale `s_j` and its bound `b_j`; `screen` `[n, k]`,
+/// each row of the matrix as 8-bit integers `q_j` with `w_j ~ s_j q_j`.
 #[derive(Clone, Copy, Debug)]
 pub struct Tables<'a> {
     pub norms: &'a [f32],
     pub screen: &'a [i8],
 }
 
-/// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(norms [3, n],
+/// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(norms [2, n],
 /// screen [n, k])`. Row `j`'s scale is `s_j = max |w_j| / 127` and `q_j = round(w_j / s_j)`;
-/// its bound `b_j` rounds up `|w_j - s_j q_j| + gamma (|w_j| + s_j |q_j|)` (Euclidean norms,
-/// in f64, `gamma` the f32 sums' [`sum_gamma`]), so that `|x| b_j` bounds how far the
-/// screen's estimate of a logit lies from the exact f32 sum ([`RowBound::screen`]). A row
+/// its bound `b_j` rounds up `|w_j - s_j q_j| + gamma (|w_j| + s_j |q_j|) + r s_j |q_j|`
+/// (Euclidean norms, in f64, `gamma` the f32 sums' [`sum_gamma`], `r |x|` the most `x`'s
+/// rounding to integers moves it, [`X_STEP`]), so that `|x| b_j` bounds how far the screen's
+/// estimate of a logit lies from the exact f32 sum ([`RowBound::screen`]). A row
 /// whose scale would be subnormal (values below `127 * 2^-126`, which a thread flushing
 /// subnormals would read as zero) gets `s_j = 0` and `q_j = 0`: its estimate is zero, its bound
 /// `|w_j|` and more. A row holding a non-finite value gets an infinite bound (its call then
@@ -192,8 +164,7 @@ pub struct Tables<'a> {
 pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
     let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
     let (hi, lo) = planes.split_at(n * k);
-    let mut norms = row_norms(planes, k);
-    norms.resize(3 * n, 0.0);
+    let mut norms = vec![0.0f32; 2 * n];
     let mut screen = vec![0i8; n * k];
     let gamma = sum_gamma(k);
     for j in 0..n {
@@ -219,14 +190,32 @@ pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
                 wn += (*v as f64).powi(2);
                 qn += sq * sq;
             }
-            let bound = err.sqrt() + gamma * (wn.sqrt() + qn.sqrt());
+            // |x - sx xq| <= sqrt(k) X_STEP sx <= sqrt(k) X_STEP |x| / levels.
+            let x_error = (k as f64).sqrt() * X_STEP / x_levels(k) as f64;
+            let bound = err.sqrt() + gamma * (wn.sqrt() + qn.sqrt()) + x_error * qn.sqrt();
             (scale, round_up(bound))
         };
-        norms[n + j] = scale;
-        norms[2 * n + j] = bound;
+        norms[j] = scale;
+        norms[n + j] = bound;
     }
     (norms, screen)
 }
+
+/// The largest magnitude the screen's estimate gives `x`'s values as 16-bit integers
+/// ([`quantize_x`]) for rows of `k` values: at most 32767, and small enough that no sum of `k`
+/// products with the screen's integers (at most 127) leaves i32.
+fn x_levels(k: usize) -> i32 {
+    (i32::MAX as usize / (127 * k.max(1))).min(i16::MAX as usize) as i32
+}
+
+/// How far rounding `x` to integers moves each value, in units of its step `sx`: half a step,
+/// and a little more for the division's own rounding and for a subnormal value read as zero
+/// (below `2^-126 <= 2^-31 sx`, [`MIN_X`]).
+const X_STEP: f64 = 0.52;
+
+/// The smallest largest value of a row of `x` the screen estimates (besides a row of zeros):
+/// its step `sx` then stays far above the subnormals. A call with a row below sums exactly.
+const MIN_X: f32 = 1e-24;
 
 /// `gamma_k` of an f32 sum of `k` products (Higham's `k u / (1 - k u)`, `u = 2^-24`), with 32
 /// more terms for the vector lanes' final sum.
@@ -266,7 +255,7 @@ pub fn lm_head(
         planes.len(),
         2 * s.n * s.k,
     )?;
-    check("norms", format!("3, {}", s.n), tables.norms.len(), 3 * s.n)?;
+    check("norms", format!("2, {}", s.n), tables.norms.len(), 2 * s.n)?;
     check(
         "screen",
         format!("{}, {}", s.n, s.k),
@@ -282,25 +271,12 @@ pub fn lm_head(
         hi: hi.as_ptr(),
         lo: lo.as_ptr(),
     };
-    // From PACKED_MIN_ROWS rows the call is compute bound: every logit exact, in the f32
-    // matmul's packed tiles (reading half the bytes would save little there).
-    if mode == HeadMode::Argmax && s.k > 0 && s.m < matmul::PACKED_MIN_ROWS && argmax_reads_half() {
+    if mode == HeadMode::Argmax && s.k > 0 && s.m <= ARGMAX_MAX_ROWS && argmax_screens() {
         #[cfg(target_arch = "x86_64")]
         {
-            let estimate = if s.m <= SCREEN_MAX_ROWS {
-                Estimate::Screen {
-                    screen: tables.screen,
-                    scales: &tables.norms[s.n..2 * s.n],
-                    bounds: &tables.norms[2 * s.n..],
-                }
-            } else {
-                Estimate::Hi {
-                    hi,
-                    norms: &tables.norms[..s.n],
-                }
-            };
-            // SAFETY: lengths checked above; the CPU has AVX-512 BF16.
-            return Ok(unsafe { argmax(s, x, w, estimate, out, workers) });
+            let (scales, bounds) = tables.norms.split_at(s.n);
+            // SAFETY: lengths checked above; the CPU has AVX-512 VNNI.
+            return Ok(unsafe { argmax(s, x, w, tables.screen, scales, bounds, out, workers) });
         }
     }
     // SAFETY: lengths checked above.
@@ -308,25 +284,7 @@ pub fn lm_head(
     Ok(HeadStats { exact: out.len() })
 }
 
-/// The bound's factor of `|x| |hi_j|` (both Euclidean norms) for sums of `k` products: `hi`'s
-/// truncation (2^-7), `x` rounded to bf16 for the estimate (2^-8) and three f32 sums' rounding
-/// (the exact sum, the estimate, and the exact sum's products with `w` in place of `hi`), each
-/// within `gamma_k` of its real value; enlarged by 2^-6 for the rest (second-order terms, the
-/// norms' own rounding).
-fn bound_scale(k: usize) -> f64 {
-    let gamma = sum_gamma(k);
-    (f64::powi(2.0, -7) + f64::powi(2.0, -8) + 3.0 * gamma) * (1.0 + f64::powi(2.0, -6))
-}
-
-/// The bound's absolute part for one row of `x` and weight row norm `norm`: values flushed to
-/// zero by the BF16 dot product (inputs and results below 2^-126) and `hi`'s zero or subnormal
-/// values.
-fn bound_floor(k: usize, x_max: f64, norm: f64) -> f64 {
-    (k + 32) as f64 * f64::powi(2.0, -126) * (2.0 + x_max + norm)
-}
-
-/// One row of `x`'s bound, `e_j = slope |hi_j| + floor` ([`bound_scale`] and [`bound_floor`]
-/// spelled out, so the scans over the vocabulary stay simple loops).
+/// One row of `x`'s bound, `e_j = slope b_j + floor` ([`RowBound::screen`]).
 #[derive(Clone, Copy)]
 struct RowBound {
     slope: f64,
@@ -334,21 +292,11 @@ struct RowBound {
 }
 
 impl RowBound {
-    fn of(x: &[f32], scale: f64) -> RowBound {
-        let x_norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        let x_max = x.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
-        let tiny = bound_floor(x.len(), 0.0, 0.0) / 2.0;
-        RowBound {
-            slope: scale * x_norm + tiny,
-            floor: tiny * (2.0 + x_max),
-        }
-    }
-
-    /// The screen's bound for one row of `x`: `e_j = (1 + 2^-6) |x| b_j` ([`tables`]) plus
-    /// what flushing subnormals to zero may cost, in case the calling thread does: a subnormal
-    /// `x` value read as zero moves a sum by at most `2^-126 |q| s_j`, a flushed partial sum
-    /// by `2^-126 s_j`, `k + 32` of each at most, which `2^-99 b_j` exceeds (`b_j >= gamma
-    /// |w_j| >= 127 gamma s_j`), and the final product's flush by `2^-126`.
+    /// The screen's bound for one row of `x`: `e_j = (1 + 2^-6) |x| b_j` ([`tables`]: the
+    /// screen's error, `x`'s rounding to integers, and the f32 roundings of the exact sum and
+    /// of the estimate's two products; its integer sum is exact), plus what flushing
+    /// subnormals to zero may cost in case the calling thread does: the estimate's last
+    /// product by `2^-126` (its first, `sum sx`, is at least `sx`, a normal number: [`MIN_X`]).
     fn screen(x: &[f32]) -> RowBound {
         let x_norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         RowBound {
@@ -360,38 +308,6 @@ impl RowBound {
     #[inline(always)]
     fn at(self, norm: f32) -> f64 {
         self.slope * norm as f64 + self.floor
-    }
-}
-
-/// Where [`HeadMode::Argmax`]'s estimates come from, with the per-row factors of their bounds.
-#[derive(Clone, Copy)]
-enum Estimate<'a> {
-    /// BF16 dot products of `x` rounded to bf16 and the `hi` plane; bounds `slope |hi_j|`
-    /// ([`bound_scale`]).
-    Hi { hi: &'a [u16], norms: &'a [f32] },
-    /// f32 dot products of `x` and the 8-bit screen, times each row's scale; bounds
-    /// [`RowBound::screen`].
-    Screen {
-        screen: &'a [i8],
-        scales: &'a [f32],
-        bounds: &'a [f32],
-    },
-}
-
-impl Estimate<'_> {
-    /// Each row's factor of its bound ([`RowBound::at`]).
-    fn norms(&self) -> &[f32] {
-        match self {
-            Estimate::Hi { norms, .. } => norms,
-            Estimate::Screen { bounds, .. } => bounds,
-        }
-    }
-
-    fn bound(&self, x: &[f32]) -> RowBound {
-        match self {
-            Estimate::Hi { .. } => RowBound::of(x, bound_scale(x.len())),
-            Estimate::Screen { .. } => RowBound::screen(x),
-        }
     }
 }
 
@@ -436,26 +352,26 @@ fn scan(a: &[f32], norms: &[f32], first: usize, bound: RowBound) -> BlockScan {
 /// the block is in cache), then the candidates' exact sums on the calling thread.
 ///
 /// # Safety
-/// `w` holds `n * k` values (its `hi` plane is the estimate's), the estimate's tables `n` rows,
-/// `x` `m * k`, `out` `m * n`; the CPU has AVX-512 BF16.
+/// `w` holds `n * k` values, `screen` too, `scales` and `bounds` `n`, `x` `m * k`, `out`
+/// `m * n`; the CPU has AVX-512 VNNI.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn argmax(
     s: &MatmulShape,
     x: &[f32],
     w: Split,
-    estimate: Estimate,
+    screen: &[i8],
+    scales: &[f32],
+    norms: &[f32],
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> HeadStats {
-    let norms = estimate.norms();
-    let bounds: Vec<RowBound> = x.chunks(s.k).map(|r| estimate.bound(r)).collect();
-    let xb: Vec<u16> = match estimate {
-        Estimate::Hi { .. } => x
-            .iter()
-            .map(|v| half::bf16::from_f32(*v).to_bits())
-            .collect(),
-        Estimate::Screen { .. } => Vec::new(),
+    let Some(xq) = quantize_x(x, s.k) else {
+        // SAFETY: the caller's contract.
+        unsafe { matmul::matmul_rows(s, x, w, out, false, None, workers) };
+        return HeadStats { exact: out.len() };
     };
+    let bounds: Vec<RowBound> = x.chunks(s.k).map(RowBound::screen).collect();
     let block = matmul::block_rows(s.n, workers.threads());
     let items = s.n.div_ceil(block);
     let scans: Vec<std::sync::Mutex<Vec<BlockScan>>> =
@@ -464,14 +380,7 @@ unsafe fn argmax(
     let job = |item: usize| {
         let rows = item * block..((item + 1) * block).min(s.n);
         // SAFETY: the caller's contract; items write disjoint columns `rows` of `out`.
-        unsafe {
-            match estimate {
-                Estimate::Hi { hi, .. } => avx512bf16::estimate_block(s, &xb, hi, rows.clone(), &o),
-                Estimate::Screen { screen, scales, .. } => {
-                    screen_estimate_block(s, x, screen, scales, rows.clone(), &o)
-                }
-            }
-        };
+        unsafe { screen_estimate_block(s, &xq, screen, scales, rows.clone(), &o) };
         let found = bounds
             .iter()
             .enumerate()
@@ -523,17 +432,54 @@ unsafe fn argmax(
     }
 }
 
-/// Columns `rows` of [`Estimate::Screen`]'s estimates: `out` gets `s_j` times the f32 sums of
-/// `x` and the screen's rows, each 8-bit value widened to f32 (exactly), 16 per vector.
+/// Rows of `x` as 16-bit integers for the screen's estimate: row `i` is `sx[i]` times
+/// `values[i * kp..(i + 1) * kp]`, each row zero-padded to `kp`, a multiple of 32.
+#[derive(Default)]
+struct QuantizedX {
+    values: Vec<i16>,
+    sx: Vec<f32>,
+    kp: usize,
+}
+
+/// `x`'s rows (`k` values each) as integers up to [`x_levels`] in magnitude and a step per
+/// row, or `None` where a row's largest value is not finite or below [`MIN_X`] but not zero
+/// (the call then sums exactly).
+fn quantize_x(x: &[f32], k: usize) -> Option<QuantizedX> {
+    let kp = k.next_multiple_of(32);
+    let levels = x_levels(k) as f32;
+    let mut q = QuantizedX {
+        values: vec![0; x.len() / k.max(1) * kp],
+        sx: Vec::new(),
+        kp,
+    };
+    for (row, out) in x.chunks(k).zip(q.values.chunks_mut(kp)) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if !max.is_finite() || (max > 0.0 && max < MIN_X) {
+            return None;
+        }
+        let sx = max / levels;
+        if sx > 0.0 {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o = (v / sx).round().clamp(-levels, levels) as i16;
+            }
+        }
+        q.sx.push(sx);
+    }
+    Some(q)
+}
+
+/// Columns `rows` of [`HeadMode::Argmax`]'s estimates: `out` gets `sx_i s_j` times the exact
+/// integer sums of `x`'s row `i` as integers and the screen's row `j` (each 8-bit value
+/// widened to 16 bits; `vpdpwssd`, 32 products an instruction into 16 i32 lanes).
 ///
 /// # Safety
-/// AVX-512F, BW and VL available; `out` points to `m * n` values, columns `rows` this
-/// thread's alone; `x` holds `m * k` values, `screen` `n * k`, `scales` `n`.
+/// AVX-512F, BW, VL and VNNI available; `out` points to `m * n` values, columns `rows` this
+/// thread's alone; `xq` holds `m` rows, `screen` `n * k` values, `scales` `n`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn screen_estimate_block(
     s: &MatmulShape,
-    x: &[f32],
+    xq: &QuantizedX,
     screen: &[i8],
     scales: &[f32],
     rows: std::ops::Range<usize>,
@@ -542,7 +488,9 @@ unsafe fn screen_estimate_block(
     use matmul::avx512::{for_each_tile, TileKernel};
 
     struct Tile {
-        x: *const f32,
+        x: *const i16,
+        kp: usize,
+        sx: *const f32,
         q: *const i8,
         scales: *const f32,
         k: usize,
@@ -550,58 +498,45 @@ unsafe fn screen_estimate_block(
         ldo: usize,
     }
 
-    /// 16 values at `p` widened to f32, or the first `n` of them (the other lanes zero).
-    ///
-    /// # Safety
-    /// `p..p+n` readable; AVX-512F, BW and VL available.
-    #[inline(always)]
-    unsafe fn load16(p: *const i8, n: usize) -> __m512 {
-        // SAFETY: the caller's contract; masked lanes are not read.
-        unsafe {
-            let v = if n == 16 {
-                _mm_loadu_si128(p.cast())
-            } else {
-                _mm_maskz_loadu_epi8(((1u32 << n) - 1) as __mmask16, p.cast())
-            };
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))
-        }
-    }
-
     impl TileKernel for Tile {
         #[inline(always)]
         unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
             let k = self.k;
-            // SAFETY: the caller's contract; every offset stays below k in its row.
+            // SAFETY: the caller's contract; every screen offset stays below k in its row,
+            // every x offset below kp (c < k <= kp, both multiples of 32 apart from k).
             unsafe {
-                let (x, q) = (self.x.add(i * k), self.q.add(j * k));
+                let (x, q) = (self.x.add(i * self.kp), self.q.add(j * k));
                 let out = self.out.add(i * self.ldo + j);
-                let mut acc = [[_mm512_setzero_ps(); NT]; MT];
+                let mut acc = [[_mm512_setzero_si512(); NT]; MT];
                 let mut c = 0;
                 while c < k {
-                    let n = (k - c).min(16);
-                    let mut wv = [_mm512_setzero_ps(); NT];
+                    let n = (k - c).min(32);
+                    let mut wv = [_mm512_setzero_si512(); NT];
                     for (jj, v) in wv.iter_mut().enumerate() {
+                        let p = q.add(jj * k + c);
                         if c % 64 == 0 {
                             _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add((jj + NT) * k + c).cast());
                         }
-                        *v = load16(q.add(jj * k + c), n);
+                        let bytes = if n == 32 {
+                            _mm256_loadu_si256(p.cast())
+                        } else {
+                            _mm256_maskz_loadu_epi8(((1u64 << n) - 1) as __mmask32, p.cast())
+                        };
+                        *v = _mm512_cvtepi8_epi16(bytes);
                     }
                     for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = if n == 16 {
-                            _mm512_loadu_ps(x.add(ii * k + c))
-                        } else {
-                            _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, x.add(ii * k + c))
-                        };
+                        let xv = _mm512_loadu_si512(x.add(ii * self.kp + c).cast());
                         for (a, v) in row.iter_mut().zip(&wv) {
-                            *a = _mm512_fmadd_ps(xv, *v, *a);
+                            *a = _mm512_dpwssd_epi32(*a, xv, *v);
                         }
                     }
                     c += n;
                 }
                 for (ii, row) in acc.iter().enumerate() {
                     for (jj, a) in row.iter().enumerate() {
+                        let sum = _mm512_reduce_add_epi32(*a) as f32;
                         *out.add(ii * self.ldo + jj) =
-                            _mm512_reduce_add_ps(*a) * *self.scales.add(j + jj);
+                            sum * *self.sx.add(i + ii) * *self.scales.add(j + jj);
                     }
                 }
             }
@@ -609,113 +544,17 @@ unsafe fn screen_estimate_block(
     }
 
     let t = Tile {
-        x: x.as_ptr(),
+        x: xq.values.as_ptr(),
+        kp: xq.kp,
+        sx: xq.sx.as_ptr(),
         q: screen.as_ptr(),
         scales: scales.as_ptr(),
         k: s.k,
         out: out.0,
         ldo: s.n,
     };
-    // SAFETY: rows `rows` of the screen and every row of `x` exist; the cells are this item's.
+    // SAFETY: rows `rows` of the screen and every row of `xq` exist; the cells are this item's.
     unsafe { for_each_tile(s.m, rows, &t) }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512bf16 {
-    use super::{MatmulShape, SharedOut};
-    use crate::kernels::matmul::avx512::{for_each_tile, TileKernel};
-    use std::arch::x86_64::*;
-
-    /// bf16 values per vector.
-    const LANES: usize = 32;
-
-    /// Columns `rows` of pass one (see [`super::argmax`]): `out` gets the sums of `xb` (`x`
-    /// rounded to bf16) and the `hi` plane.
-    ///
-    /// # Safety
-    /// AVX-512F, BW, VL and BF16 available; `out` points to `m * n` values, columns `rows`
-    /// this thread's alone; `xb` holds `m * k` values, `hi` `n * k`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn estimate_block(
-        s: &MatmulShape,
-        xb: &[u16],
-        hi: &[u16],
-        rows: std::ops::Range<usize>,
-        out: &SharedOut<f32>,
-    ) {
-        let t = Tile {
-            x: xb.as_ptr(),
-            w: hi.as_ptr(),
-            k: s.k,
-            out: out.0,
-            ldo: s.n,
-        };
-        // SAFETY: rows `rows` of `hi` and every row of `xb` exist; the cells are this item's.
-        unsafe { for_each_tile(s.m, rows, &t) }
-    }
-
-    /// One tile: bf16 rows of `x` (row stride `k`) against rows of `hi` (row stride `k`).
-    struct Tile {
-        x: *const u16,
-        w: *const u16,
-        k: usize,
-        out: *mut f32,
-        ldo: usize,
-    }
-
-    /// 32 bf16 values at `p`, or the first `n` of them (the other lanes zero).
-    ///
-    /// # Safety
-    /// `p..p+n` readable; AVX-512BW available.
-    #[inline(always)]
-    unsafe fn load32(p: *const u16, n: usize) -> __m512bh {
-        // SAFETY: the caller's contract; masked lanes are not read. The transmute
-        // reinterprets 32 16-bit lanes as 32 bf16 lanes.
-        unsafe {
-            let v = if n == LANES {
-                _mm512_loadu_si512(p.cast())
-            } else {
-                _mm512_maskz_loadu_epi16(((1u64 << n) - 1) as __mmask32, p.cast())
-            };
-            std::mem::transmute::<__m512i, __m512bh>(v)
-        }
-    }
-
-    impl TileKernel for Tile {
-        /// `MT` x `NT` BF16 dot products over `k`, 32 products per instruction.
-        #[inline(always)]
-        unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
-            let k = self.k;
-            // SAFETY: the caller's contract; every offset stays below k in its row.
-            unsafe {
-                let (x, w) = (self.x.add(i * k), self.w.add(j * k));
-                let out = self.out.add(i * self.ldo + j);
-                let mut acc = [[_mm512_setzero_ps(); NT]; MT];
-                let mut c = 0;
-                while c < k {
-                    let n = (k - c).min(LANES);
-                    let mut wv =
-                        [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NT];
-                    for (jj, v) in wv.iter_mut().enumerate() {
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((jj + NT) * k + c).cast::<i8>());
-                        *v = load32(w.add(jj * k + c), n);
-                    }
-                    for (ii, row) in acc.iter_mut().enumerate() {
-                        let xv = load32(x.add(ii * k + c), n);
-                        for (a, v) in row.iter_mut().zip(&wv) {
-                            *a = _mm512_dpbf16_ps(*a, xv, *v);
-                        }
-                    }
-                    c += n;
-                }
-                for (ii, row) in acc.iter().enumerate() {
-                    for (jj, a) in row.iter().enumerate() {
-                        *out.add(ii * self.ldo + jj) = _mm512_reduce_add_ps(*a);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -837,7 +676,7 @@ mod tests {
             let (fast, stats) = run(&s, &x, &w, HeadMode::Argmax);
             prop_assert!(stats.exact >= m && stats.exact <= m * n);
             // One row with its three near-tied top logits: those alone are summed exactly.
-            if ties && m == 1 && n >= 16 && argmax_reads_half() {
+            if ties && m == 1 && n >= 16 && argmax_screens() {
                 prop_assert!(stats.exact < n, "{:?}", stats);
             }
             for i in 0..m {
@@ -852,18 +691,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn row_norms_bound_the_hi_rows_from_above() {
-        let w = crate::kernels::test_values(7 * 33, 4);
-        let planes = split(&w);
-        let norms = row_norms(&planes, 33);
-        assert_eq!(norms.len(), 7);
-        for (j, n) in norms.iter().enumerate() {
-            let exact: f64 = (0..33)
-                .map(|c| (join(planes[j * 33 + c], 0) as f64).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            assert!(*n as f64 >= exact && (*n as f64) < exact * (1.0 + 1e-6));
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every estimate of the screen lies within its bound of the exact f32 sum: on random
+        /// rows, rows with one large value (a coarse scale), and with `x` the error of row 0's
+        /// integers, where Cauchy-Schwarz is tight.
+        #[test]
+        fn screen_estimates_lie_within_their_bounds(
+            m in 1usize..6, k in 1usize..150, n in 1usize..40, seed in 0u64..1000,
+            scale in -8i32..8, outliers in any::<bool>(), aligned in any::<bool>(),
+        ) {
+            if !argmax_screens() {
+                return Ok(());
+            }
+            let s = MatmulShape { m, k, n };
+            let mut w = crate::kernels::test_values(n * k, seed + 3);
+            if outliers {
+                for j in (0..n).step_by(2) {
+                    w[j * k + (j * 7) % k] = 20.0;
+                }
+            }
+            let planes = split(&w);
+            let (norms, screen) = tables(&planes, k);
+            let (scales, bounds) = norms.split_at(n);
+            let mut x: Vec<f32> = crate::kernels::test_values(m * k, seed)
+                .iter()
+                .map(|v| v * f32::powi(2.0, scale))
+                .collect();
+            if aligned {
+                for c in 0..k {
+                    x[c] = (w[c] - scales[0] * screen[c] as f32) * f32::powi(2.0, scale + 10);
+                }
+            }
+            let mut exact = vec![0.0; m * n];
+            matmul::matmul(&s, &x, &w, &mut exact, &Serial).unwrap();
+            let xq = quantize_x(&x, k).unwrap();
+            let mut estimate = vec![f32::NAN; m * n];
+            let o = SharedOut(estimate.as_mut_ptr());
+            // SAFETY: the CPU runs the screen (checked above); every length as the kernel needs.
+            unsafe { screen_estimate_block(&s, &xq, &screen, scales, 0..n, &o) };
+            for i in 0..m {
+                let bound = RowBound::screen(&x[i * k..(i + 1) * k]);
+                for j in 0..n {
+                    let (a, c) = (estimate[i * n + j] as f64, exact[i * n + j] as f64);
+                    prop_assert!((a - c).abs() <= bound.at(bounds[j]), "row {} logit {}: {} vs {} (bound {})", i, j, a, c, bound.at(bounds[j]));
+                }
+            }
         }
     }
 
@@ -878,7 +752,7 @@ mod tests {
         w[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.0);
         w[3 * k + 7] = f32::NAN;
         let (norms, screen) = tables(&split(&w), k);
-        let (scales, bounds) = (&norms[5..10], &norms[10..]);
+        let (scales, bounds) = norms.split_at(5);
         for j in 0..5 {
             let row = &w[j * k..(j + 1) * k];
             let err = (0..k)
@@ -913,9 +787,9 @@ mod tests {
         let err = run(tables(&[0.0; 3], &[0; 6])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernelgen_lm_head: norms holds 3 values, [3, 3] needs 9"
+            "kernelgen_lm_head: norms holds 3 values, [2, 3] needs 6"
         );
-        let err = run(tables(&[0.0; 9], &[0; 5])).unwrap_err();
+        let err = run(tables(&[0.0; 6], &[0; 5])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "kernelgen_lm_head: screen holds 5 values, [3, 2] needs 6"
@@ -942,7 +816,7 @@ mod tests {
     /// On model-sized rows, argmax mode reads few exact rows (where this CPU runs it).
     #[test]
     fn argmax_mode_rescores_a_few_rows_of_a_wide_head() {
-        if !argmax_reads_half() {
+        if !argmax_screens() {
             return;
         }
         let s = MatmulShape {

@@ -45,7 +45,7 @@ pub const NORM_MATMUL_TARGET: &str = "kernelgen_norm_matmul";
 pub const MATMUL_ADD_TARGET: &str = "kernelgen_matmul_add";
 
 /// The custom call target of the host LM head: operands `x f32[m, k]`, `planes u16[2, n, k]`
-/// ([`lm_head::split`]), `norms f32[3, n]` and `screen i8[n, k]` ([`lm_head::tables`]) and
+/// ([`lm_head::split`]), `norms f32[2, n]` and `screen i8[n, k]` ([`lm_head::tables`]) and
 /// `argmax_only i32[1]` (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
 pub const LM_HEAD_TARGET: &str = "kernelgen_lm_head";
 
