@@ -294,14 +294,17 @@ struct RowBound {
 impl RowBound {
     /// The screen's bound for one row of `x`: `e_j = (1 + 2^-6) |x| b_j` ([`tables`]: the
     /// screen's error, `x`'s rounding to integers, and the f32 roundings of the exact sum and
-    /// of the estimate's two products; its integer sum is exact), plus what flushing
-    /// subnormals to zero may cost in case the calling thread does: the estimate's last
-    /// product by `2^-126` (its first, `sum sx`, is at least `sx`, a normal number: [`MIN_X`]).
+    /// of the estimate's products; its integer sum is exact), plus what flushing subnormals to
+    /// zero may cost in case the calling thread does: each of the exact sum's `k` products
+    /// and its lanes' partial sums by `2^-126`, and the estimate's last product by as much
+    /// (its first, `sum sx`, is at least `sx`, a normal number: [`MIN_X`]). Values read as
+    /// zero move a sum by less than the rest of the bound (`x`'s by [`MIN_X`], `w`'s are in
+    /// the screen's error).
     fn screen(x: &[f32]) -> RowBound {
         let x_norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         RowBound {
-            slope: (1.0 + f64::powi(2.0, -6)) * x_norm + f64::powi(2.0, -99),
-            floor: f64::powi(2.0, -125),
+            slope: (1.0 + f64::powi(2.0, -6)) * x_norm,
+            floor: (x.len() + 64) as f64 * f64::powi(2.0, -125),
         }
     }
 
