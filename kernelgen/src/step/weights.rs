@@ -23,7 +23,8 @@ pub struct WeightParam {
     pub name: String,
     pub dims: Vec<usize>,
     /// The matrices (embedding, projections, LM head) are the served weights' dtype; norms
-    /// and RoPE frequencies stay f32 (a few thousand values, read once a step).
+    /// and RoPE frequencies stay f32 (a few thousand values, read once a step), and so do the
+    /// split LM head's tables (its 8-bit screen's element type is `elem`'s alone).
     pub dtype: Dtype,
     /// The MLIR element type the program declares: `dtype`'s, or `ui16` for the LM head's
     /// matrix held as two 16-bit planes (`dims` then `[2, V, H]`), or `i8` for its screen.
