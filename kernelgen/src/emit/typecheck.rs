@@ -328,11 +328,11 @@ fn host_matmul(op: &OpView, x: &TensorType, w: &TensorType) -> Check {
     )
 }
 
-/// The host LM head: `x[m, k] f32`, the weight's planes `[2, n, k] ui16`, its tables `norms
+/// The host LM head: `x[m, k] f32`, the weight's planes `[2, n, k] ui16`, its tables `rows
 /// [2, n] f32` and `screen [n, k] i8`, and `argmax_only [1] i32`: `[m, n] f32`.
 fn host_lm_head(op: &OpView) -> Check {
     op.arity(5, 1)?;
-    let [x, w, norms, screen, flag] = &op.operands[..] else {
+    let [x, w, rows, screen, flag] = &op.operands[..] else {
         unreachable!("arity checked")
     };
     ensure(
@@ -342,7 +342,7 @@ fn host_lm_head(op: &OpView) -> Check {
     ensure(x.elem == "f32" && w.elem == "ui16", || {
         format!("x {x} must be f32 and planes {w} ui16")
     })?;
-    expect_eq("norms", norms, &f32_of(vec![2, w.dims[1]]))?;
+    expect_eq("rows", rows, &f32_of(vec![2, w.dims[1]]))?;
     expect_eq(
         "screen",
         screen,

@@ -24,7 +24,7 @@
 //!    `lm_head [V, H]` unless tied (then logits read `embed`). With
 //!    [`StepShapes::split_head`] the LM head's matrix (`embed` when tied) is instead
 //!    `u16[2, V, H]`, the f32 values' top halves then their bottom halves
-//!    ([`runtime::kernels::lm_head`]), and its tables come last: `head_norms f32[2, V]` and
+//!    ([`runtime::kernels::lm_head`]), and its tables come last: `head_rows f32[2, V]` and
 //!    `head_screen i8[V, H]` ([`runtime::kernels::lm_head::tables`]).
 //!
 //! Outputs: `logits f32[R, V]` (row i = token row `logits_rows[i]`), then the KV pools.

@@ -66,12 +66,12 @@ pub fn pack_weights_dims(m: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 
 /// The step's weight parameters, in order, with `weights` the matrices' dtype and, if
 /// `split_head`, the LM head's matrix as two 16-bit planes and its tables last
-/// (`head_norms f32[2, V]` and `head_screen i8[V, H]`, [`runtime::kernels::lm_head::tables`]).
+/// (`head_rows f32[2, V]` and `head_screen i8[V, H]`, [`runtime::kernels::lm_head::tables`]).
 pub fn weight_params(m: &LlamaConfig, weights: Dtype, split_head: bool) -> Vec<WeightParam> {
     let head = head_part(m).name();
     let tables = [
         WeightParam {
-            name: "head_norms".into(),
+            name: "head_rows".into(),
             dims: vec![2, m.vocab_size],
             dtype: Dtype::F32,
             elem: "f32",
@@ -209,16 +209,16 @@ pub fn upload_weights(
         .into_iter()
         .map(|device| device.into_iter().flatten().collect())
         .collect();
-    if let Some((norms, screen)) = head_tables {
+    if let Some((rows, screen)) = head_tables {
         let (v, h) = (m.vocab_size as i64, m.hidden_size as i64);
         for (d, device) in devices.iter_mut().enumerate() {
-            let norms = client
-                .buffer_from_host_on(d, &norms, &[2, v])
-                .map_err(up_err("head_norms".into()))?;
+            let rows = client
+                .buffer_from_host_on(d, &rows, &[2, v])
+                .map_err(up_err("head_rows".into()))?;
             let screen = client
                 .buffer_from_host_on(d, &screen, &[v, h])
                 .map_err(up_err("head_screen".into()))?;
-            device.extend([norms, screen]);
+            device.extend([rows, screen]);
         }
     }
     Ok(devices)

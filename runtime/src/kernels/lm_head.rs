@@ -143,15 +143,15 @@ pub fn argmax_screens() -> bool {
 pub const ARGMAX_MAX_ROWS: usize = matmul::PACKED_MIN_ROWS - 1;
 
 /// What [`HeadMode::Argmax`] reads besides the planes, computed once at upload ([`tables`]):
-/// `norms` `[2, n]`, each row's screen scale `s_j` and its bound `b_j`; `screen` `[n, k]`,
+/// `rows` `[2, n]`, each row's screen scale `s_j` and its bound `b_j`; `screen` `[n, k]`,
 /// each row of the matrix as 8-bit integers `q_j` with `w_j ~ s_j q_j`.
 #[derive(Clone, Copy, Debug)]
 pub struct Tables<'a> {
-    pub norms: &'a [f32],
+    pub rows: &'a [f32],
     pub screen: &'a [i8],
 }
 
-/// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(norms [2, n],
+/// [`Tables`]' contents for the matrix `planes` (`[2, n, k]`, [`split`]): `(rows [2, n],
 /// screen [n, k])`. Row `j`'s scale is `s_j = max |w_j| / 127` and `q_j = round(w_j / s_j)`;
 /// its bound `b_j` rounds up `|w_j - s_j q_j| + gamma (|w_j| + s_j |q_j|) + r s_j |q_j|`
 /// (Euclidean norms, in f64, `gamma` the f32 sums' [`sum_gamma`], `r |x|` the most `x`'s
@@ -164,7 +164,7 @@ pub struct Tables<'a> {
 pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
     let n = (planes.len() / 2).checked_div(k).unwrap_or(0);
     let (hi, lo) = planes.split_at(n * k);
-    let mut norms = vec![0.0f32; 2 * n];
+    let mut rows = vec![0.0f32; 2 * n];
     let mut screen = vec![0i8; n * k];
     let gamma = sum_gamma(k);
     for j in 0..n {
@@ -195,10 +195,10 @@ pub fn tables(planes: &[u16], k: usize) -> (Vec<f32>, Vec<i8>) {
             let bound = err.sqrt() + gamma * (wn.sqrt() + qn.sqrt()) + x_error * qn.sqrt();
             (scale, round_up(bound))
         };
-        norms[j] = scale;
-        norms[n + j] = bound;
+        rows[j] = scale;
+        rows[n + j] = bound;
     }
-    (norms, screen)
+    (rows, screen)
 }
 
 /// The largest magnitude the screen's estimate gives `x`'s values as 16-bit integers
@@ -255,7 +255,7 @@ pub fn lm_head(
         planes.len(),
         2 * s.n * s.k,
     )?;
-    check("norms", format!("2, {}", s.n), tables.norms.len(), 2 * s.n)?;
+    check("rows", format!("2, {}", s.n), tables.rows.len(), 2 * s.n)?;
     check(
         "screen",
         format!("{}, {}", s.n, s.k),
@@ -274,7 +274,7 @@ pub fn lm_head(
     if mode == HeadMode::Argmax && s.k > 0 && s.m <= ARGMAX_MAX_ROWS && argmax_screens() {
         #[cfg(target_arch = "x86_64")]
         {
-            let (scales, bounds) = tables.norms.split_at(s.n);
+            let (scales, bounds) = tables.rows.split_at(s.n);
             // SAFETY: lengths checked above; the CPU has AVX-512 VNNI.
             return Ok(unsafe { argmax(s, x, w, tables.screen, scales, bounds, out, workers) });
         }
@@ -327,10 +327,10 @@ struct BlockScan {
 }
 
 /// Scans `a` (estimates of logits `first..`) against `bounds`.
-fn scan(a: &[f32], norms: &[f32], first: usize, bound: RowBound) -> BlockScan {
+fn scan(a: &[f32], row_bounds: &[f32], first: usize, bound: RowBound) -> BlockScan {
     let mut low = f64::NEG_INFINITY;
     let mut finite = true;
-    for (&aj, &nj) in a.iter().zip(norms) {
+    for (&aj, &nj) in a.iter().zip(row_bounds) {
         let (aj, ej) = (aj as f64, bound.at(nj));
         // False for NaN too.
         finite &= aj.abs() + ej < f32::MAX as f64;
@@ -339,7 +339,7 @@ fn scan(a: &[f32], norms: &[f32], first: usize, bound: RowBound) -> BlockScan {
     }
     let candidates = a
         .iter()
-        .zip(norms)
+        .zip(row_bounds)
         .enumerate()
         .filter(|(_, (&aj, &nj))| aj as f64 + bound.at(nj) >= low)
         .map(|(j, _)| first + j)
@@ -365,7 +365,7 @@ unsafe fn argmax(
     w: Split,
     screen: &[i8],
     scales: &[f32],
-    norms: &[f32],
+    row_bounds: &[f32],
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> HeadStats {
@@ -395,7 +395,7 @@ unsafe fn argmax(
                         rows.len(),
                     )
                 };
-                scan(a, &norms[rows.clone()], rows.start, bound)
+                scan(a, &row_bounds[rows.clone()], rows.start, bound)
             })
             .collect();
         *scans[item].lock().unwrap_or_else(|e| e.into_inner()) = found;
@@ -414,7 +414,7 @@ unsafe fn argmax(
         let low = row.clone().fold(f64::NEG_INFINITY, |l, b| l.max(b.low));
         candidates.extend(
             row.flat_map(|b| &b.candidates)
-                .filter(|&&j| out[i * s.n + j] as f64 + bound.at(norms[j]) >= low),
+                .filter(|&&j| out[i * s.n + j] as f64 + bound.at(row_bounds[j]) >= low),
         );
     }
     candidates.sort_unstable();
@@ -592,9 +592,9 @@ mod tests {
     fn run(s: &MatmulShape, x: &[f32], w: &[f32], mode: HeadMode) -> (Vec<f32>, HeadStats) {
         let mut out = vec![f32::NAN; s.m * s.n];
         let planes = split(w);
-        let (norms, screen) = tables(&planes, s.k);
+        let (rows, screen) = tables(&planes, s.k);
         let t = Tables {
-            norms: &norms,
+            rows: &rows,
             screen: &screen,
         };
         let stats = lm_head(s, x, &planes, t, mode, &mut out, &Serial).unwrap();
@@ -716,8 +716,8 @@ mod tests {
                 }
             }
             let planes = split(&w);
-            let (norms, screen) = tables(&planes, k);
-            let (scales, bounds) = norms.split_at(n);
+            let (rows, screen) = tables(&planes, k);
+            let (scales, bounds) = rows.split_at(n);
             let mut x: Vec<f32> = crate::kernels::test_values(m * k, seed)
                 .iter()
                 .map(|v| v * f32::powi(2.0, scale))
@@ -754,8 +754,8 @@ mod tests {
         w[k..2 * k].iter_mut().for_each(|v| *v *= 1e-37);
         w[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.0);
         w[3 * k + 7] = f32::NAN;
-        let (norms, screen) = tables(&split(&w), k);
-        let (scales, bounds) = norms.split_at(5);
+        let (rows, screen) = tables(&split(&w), k);
+        let (scales, bounds) = rows.split_at(5);
         for j in 0..5 {
             let row = &w[j * k..(j + 1) * k];
             let err = (0..k)
@@ -775,7 +775,7 @@ mod tests {
     #[test]
     fn wrong_lengths_are_refused_by_name() {
         let s = MatmulShape { m: 1, k: 2, n: 3 };
-        let tables = |norms, screen| Tables { norms, screen };
+        let tables = |rows, screen| Tables { rows, screen };
         let run = |t| {
             lm_head(
                 &s,
@@ -790,7 +790,7 @@ mod tests {
         let err = run(tables(&[0.0; 3], &[0; 6])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernelgen_lm_head: norms holds 3 values, [2, 3] needs 6"
+            "kernelgen_lm_head: rows holds 3 values, [2, 3] needs 6"
         );
         let err = run(tables(&[0.0; 6], &[0; 5])).unwrap_err();
         assert_eq!(

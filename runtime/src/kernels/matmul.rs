@@ -179,6 +179,17 @@ pub struct Fusion<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
+impl Fusion<'_> {
+    /// The custom call target that runs this fusion, which its refusals name.
+    pub fn target(&self) -> &'static str {
+        match (self.norm, self.residual) {
+            (Some(_), None) => super::NORM_MATMUL_TARGET,
+            (None, Some(_)) => super::MATMUL_ADD_TARGET,
+            _ => super::MATMUL_TARGET,
+        }
+    }
+}
+
 /// The model's RMS norm of each row of `x[m, k]`: `x / sqrt(mean(x^2) + eps) * weight[k]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RmsNorm<'a> {
@@ -195,8 +206,8 @@ pub fn matmul_fused<W: Element>(
     out: &mut [f32],
     workers: &dyn Workers,
 ) -> Result<(), MatmulError> {
-    let check =
-        |name, dims: String, got, want| check_len(super::MATMUL_TARGET, name, dims, got, want);
+    let target = fusion.target();
+    let check = |name, dims: String, got, want| check_len(target, name, dims, got, want);
     check("x", format!("{}, {}", s.m, s.k), x.len(), s.m * s.k)?;
     check("w", format!("{}, {}", s.n, s.k), w.len(), s.n * s.k)?;
     check("out", format!("{}, {}", s.m, s.n), out.len(), s.m * s.n)?;
@@ -833,7 +844,7 @@ mod tests {
         let err = matmul_fused(&s, &x, &w, &fusion, &mut out, &Serial).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernelgen_matmul: norm holds 2 values, [3] needs 3"
+            "kernelgen_norm_matmul: norm holds 2 values, [3] needs 3"
         );
         let fusion = Fusion {
             norm: None,
@@ -842,7 +853,7 @@ mod tests {
         let err = matmul_fused(&s, &x, &w, &fusion, &mut out, &Serial).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernelgen_matmul: residual holds 7 values, [2, 4] needs 8"
+            "kernelgen_matmul_add: residual holds 7 values, [2, 4] needs 8"
         );
     }
 

@@ -45,7 +45,7 @@ pub const NORM_MATMUL_TARGET: &str = "kernelgen_norm_matmul";
 pub const MATMUL_ADD_TARGET: &str = "kernelgen_matmul_add";
 
 /// The custom call target of the host LM head: operands `x f32[m, k]`, `planes u16[2, n, k]`
-/// ([`lm_head::split`]), `norms f32[2, n]` and `screen i8[n, k]` ([`lm_head::tables`]) and
+/// ([`lm_head::split`]), `rows f32[2, n]` and `screen i8[n, k]` ([`lm_head::tables`]) and
 /// `argmax_only i32[1]` (non-zero: [`lm_head::HeadMode::Argmax`]), result `f32[m, n]`.
 pub const LM_HEAD_TARGET: &str = "kernelgen_lm_head";
 
@@ -267,9 +267,9 @@ fn execute_matmul_as(form: MatmulCall, call: &Call, frame: *mut CallFrame) -> Re
 }
 
 fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
-    let ([x, planes, norms, screen, mode], [out]) = (&call.args[..], &call.rets[..]) else {
+    let ([x, planes, rows, screen, mode], [out]) = (&call.args[..], &call.rets[..]) else {
         return Err(format!(
-            "{LM_HEAD_TARGET} takes 5 operands (x, planes, norms, screen, argmax_only) and \
+            "{LM_HEAD_TARGET} takes 5 operands (x, planes, rows, screen, argmax_only) and \
              returns 1 result, got {} and {}",
             call.args.len(),
             call.rets.len()
@@ -291,12 +291,12 @@ fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
     };
     if x.dtype != dtype::F32
         || out.dtype != dtype::F32
-        || norms.dtype != dtype::F32
+        || rows.dtype != dtype::F32
         || planes.dtype != dtype::U16
         || screen.dtype != dtype::S8
     {
         return Err(format!(
-            "{LM_HEAD_TARGET}: x, norms and the result must be f32, planes u16, screen i8"
+            "{LM_HEAD_TARGET}: x, rows and the result must be f32, planes u16, screen i8"
         ));
     }
     if mode.dtype != dtype::S32 || mode.elements() != 1 {
@@ -320,7 +320,7 @@ fn execute_lm_head(call: &Call, frame: *mut CallFrame) -> Result<(), String> {
             slice(x),
             slice(planes),
             lm_head::Tables {
-                norms: slice(norms),
+                rows: slice(rows),
                 screen: slice(screen),
             },
             mode,
