@@ -196,6 +196,85 @@ fn step_program_with_host_kernels_matches_host_reference() {
     }
 }
 
+/// The host kernels' timeline takes a host-form step program apart: every decode step run
+/// while recording is found with its projections, attention and (with a split head) LM head
+/// inside it, and its parts sum to the step. (Other tests' programs may run meanwhile and add
+/// spans; the checks hold with them.)
+#[test]
+fn the_kernel_timeline_takes_host_decode_steps_apart() {
+    let model = Arc::new(tiny(7, false));
+    let engine = EngineConfig {
+        max_seqs: 4,
+        max_pages: 32,
+        page_size: 4,
+        max_seq_len: 40,
+        max_tokens_per_round: 16,
+    };
+    let source = StepSource {
+        model: model.config.clone(),
+        kernel: KernelSource::Blocks(host((4, 2))),
+        tp: 1,
+        weights: Dtype::F32,
+    };
+    let mut device = DeviceExecutor::new(
+        serving_client(),
+        &*model,
+        &engine,
+        Dtype::F32,
+        default_buckets(16),
+        source,
+    )
+    .unwrap();
+    let vocab = model.config.vocab_size;
+    let mut script = BatchScript::new(7, engine.max_pages, engine.page_size, vocab);
+    script.add_seq(9);
+    script.add_seq(13);
+    let mut batches = Vec::new();
+    while let Some(batch) = script.next(16) {
+        batches.push(batch);
+    }
+    // Compile every bucket first: the recorded steps then time runs alone.
+    for batch in &batches {
+        device.step(batch).unwrap();
+    }
+    let decode_steps = batches
+        .iter()
+        .filter(|b| b.seqs.iter().all(|q| q.q_len == 1))
+        .count();
+    assert!(decode_steps >= 3, "{decode_steps} decode steps");
+    runtime::kernels::timeline::start();
+    for batch in &batches {
+        device.step(batch).unwrap();
+    }
+    let spans = runtime::kernels::timeline::stop();
+    let got = kernelgen::bench::timeline::take_apart(&spans).expect("decode steps recorded");
+    assert!(got.steps >= decode_steps, "{got:?}");
+    assert!(
+        got.projections_ms > 0.0 && got.attention_ms > 0.0,
+        "{got:?}"
+    );
+    assert_eq!(
+        got.lm_head_ms > 0.0,
+        device.source().split_head(),
+        "{got:?}"
+    );
+    assert!(got.start_ms > 0.0 && got.finish_ms > 0.0, "{got:?}");
+    let parts = got.start_ms
+        + got.projections_ms
+        + got.attention_ms
+        + got.lm_head_ms
+        + got.between_ms
+        + got.finish_ms;
+    assert!(
+        (parts - got.step_ms).abs() < 1e-6 * got.step_ms.max(1.0),
+        "{got:?}"
+    );
+    assert!(
+        runtime::kernels::timeline::stop().is_empty(),
+        "recording stopped"
+    );
+}
+
 /// Tensor parallelism: the step program of an 8 q / 4 KV head model split over 2 and 4 devices
 /// (KV heads split) and 8 (each KV head replicated twice), tied and untied, gives the host
 /// reference's logits on the same random ragged batches, within the one-device tolerance: the

@@ -1,8 +1,10 @@
 //! `kernelgen bench decode`: the serving engine's decode tokens/s at several batch sizes and its
 //! prefill tokens/s, each beside the bound the bandwidth and matmul rate measured in the same
 //! run imply, and each decode step taken apart (engine host work, input upload, the step's
-//! matmuls alone on the same weight buffers, the rest of the program).
+//! matmuls alone on the same weight buffers, the rest of the program; and from the inside, with
+//! the host kernels' timeline: [`super::timeline`]).
 
+use super::timeline::InsideStep;
 use super::{pjrt, probes, run_times, spread, submit_synthetic, BenchError, BenchModel};
 use crate::serve::{open_model, start, ServeOptions, Served};
 use crate::step::profile::matmul_chain;
@@ -10,6 +12,7 @@ use crate::step::weights::{num_params, weight_bytes};
 use crate::step::MemoryReport;
 use runtime::dtype::Dtype;
 use runtime::engine::EngineConfig;
+use runtime::kernels::timeline;
 use runtime::model::LlamaConfig;
 use runtime::pjrt::{Api, Arg, Client, CompileOptions};
 use serde::Serialize;
@@ -101,6 +104,10 @@ pub struct Breakdown {
     pub rest_of_program_ms: f64,
     /// Weight bytes per step over `matmuls_ms`: the read rate the matmuls reach.
     pub matmul_read_gbs: f64,
+    /// The program's time from the inside, from one more round with the host kernels' timeline
+    /// recorded (single device, host kernels only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inside: Option<InsideStep>,
 }
 
 fn options(
@@ -241,6 +248,7 @@ fn take_apart(
     batch: usize,
     r: &Round,
     tp: usize,
+    inside: Option<InsideStep>,
 ) -> Result<Breakdown, BenchError> {
     let matmuls = time_matmuls(served, batch, tp)?;
     let all_reduces = match tp {
@@ -258,6 +266,7 @@ fn take_apart(
         all_reduces_ms: all_reduces.map(ms),
         rest_of_program_ms: ms(r.program_s - matmuls - all_reduces.unwrap_or(0.0)),
         matmul_read_gbs: weight_bytes as f64 / matmuls / 1e9,
+        inside,
     })
 }
 
@@ -284,12 +293,23 @@ fn run_batch(
     }
     rounds.sort_by(|x, y| x.decode_step_s.total_cmp(&y.decode_step_s));
     let median = rounds[rounds.len() / 2];
+    // One more round with the kernels' timeline (not among the measured rounds: recording
+    // costs a lock per kernel call).
+    let inside = if breakdown && b.served.tp == 1 {
+        timeline::start();
+        let round = run_round(&mut served, batch, prompt_len, new_tokens);
+        let spans = timeline::stop();
+        round?;
+        super::timeline::take_apart(&spans)
+    } else {
+        None
+    };
     Ok(BatchFigures {
         median,
         decode_range: spread(rounds.iter().map(|r| r.decode_tokens_per_s).collect()).1,
         prefill: spread(rounds.iter().map(|r| r.prefill_tokens_per_s).collect()),
         breakdown: if breakdown {
-            Some(take_apart(&served, batch, &median, b.served.tp)?)
+            Some(take_apart(&served, batch, &median, b.served.tp, inside)?)
         } else {
             None
         },

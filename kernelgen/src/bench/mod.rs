@@ -11,7 +11,8 @@
 //!   prefix caching does to time to first token;
 //! - [`programs`]: the server's peak memory and wall time under each bound on loaded programs;
 //! - [`check`]: the VMEM checker's configs/s;
-//! - [`probes`]: the bandwidth and matmul-rate probes.
+//! - [`probes`]: the bandwidth and matmul-rate probes;
+//! - [`timeline`]: a decode step program taken apart from the host kernels' own timeline.
 
 pub mod check;
 pub mod decode;
@@ -20,6 +21,7 @@ pub mod memory;
 pub mod probes;
 pub mod programs;
 pub mod serve;
+pub mod timeline;
 
 use crate::serve::{ServeOptions, Served};
 use runtime::dtype::Dtype;

@@ -347,7 +347,10 @@ every figure is the median round, printed with the lowest and highest round besi
 memory bandwidth varies from run to run; ratios to bounds measured in the same run vary less). The \
 median round's mean decode step is then taken apart: engine host work (scheduling, sampling), input upload, the step's matmuls alone (the model's \
 projections run as one program on the same weight buffers) with the rate they read weights at, and the \
-rest of the program (attention kernel, norms, RoPE, KV writes, logits copy). Step time vs max_pages \
+rest of the program (attention kernel, norms, RoPE, KV writes, logits copy). With the host kernels on one \
+device, one more round records the kernels' own timeline and splits the step program from the inside: \
+start (execute to the first kernel), projections, attention, LM head, between kernels (XLA's own ops and \
+call overheads) and finish (the last kernel to the logits on the host). Step time vs max_pages \
 checks that the KV pool is never copied (it must not grow with the pool).")]
 pub struct DecodeArgs {
     #[command(flatten)]
@@ -677,6 +680,34 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
     println!(
         "  engine: scheduling and sampling on the host; inputs: building and uploading them; matmuls: the step's projections alone on the same weights (under --tp, device 0's share); all-reduce: the step's collectives alone (--tp > 1); rest: attention kernel, norms, RoPE, KV writes, logits copy (and under --tp the other devices' matmuls not overlapping device 0's)\n"
     );
+    let inside: Vec<_> = r
+        .decode
+        .iter()
+        .filter_map(|f| Some((f, f.breakdown?.inside?)))
+        .collect();
+    if !inside.is_empty() {
+        println!(
+            "inside the step program (ms): {:>7} {:>11} {:>9} {:>7} {:>7} {:>7} {:>7}   steps",
+            "start", "projections", "attention", "head", "between", "finish", "program"
+        );
+        for (f, i) in &inside {
+            println!(
+                "{:<30} {:>7.2} {:>11.2} {:>9.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2}   {}",
+                format!("  {}", name(f)),
+                i.start_ms,
+                i.projections_ms,
+                i.attention_ms,
+                i.lm_head_ms,
+                i.between_ms,
+                i.finish_ms,
+                i.step_ms,
+                i.steps
+            );
+        }
+        println!(
+            "  one more round with the host kernels' timeline, mean per decode step: start: from execute to the first kernel (the PJRT call, XLA's set-up, the ops before it); projections, attention, head: the host kernels' own time in the step; between: between one kernel's end and the next one's start (XLA's RoPE, KV writes, SiLU, each call's overhead); finish: from the last kernel to the logits on the host; program: the sum, from execute to the logits on the host\n"
+        );
+    }
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
     }

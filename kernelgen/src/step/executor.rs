@@ -12,6 +12,7 @@ use super::{StepShapes, StepSource, NUM_STEP_INPUTS};
 use runtime::cache::executables::{ExecutableCache, Origin};
 use runtime::dtype::Dtype;
 use runtime::engine::{EngineConfig, EngineError, StepBatch, StepExecutor};
+use runtime::kernels::timeline;
 use runtime::mem::MemTrace;
 use runtime::model::WeightSource;
 use runtime::pjrt::{
@@ -455,6 +456,7 @@ impl StepExecutor for DeviceExecutor {
             })
             .collect();
         let exec_start = Instant::now();
+        let span = timeline::now();
         let out = self.programs[&(bucket, decode)]
             .0
             .execute_partitioned(args)
@@ -476,6 +478,7 @@ impl StepExecutor for DeviceExecutor {
             .to_host::<f32>()
             .map_err(exec_err("reading logits"))?;
         logits.truncate(batch.logits_rows.len() * self.vocab);
+        timeline::record(timeline::What::Step { decode }, span);
         let (host, execute, download) = (
             (exec_start - host_start).as_secs_f64(),
             (dl_start - exec_start).as_secs_f64(),

@@ -9,6 +9,8 @@
 //! - [`lm_head`]: the LM head over its weight's two 16-bit planes, whose greedy rows read half
 //!   the bytes (custom call target [`LM_HEAD_TARGET`]).
 //!
+//! [`timeline`] records, when asked, when each call ran.
+//!
 //! [`register`] installs the handlers with a plugin ([`crate::pjrt::Api::load`] does it for every
 //! plugin it loads, so compiled and deserialized executables both find them). Handlers never
 //! unwind into XLA: a refused call or a panic becomes an `XLA_FFI_Error` that fails the
@@ -19,6 +21,7 @@ pub mod lm_head;
 pub mod matmul;
 mod pool;
 pub mod rpa;
+pub mod timeline;
 pub mod workers;
 
 use half::bf16;
@@ -67,7 +70,7 @@ pub fn register(api: &Api) -> Result<(), PjrtError> {
 /// Called by XLA with its call frame.
 unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
-    unsafe { handle(frame, RPA_TARGET, execute_rpa) }
+    unsafe { handle(frame, RPA_TARGET, timeline::What::Attention, execute_rpa) }
 }
 
 /// The FFI entry point of [`matmul::matmul`].
@@ -76,7 +79,14 @@ unsafe extern "C" fn rpa_handler(frame: *mut CallFrame) -> *mut XlaError {
 /// Called by XLA with its call frame.
 unsafe extern "C" fn matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
-    unsafe { handle(frame, MATMUL_TARGET, execute_matmul) }
+    unsafe {
+        handle(
+            frame,
+            MATMUL_TARGET,
+            timeline::What::Projection,
+            execute_matmul,
+        )
+    }
 }
 
 /// The FFI entry point of [`matmul::matmul_fused`] with the norm.
@@ -85,7 +95,14 @@ unsafe extern "C" fn matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
 /// Called by XLA with its call frame.
 unsafe extern "C" fn norm_matmul_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
-    unsafe { handle(frame, NORM_MATMUL_TARGET, execute_norm_matmul) }
+    unsafe {
+        handle(
+            frame,
+            NORM_MATMUL_TARGET,
+            timeline::What::Projection,
+            execute_norm_matmul,
+        )
+    }
 }
 
 /// The FFI entry point of [`matmul::matmul_fused`] with the residual.
@@ -94,7 +111,14 @@ unsafe extern "C" fn norm_matmul_handler(frame: *mut CallFrame) -> *mut XlaError
 /// Called by XLA with its call frame.
 unsafe extern "C" fn matmul_add_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
-    unsafe { handle(frame, MATMUL_ADD_TARGET, execute_matmul_add) }
+    unsafe {
+        handle(
+            frame,
+            MATMUL_ADD_TARGET,
+            timeline::What::Projection,
+            execute_matmul_add,
+        )
+    }
 }
 
 /// The FFI entry point of [`lm_head::lm_head`].
@@ -103,22 +127,35 @@ unsafe extern "C" fn matmul_add_handler(frame: *mut CallFrame) -> *mut XlaError 
 /// Called by XLA with its call frame.
 unsafe extern "C" fn lm_head_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: the caller's contract.
-    unsafe { handle(frame, LM_HEAD_TARGET, execute_lm_head) }
+    unsafe {
+        handle(
+            frame,
+            LM_HEAD_TARGET,
+            timeline::What::LmHead,
+            execute_lm_head,
+        )
+    }
 }
 
-/// Decodes XLA's call frame and runs `execute` at the execute stage; a refusal or a panic
-/// becomes an XLA error naming `target`.
+/// Decodes XLA's call frame and runs `execute` at the execute stage (timed as `what` while
+/// [`timeline`] records); a refusal or a panic becomes an XLA error naming `target`.
 ///
 /// # Safety
 /// `frame` is XLA's call frame, valid for this call.
 unsafe fn handle(
     frame: *mut CallFrame,
     target: &str,
+    what: timeline::What,
     execute: fn(&Call, *mut CallFrame) -> Result<(), String>,
 ) -> *mut XlaError {
     // SAFETY: `frame` is XLA's call frame, valid for this call.
     let result = std::panic::catch_unwind(|| match unsafe { CallFrame::decode(frame) } {
-        Ok(Stage::Execute(call)) => execute(&call, frame),
+        Ok(Stage::Execute(call)) => {
+            let start = timeline::now();
+            let done = execute(&call, frame);
+            timeline::record(what, start);
+            done
+        }
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     });
