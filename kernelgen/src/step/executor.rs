@@ -474,10 +474,9 @@ impl StepExecutor for DeviceExecutor {
         }
         let logits_buf = logits_buf
             .ok_or_else(|| EngineError::Executor("the step returned no outputs".into()))?;
-        let mut logits = logits_buf
-            .to_host::<f32>()
+        let logits = logits_buf
+            .read_prefix::<f32>(batch.logits_rows.len() * self.vocab)
             .map_err(exec_err("reading logits"))?;
-        logits.truncate(batch.logits_rows.len() * self.vocab);
         timeline::record(timeline::What::Step { decode }, span);
         let (host, execute, download) = (
             (exec_start - host_start).as_secs_f64(),

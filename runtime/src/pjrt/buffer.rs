@@ -107,9 +107,10 @@ impl Buffer {
         Ok(args.on_device_size_in_bytes)
     }
 
-    /// Address of the buffer's device memory (`PJRT_Buffer_UnsafePointer`). Only for
-    /// identity checks such as "did donation alias this output onto its input"; on CPU it is
-    /// a host address, but nothing here makes dereferencing it sound.
+    /// Address of the buffer's device memory (`PJRT_Buffer_UnsafePointer`). For identity
+    /// checks such as "did donation alias this output onto its input"; on CPU it is a host
+    /// address, which only [`Buffer::read_prefix`] reads (after checking the buffer is ready,
+    /// on the host and row-major).
     pub fn device_address(&self) -> Result<usize> {
         let mut args = sys::PJRT_Buffer_UnsafePointer_Args::new();
         args.buffer = self.raw();
@@ -136,6 +137,81 @@ impl Buffer {
         // pattern is a valid `T` (guaranteed by the sealed `Element` trait).
         unsafe { out.set_len(n) };
         Ok(out)
+    }
+
+    /// Copies the first `n` elements (in row-major order) to a new host vector. A buffer in
+    /// host memory (`PJRT_Buffer_IsOnCpu`: the CPU plugin's) laid out row-major is read in place
+    /// once ready: no transfer through the plugin, whose copy hands off to its own thread (a
+    /// batch-1 step's 196 KB of logits took ~80 us that way against a ~15 us memcpy), and
+    /// only the rows asked for. Other buffers are copied whole and cut.
+    pub fn read_prefix<T: Element>(&self, n: usize) -> Result<Vec<T>> {
+        if T::TYPE != self.element_type {
+            return Err(PjrtError::TypeMismatch {
+                expected: T::TYPE,
+                actual: self.element_type,
+            });
+        }
+        if n > self.element_count() {
+            return Err(invalid(format!(
+                "read_prefix: {n} elements asked of buffer {:?} holding {}",
+                self.dims,
+                self.element_count()
+            )));
+        }
+        if !(self.is_on_cpu()? && self.is_row_major()?) {
+            let mut all = self.to_host::<T>()?;
+            all.truncate(n);
+            return Ok(all);
+        }
+        self.block_until_ready()?;
+        let addr = self.device_address()?;
+        if n > 0 && (addr == 0 || addr % align_of::<T>() != 0) {
+            return Err(invalid(format!(
+                "read_prefix: the plugin gave buffer {:?} the address {addr:#x}",
+                self.dims
+            )));
+        }
+        // SAFETY: the buffer is ready and lives in host memory at `addr` (the plugin says
+        // so), holding at least `n` elements of `T` (its type and count checked above); it is
+        // borrowed for the copy, so the plugin cannot free or donate it meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts(addr as *const T, n) }.to_vec())
+    }
+
+    /// Whether the buffer is laid out dense and row-major (`PJRT_Buffer_GetMemoryLayout`: no
+    /// tiles, dimensions minor to major from the last), so that its memory reads in the order
+    /// [`Buffer::to_host`] copies it.
+    fn is_row_major(&self) -> Result<bool> {
+        let mut args = sys::PJRT_Buffer_GetMemoryLayout_Args::new();
+        args.buffer = self.raw();
+        // SAFETY: live buffer; out fields only.
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_GetMemoryLayout, &mut args) }?;
+        if args.layout.type_ != sys::PJRT_Buffer_MemoryLayout_Type_Tiled {
+            return Ok(false);
+        }
+        // SAFETY: the plugin filled the tiled member (the type says so); its arrays belong to
+        // the buffer, which is borrowed here.
+        let tiled = unsafe { args.layout.__bindgen_anon_1.tiled };
+        let order: &[i64] = match tiled.minor_to_major_size {
+            0 => &[],
+            // SAFETY: as above, `minor_to_major_size` values.
+            n => unsafe { std::slice::from_raw_parts(tiled.minor_to_major, n) },
+        };
+        let rank = self.dims.len();
+        Ok(tiled.num_tiles == 0
+            && order.len() == rank
+            && order
+                .iter()
+                .zip((0..rank as i64).rev())
+                .all(|(&d, want)| d == want))
+    }
+
+    /// Whether the buffer's memory is host memory (`PJRT_Buffer_IsOnCpu`).
+    pub fn is_on_cpu(&self) -> Result<bool> {
+        let mut args = sys::PJRT_Buffer_IsOnCpu_Args::new();
+        args.buffer = self.raw();
+        // SAFETY: live buffer; out fields only.
+        unsafe { pjrt_call!(self.api(), PJRT_Buffer_IsOnCpu, &mut args) }?;
+        Ok(args.is_on_cpu)
     }
 
     /// Copies the buffer into `dst`, whose length must be the element count.

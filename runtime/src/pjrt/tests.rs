@@ -584,3 +584,32 @@ func.func @main(%x: tensor<4x8xf32> {{mhlo.sharding = "{{manual}}"}},
         ids = ids.join(", ")
     )
 }
+
+/// `read_prefix` gives the first elements of what `to_host` gives, for an uploaded buffer and
+/// for a program's output (read in place on the CPU plugin), and refuses a wrong type or more
+/// elements than the buffer holds.
+#[test]
+fn read_prefix_equals_the_start_of_to_host() {
+    let exe = compile(ADD_F32_GENERIC);
+    let mut rng = StdRng::seed_from_u64(3);
+    let a: Vec<f32> = (0..1024).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..1024).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let ba = client().buffer_from_host(&a, &[1024]).unwrap();
+    let bb = client().buffer_from_host(&b, &[1024]).unwrap();
+    let out = exe.execute_borrowed(&[&ba, &bb]).unwrap();
+    assert!(
+        out[0].is_on_cpu().unwrap(),
+        "the CPU plugin's buffers are host memory"
+    );
+    for buf in [&ba, &out[0]] {
+        let whole = buf.to_host::<f32>().unwrap();
+        for n in [0, 1, 700, 1024] {
+            assert_eq!(buf.read_prefix::<f32>(n).unwrap(), whole[..n]);
+        }
+        assert!(buf.read_prefix::<f32>(1025).is_err());
+        assert!(buf.read_prefix::<i32>(4).is_err());
+    }
+    let m: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let bm = client().buffer_from_host(&m, &[3, 4]).unwrap();
+    assert_eq!(bm.read_prefix::<f32>(8).unwrap(), m[..8]);
+}
