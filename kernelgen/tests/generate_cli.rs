@@ -37,6 +37,14 @@ fn answers_a_factual_question_in_english() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("Paris"), "greedy answer: {text}");
+    // The plugin's INFO logging (it notes each client's create options) stays out of the user's
+    // way; its warnings and errors would still show.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("I0") && l.contains(".cc:")),
+        "{err}"
+    );
 
     // The same greedy run, stopped at " Paris": the stream ends where the result is cut, and
     // the stop string itself is never printed, not even for a moment.
