@@ -29,6 +29,18 @@ pub struct InsideStep {
     pub step_ms: f64,
 }
 
+impl InsideStep {
+    /// The parts' sum: `step_ms` up to rounding.
+    pub fn parts_ms(&self) -> f64 {
+        self.start_ms
+            + self.projections_ms
+            + self.attention_ms
+            + self.lm_head_ms
+            + self.between_ms
+            + self.finish_ms
+    }
+}
+
 /// Takes apart every decode step of `spans` that holds kernel calls; `None` if none does (a
 /// program without host kernels, or nothing recorded).
 pub fn take_apart(spans: &[Span]) -> Option<InsideStep> {
@@ -140,13 +152,7 @@ mod tests {
         assert!(close(got.between_ms, 0.0625), "{got:?}");
         assert!(close(got.finish_ms, 0.15), "{got:?}");
         assert!(close(got.step_ms, 0.6), "{got:?}");
-        let parts = got.start_ms
-            + got.projections_ms
-            + got.attention_ms
-            + got.lm_head_ms
-            + got.between_ms
-            + got.finish_ms;
-        assert!(close(parts, got.step_ms));
+        assert!(close(got.parts_ms(), got.step_ms));
     }
 
     #[test]
