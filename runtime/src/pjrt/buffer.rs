@@ -158,7 +158,7 @@ impl Buffer {
                 self.element_count()
             )));
         }
-        if !(self.is_on_cpu()? && self.is_row_major()?) {
+        if !self.reads_in_place()? {
             let mut all = self.to_host::<T>()?;
             all.truncate(n);
             return Ok(all);
@@ -175,6 +175,11 @@ impl Buffer {
         // so), holding at least `n` elements of `T` (its type and count checked above); it is
         // borrowed for the copy, so the plugin cannot free or donate it meanwhile.
         Ok(unsafe { std::slice::from_raw_parts(addr as *const T, n) }.to_vec())
+    }
+
+    /// Whether [`Buffer::read_prefix`] reads the buffer in place: host memory, row-major.
+    pub fn reads_in_place(&self) -> Result<bool> {
+        Ok(self.is_on_cpu()? && self.is_row_major()?)
     }
 
     /// Whether the buffer is laid out dense and row-major (`PJRT_Buffer_GetMemoryLayout`: no
