@@ -8,7 +8,7 @@ use runtime::kernels::timeline::{Span, What};
 use serde::Serialize;
 
 /// Means over the recorded decode steps, in milliseconds; the parts sum to `step_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct InsideStep {
     /// Decode steps recorded (those with at least one host kernel call).
     pub steps: usize,
@@ -49,16 +49,7 @@ pub fn take_apart(spans: &[Span]) -> Option<InsideStep> {
         .filter(|s| !matches!(s.what, What::Step { .. }))
         .collect();
     kernels.sort_by_key(|s| s.start);
-    let mut sum = InsideStep {
-        steps: 0,
-        start_ms: 0.0,
-        projections_ms: 0.0,
-        attention_ms: 0.0,
-        lm_head_ms: 0.0,
-        between_ms: 0.0,
-        finish_ms: 0.0,
-        step_ms: 0.0,
-    };
+    let mut sum = InsideStep::default();
     let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
     for step in spans
         .iter()
@@ -92,17 +83,21 @@ pub fn take_apart(spans: &[Span]) -> Option<InsideStep> {
         sum.finish_ms += ms(last_end, step.end);
         sum.step_ms += ms(step.start, step.end);
     }
+    if sum.steps == 0 {
+        return None;
+    }
     let n = sum.steps as f64;
-    (sum.steps > 0).then(|| InsideStep {
-        steps: sum.steps,
-        start_ms: sum.start_ms / n,
-        projections_ms: sum.projections_ms / n,
-        attention_ms: sum.attention_ms / n,
-        lm_head_ms: sum.lm_head_ms / n,
-        between_ms: sum.between_ms / n,
-        finish_ms: sum.finish_ms / n,
-        step_ms: sum.step_ms / n,
-    })
+    let parts = [
+        &mut sum.start_ms,
+        &mut sum.projections_ms,
+        &mut sum.attention_ms,
+        &mut sum.lm_head_ms,
+        &mut sum.between_ms,
+        &mut sum.finish_ms,
+        &mut sum.step_ms,
+    ];
+    parts.into_iter().for_each(|ms| *ms /= n);
+    Some(sum)
 }
 
 #[cfg(test)]
