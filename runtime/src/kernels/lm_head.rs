@@ -501,6 +501,17 @@ unsafe fn screen_estimate_block(
         ldo: usize,
     }
 
+    /// How many tiles ahead each tile prefetches the screen's rows. The f32 matmul's tiles
+    /// prefetch the next tile, 4 rows of `k` f32 values (9 KB at SmolLM2's `k` = 576); a
+    /// screen row is a quarter of those bytes, so the next tile alone was too close (perf: the
+    /// screen's loads were the hot spots). Measured with a temporary harness (not kept; AMD
+    /// EPYC, 2 threads, SmolLM2's 49152 x 576 head at one row, 128 MB read between calls so
+    /// that each starts from memory as in a step, best of 20 calls, alternated builds): one
+    /// tile ahead 0.60-0.72 ms, four 0.54-0.60, beside a two-thread sum of the screen's bytes
+    /// in the same processes at 0.37-0.41. (With the screen left in cache between calls: one
+    /// tile 0.43-0.60, two 0.41-0.46, three 0.33-0.36, four, six and eight 0.31-0.43.)
+    const PREFETCH_TILES: usize = 4;
+
     impl TileKernel for Tile {
         #[inline(always)]
         unsafe fn tile<const MT: usize, const NT: usize>(&self, i: usize, j: usize) {
@@ -518,7 +529,8 @@ unsafe fn screen_estimate_block(
                     for (jj, v) in wv.iter_mut().enumerate() {
                         let p = q.add(jj * k + c);
                         if c % 64 == 0 {
-                            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add((jj + NT) * k + c).cast());
+                            let ahead = (jj + PREFETCH_TILES * NT) * k + c;
+                            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(ahead).cast());
                         }
                         let bytes = if n == 32 {
                             _mm256_loadu_si256(p.cast())
