@@ -352,8 +352,9 @@ impl<T: Element> Ctx<'_, T> {
     unsafe fn item(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the features (checked just above).
+            if super::avx512() {
+                // SAFETY: the CPU has the features (checked just above; AVX-512F implies AVX2
+                // and FMA).
                 return unsafe { self.item_avx512(it, sc, out) };
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -366,8 +367,11 @@ impl<T: Element> Ctx<'_, T> {
         self.item_body::<false>(it, sc, out)
     }
 
+    /// [`Ctx::item_body`] compiled for AVX-512 with the features of the [`tiles`] it calls,
+    /// so that they inline: with AVX-512BW and VL missing here, each decode key's
+    /// [`tiles::score_key`] was a call of its own (its scores handed back through memory).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn item_avx512(&self, it: &Item, sc: &mut Scratch, out: &SharedOut<T>) {
         self.item_body::<true>(it, sc, out)
     }
@@ -739,15 +743,19 @@ fn exp_approx(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    // The rounded sum's bits minus ROUND's are that integer too (it sits in the low mantissa
+    // bits): no float-to-integer conversion, whose saturating `as` kept the loop scalar.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 #[inline(always)]
