@@ -31,11 +31,31 @@ fn decode_figures_are_medians_inside_their_spread() {
         "64",
         "--repeats",
         "3",
+        "--long-prompt",
+        "24",
         "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["repeats"], 3);
+    // The long prompt's figure beside the short one's, from the same engine's rounds.
+    let l = &r["long_context"];
+    assert_eq!(
+        (l["short_prompt"].as_u64(), l["long_prompt"].as_u64()),
+        (Some(8), Some(24))
+    );
+    let (short, long) = (
+        l["short_tokens_per_s"].as_f64().unwrap(),
+        l["long_tokens_per_s"].as_f64().unwrap(),
+    );
+    let ratio = l["ratio"].as_f64().unwrap();
+    assert!(short > 0.0 && long > 0.0, "{l}");
+    assert!((ratio - long / short).abs() <= 1e-9 * ratio, "{l}");
+    let (lo, hi) = (
+        l["pair_ratio_range"][0].as_f64().unwrap(),
+        l["pair_ratio_range"][1].as_f64().unwrap(),
+    );
+    assert!(0.0 < lo && lo <= hi, "{l}");
     let mut figures: Vec<&serde_json::Value> = r["decode"].as_array().unwrap().iter().collect();
     assert_eq!(figures.len(), 2);
     figures.push(&r["prefill"]);
@@ -59,6 +79,24 @@ fn decode_figures_are_medians_inside_their_spread() {
         "{memory}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_long_prompt_no_longer_than_the_prompt_is_refused_naming_both_flags() {
+    let o = kernelgen(&[
+        "bench",
+        "decode",
+        "--prompt-len",
+        "64",
+        "--long-prompt",
+        "64",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--long-prompt 64") && err.contains("--prompt-len 64"),
+        "{err}"
+    );
 }
 
 #[test]

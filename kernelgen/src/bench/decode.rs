@@ -34,6 +34,9 @@ pub struct DecodeBench {
     /// Degrees of tensor parallelism the decode batches run at; prefill and the pool sizes run
     /// at the first.
     pub tp: Vec<usize>,
+    /// Batch-1 decode is also measured at this prompt length, in rounds alternating with
+    /// `prompt_len` on one engine ([`LongContext`]).
+    pub long_prompt: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -62,6 +65,27 @@ pub struct DecodeReport {
     pub memory: Option<MemoryReport>,
     /// Workloads whose block sizes missed the tuned table (each warning once).
     pub kernel_warnings: Vec<String>,
+    /// Batch-1 decode at a long prompt beside the short one ([`DecodeBench::long_prompt`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContext>,
+}
+
+/// Batch-1 decode tokens/s at two prompt lengths, from rounds that alternate between them on
+/// one engine (one step program, one KV pool), so that both figures meet the same stretches of
+/// the host's memory bandwidth: on a host whose bandwidth moves within seconds, the two lengths
+/// measured in separate runs compare the runs' bandwidth as much as the context's cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct LongContext {
+    pub short_prompt: usize,
+    pub long_prompt: usize,
+    /// Median over the short prompt's rounds.
+    pub short_tokens_per_s: f64,
+    /// Median over the long prompt's rounds.
+    pub long_tokens_per_s: f64,
+    /// `long_tokens_per_s / short_tokens_per_s`.
+    pub ratio: f64,
+    /// Lowest and highest ratio of one long round to the short round beside it.
+    pub pair_ratio_range: (f64, f64),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -380,7 +404,49 @@ fn validate(b: &DecodeBench) -> Result<(), BenchError> {
     if b.prompt_len == 0 || b.new_tokens == 0 || b.prefill_len == 0 || b.page_size == 0 {
         return bad("--prompt-len, --new-tokens, --prefill-len and --page-size must be >= 1");
     }
-    Ok(())
+    match b.long_prompt {
+        Some(long) if long <= b.prompt_len => Err(BenchError::Options(format!(
+            "--long-prompt {long} must exceed --prompt-len {} (it is measured beside it), \
+             e.g. --long-prompt 1024",
+            b.prompt_len
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Batch-1 decode at `b.prompt_len` and at `long` prompt tokens, `b.repeats` rounds each, in
+/// pairs on one engine sized for the long prompt; each pair's order flips from the one before,
+/// so that a drift in the host's speed falls on both lengths alike.
+fn long_context(b: &DecodeBench, long: usize) -> Result<LongContext, BenchError> {
+    let max_seq_len = (long + b.new_tokens + 1).div_ceil(b.page_size) * b.page_size;
+    let pages = max_seq_len / b.page_size;
+    let mut served = start(&options(b, 1, pages, max_seq_len, long.clamp(1, 512)))?;
+    let (short, new) = (b.prompt_len, b.new_tokens);
+    // Warm-up: every program both lengths use is compiled and loaded.
+    run_round(&mut served, 1, short, new)?;
+    run_round(&mut served, 1, long, new)?;
+    let (mut s, mut l, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..b.repeats {
+        let (a, z) = if i % 2 == 0 {
+            let a = run_round(&mut served, 1, short, new)?;
+            (a, run_round(&mut served, 1, long, new)?)
+        } else {
+            let z = run_round(&mut served, 1, long, new)?;
+            (run_round(&mut served, 1, short, new)?, z)
+        };
+        pairs.push(z.decode_tokens_per_s / a.decode_tokens_per_s);
+        s.push(a.decode_tokens_per_s);
+        l.push(z.decode_tokens_per_s);
+    }
+    let ((short_tps, _), (long_tps, _)) = (spread(s), spread(l));
+    Ok(LongContext {
+        short_prompt: short,
+        long_prompt: long,
+        short_tokens_per_s: short_tps,
+        long_tokens_per_s: long_tps,
+        ratio: long_tps / short_tps,
+        pair_ratio_range: spread(pairs).1,
+    })
 }
 
 /// Runs every measurement; `progress` hears what is being measured.
@@ -470,6 +536,13 @@ pub fn run(b: &DecodeBench, progress: &mut dyn FnMut(&str)) -> Result<DecodeRepo
             .median
             .decode_step_s;
         r.pool_scaling.push((pages, step * 1e3));
+    }
+    if let Some(long) = b.long_prompt {
+        progress(&format!(
+            "batch 1 at prompts {} and {long}, alternating ...",
+            b.prompt_len
+        ));
+        r.long_context = Some(long_context(b, long)?);
     }
     if let Some(m) = &mut r.memory {
         m.peak_rss_bytes = runtime::mem::MemTrace::peak_rss_bytes();

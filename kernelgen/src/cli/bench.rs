@@ -351,7 +351,13 @@ rest of the program (attention kernel, norms, RoPE, KV writes, logits copy). Wit
 device, one more round records the kernels' own timeline and splits the step program from the inside: \
 start (execute to the first kernel), projections, attention, LM head, between kernels (XLA's own ops and \
 call overheads) and finish (the last kernel to the logits on the host). Step time vs max_pages \
-checks that the KV pool is never copied (it must not grow with the pool).")]
+checks that the KV pool is never copied (it must not grow with the pool). With --long-prompt N, \
+batch-1 decode at --prompt-len and at N run in alternating rounds on one engine and the ratio of their \
+medians is printed: both lengths meet the same stretches of the host's bandwidth, which two separate \
+runs do not.
+
+Example (how much a 1024-token context costs batch-1 decode):
+  kernelgen bench decode --batches 1 --repeats 5 --long-prompt 1024")]
 pub struct DecodeArgs {
     #[command(flatten)]
     pub served: ServedArgs,
@@ -386,6 +392,9 @@ pub struct DecodeArgs {
     /// Weight matrices' dtype: f32 or bf16 (half the bytes each decode step reads; the bound uses the bytes actually read)
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub weights: Dtype,
+    /// Also measure batch-1 decode at this prompt length beside --prompt-len, in rounds that alternate between the two on one engine, and print the ratio (e.g. 1024: how much a long context costs, measured on the same stretches of the host's memory bandwidth)
+    #[arg(long, value_name = "TOKENS")]
+    pub long_prompt: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -490,6 +499,7 @@ fn run_decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         page_size: a.page_size,
         pool_pages: a.pool_pages.clone(),
         tp: a.tp.clone(),
+        long_prompt: a.long_prompt,
     };
     let r = bench::decode::run(&b, &mut |m| eprintln!("{m}")).map_err(classify)?;
     if a.json {
@@ -710,6 +720,19 @@ fn print_decode(r: &DecodeReport, prefill_len: usize) {
     }
     for (pages, ms) in &r.pool_scaling {
         println!("batch-1 step with a {pages}-page pool: {ms:.2} ms");
+    }
+    if let Some(l) = &r.long_context {
+        println!(
+            "batch-1 decode at prompt {}: {:.1} tok/s, {:.0}% of prompt {}'s {:.1} (medians of \
+             rounds alternating on one engine; one round against the one beside it: {:.0}-{:.0}%)",
+            l.long_prompt,
+            l.long_tokens_per_s,
+            100.0 * l.ratio,
+            l.short_prompt,
+            l.short_tokens_per_s,
+            100.0 * l.pair_ratio_range.0,
+            100.0 * l.pair_ratio_range.1
+        );
     }
     if let Some(peak) = r.memory.as_ref().and_then(|m| m.peak_rss_bytes) {
         println!(
