@@ -88,8 +88,6 @@ impl<W: Element> WeightRows for Plain<W> {
         // SAFETY: the caller's contract.
         unsafe { W::load16_tail(self.0.add(i), n) }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
     /// Non-temporal: a decode step reads each weight once, and a weight brought into every
     /// cache level pushed out what the step's other work keeps there (XLA's ops between the
     /// kernels, the activations). The two hints alternated every 10 steps inside one `bench
@@ -97,6 +95,8 @@ impl<W: Element> WeightRows for Plain<W> {
     /// 12.63, 11.88, 8.67 ms (median) with this against 13.21, 13.04, 12.55, 9.05 with
     /// `_MM_HINT_T0`; batch 32 42.57 and 42.84 against 42.44 and 43.42. (The LM head's screen
     /// gained nothing from it: 9.52 and 9.74 against 9.54 and 9.71.)
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     fn prefetch(self, i: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA};
         // SAFETY: a prefetch never faults, whatever the address.
