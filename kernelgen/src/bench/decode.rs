@@ -150,6 +150,22 @@ fn options(
     })
 }
 
+/// An engine for `batch` sequences of `prompt_len` prompt and `new_tokens` new tokens each,
+/// with a pool of at least `max_pages` pages, admitting up to the whole batch's prompts (at
+/// most 512 tokens) per step.
+fn start_for(
+    b: &DecodeBench,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    max_pages: usize,
+) -> Result<Served, BenchError> {
+    let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(b.page_size) * b.page_size;
+    let pages = max_pages.max(max_seq_len / b.page_size * batch);
+    let budget = (batch * prompt_len).clamp(batch, 512);
+    Ok(start(&options(b, batch, pages, max_seq_len, budget))?)
+}
+
 /// What one measured round of a workload gave, from the engine's own metrics.
 #[derive(Clone, Copy)]
 struct Round {
@@ -305,11 +321,7 @@ fn run_batch(
     max_pages: usize,
     breakdown: bool,
 ) -> Result<BatchFigures, BenchError> {
-    let max_seq_len = (prompt_len + new_tokens + 1).div_ceil(b.page_size) * b.page_size;
-    let per_seq = max_seq_len / b.page_size;
-    let pages = max_pages.max(per_seq * batch);
-    let budget = (batch * prompt_len).clamp(batch, 512);
-    let mut served = start(&options(b, batch, pages, max_seq_len, budget))?;
+    let mut served = start_for(b, batch, prompt_len, new_tokens, max_pages)?;
     run_round(&mut served, batch, prompt_len, new_tokens)?;
     let mut rounds = Vec::with_capacity(b.repeats);
     for _ in 0..b.repeats {
@@ -418,9 +430,7 @@ fn validate(b: &DecodeBench) -> Result<(), BenchError> {
 /// pairs on one engine sized for the long prompt; each pair's order flips from the one before,
 /// so that a drift in the host's speed falls on both lengths alike.
 fn long_context(b: &DecodeBench, long: usize) -> Result<LongContext, BenchError> {
-    let max_seq_len = (long + b.new_tokens + 1).div_ceil(b.page_size) * b.page_size;
-    let pages = max_seq_len / b.page_size;
-    let mut served = start(&options(b, 1, pages, max_seq_len, long.clamp(1, 512)))?;
+    let mut served = start_for(b, 1, long, b.new_tokens, 0)?;
     let (short, new) = (b.prompt_len, b.new_tokens);
     // Warm-up: every program both lengths use is compiled and loaded.
     run_round(&mut served, 1, short, new)?;
