@@ -134,15 +134,15 @@ fn spill_constants_match_a_refit_of_the_data() {
 
 /// Each kernel's verdict band, relative to the estimated total at its fit points with an
 /// estimate of at least a quarter of the default limit (`kernelgen calibrate --kernel K`), no
-/// wider than today's on any target: kernelgen's within 5% at the median and 11% at the widest
-/// (today 10.3% above / 8.2% below on v5e at the widest, 4.8-6.2% / 7.2-8.8% elsewhere, the
-/// median at most 3.9%); JAX's within 20% and 21% (today 11-19% above / 13-20% below at the
-/// median, 11-20% / 13-21% at the widest). Issue 18 asks for +-10%; a wider band sends more
-/// configs to `uncertain`.
+/// wider than today's on any target: kernelgen's within 5% at the median and 10% at the widest,
+/// issue 18's target (today 4.4-5.5% above / 7.2-8.7% below at the widest, the median at most
+/// 3.9%); JAX's within 20% and 21% (today 11-19% above / 13-20% below at the median, 11-20% /
+/// 13-21% at the widest), where issue 18 asks for +-10%. A wider band sends more configs to
+/// `uncertain`.
 #[test]
 fn bands_are_no_wider_than_today() {
     for (kernel, median, widest) in [
-        (KernelModel::Kernelgen, 0.05, 0.11),
+        (KernelModel::Kernelgen, 0.05, 0.10),
         (KernelModel::JaxRpa, 0.20, 0.21),
     ] {
         let fit = fit_all(&points(kernel));
@@ -206,11 +206,13 @@ fn compiler_errors_are_configs_the_model_refuses() {
 
 /// Leave-one-out on each kernel's points: disagreements and uncertain verdicts no worse than
 /// today's (`kernelgen calibrate --kernel K --cross-validate`: jax-rpa 350 agree, 17 uncertain,
-/// 2 disagree; kernelgen 200, 0, 1).
+/// 2 disagree; kernelgen 199, 1, 1: its uncertain one, 24 q / 8 KV heads, bf16, page 128, q 128,
+/// kv 8 on v5p, needs 16.44 MiB against the 16 MiB limit, and came with the band made narrowest
+/// at its widest near a limit instead of on average, which took its widest from 10.3% to 5.5%).
 #[test]
 fn leave_one_out_is_no_worse_than_today() {
     for (kernel, max_disagree, max_uncertain) in
-        [(KernelModel::JaxRpa, 2, 17), (KernelModel::Kernelgen, 1, 0)]
+        [(KernelModel::JaxRpa, 2, 17), (KernelModel::Kernelgen, 1, 1)]
     {
         let l = leave_one_out(&points(kernel));
         eprintln!("{}: leave-one-out {l:?}", kernel.name());

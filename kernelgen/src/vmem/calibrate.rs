@@ -119,10 +119,10 @@ pub fn fit_all(points: &[OraclePoint]) -> Fit {
         ..Fit::default()
     };
     for ((k, target), obs) in groups {
-        let Some(m) = spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP) else {
+        let floor = Target::find(target).map_or(0, |t| t.default_scoped_vmem_bytes / 4);
+        let Some(m) = spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP, floor as f64) else {
             continue;
         };
-        let floor = Target::find(target).map_or(0, |t| t.default_scoped_vmem_bytes / 4);
         fit.widths.push((k, target, m.widths(&obs, floor)));
         fit.models.push((k, target, m));
     }
