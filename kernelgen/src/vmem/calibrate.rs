@@ -119,10 +119,15 @@ pub fn fit_all(points: &[OraclePoint]) -> Fit {
         ..Fit::default()
     };
     for ((k, target), obs) in groups {
-        let floor = Target::find(target).map_or(0, |t| t.default_scoped_vmem_bytes / 4);
-        let Some(m) = spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP, floor as f64) else {
+        let floor = Target::find(target)
+            .ok()
+            .map(|t| t.default_scoped_vmem_bytes / 4);
+        // an unknown target has no limit to be near: its band is narrowest on average
+        let near = floor.map_or(f64::INFINITY, |f| f as f64);
+        let Some(m) = spill::fit(spill::SpillForm::of(k), &obs, BISECT_STEP, near) else {
             continue;
         };
+        let floor = floor.unwrap_or(0);
         fit.widths.push((k, target, m.widths(&obs, floor)));
         fit.models.push((k, target, m));
     }
