@@ -203,8 +203,8 @@ fn step_program_with_host_kernels_matches_host_reference() {
 
 /// The host kernels' timeline takes a host-form step program apart: every decode step run
 /// while recording is found with its attention, (on a CPU where the host matmul is vectorized)
-/// its projections and (with a split head) its LM head inside it, and its parts sum to the step. (Other tests' programs may run meanwhile and add
-/// spans; the checks hold with them.)
+/// its projections and (with a split head) its LM head inside it, and its parts sum to the
+/// step. (Other tests' programs may run meanwhile and add spans; the checks hold with them.)
 #[test]
 fn the_kernel_timeline_takes_host_decode_steps_apart() {
     let model = Arc::new(tiny(7, false));

@@ -249,13 +249,12 @@ impl SpillModel {
     pub fn widths(&self, obs: &[Observation], floor: u64) -> BandWidths {
         let (mut up, mut down) = (Vec::new(), Vec::new());
         for o in obs {
-            let total = o.explicit + self.predict(&o.features);
-            if total < floor as f64 {
+            let e = Estimate::of(self.form, &self.coef, o);
+            if e.total < floor as f64 {
                 continue;
             }
-            let (lower, upper) = self.band(total, o.explicit);
-            up.push(upper as f64 / total - 1.0);
-            down.push(1.0 - lower as f64 / total);
+            up.push(e.width(self.under, self.under_abs, Side::Above));
+            down.push(e.width(self.over, self.over_abs, Side::Below));
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -370,22 +369,16 @@ pub fn fit(form: SpillForm, obs: &[Observation], step: f64, floor: f64) -> Optio
             .map(|(_, o)| o);
         let loo = least_squares(form, others).unwrap_or(coef);
         for (c, in_sample) in [(coef, true), (loo, false)] {
-            let total = o.explicit + predict(form, &c, &o.features);
-            let base = form.band_base().of(total, o.explicit);
-            let miss = o.min_limit - total;
+            let e = Estimate::of(form, &c, o);
+            let miss = o.min_limit - e.total;
             let side = if miss > 0.0 { &mut under } else { &mut over };
             side.push(Miss {
                 bytes: miss.abs(),
-                base,
+                base: e.base,
             });
-            let at_estimate = Estimate {
-                base,
-                total,
-                explicit: o.explicit,
-            };
-            at.push(at_estimate);
-            if in_sample && total >= floor {
-                near.push(at_estimate);
+            at.push(e);
+            if in_sample && e.total >= floor {
+                near.push(e);
             }
         }
     }
@@ -421,8 +414,18 @@ enum Side {
 }
 
 impl Estimate {
-    /// The band `rel x base + abs` on `side`, relative to the total, as `SpillModel::widths`
-    /// measures it.
+    /// The estimate of `o` by the coefficients `coef` of `form`.
+    fn of(form: SpillForm, coef: &[f64; N_FEATURES], o: &Observation) -> Estimate {
+        let total = o.explicit + predict(form, coef, &o.features);
+        Estimate {
+            base: form.band_base().of(total, o.explicit),
+            total,
+            explicit: o.explicit,
+        }
+    }
+
+    /// The band `rel x base + abs` on `side` ([`SpillModel::band`], unrounded), relative to the
+    /// total: what [`SpillModel::widths`] reports and the fit's pair is chosen by.
     fn width(&self, rel: f64, abs: f64, side: Side) -> f64 {
         let bytes = rel * self.base + abs;
         let bytes = match side {
