@@ -50,11 +50,10 @@ impl FromStr for Dtype {
 
     /// `f32`/`float32` or `bf16`/`bfloat16`, any case.
     fn from_str(s: &str) -> Result<Dtype, UnknownDtype> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(Dtype::F32),
-            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(UnknownDtype(s.to_string())),
-        }
+        [Dtype::F32, Dtype::Bf16]
+            .into_iter()
+            .find(|d| s.eq_ignore_ascii_case(d.mlir()) || s.eq_ignore_ascii_case(d.numpy()))
+            .ok_or_else(|| UnknownDtype(s.to_string()))
     }
 }
 

@@ -10,7 +10,7 @@ use kernelgen::target::{parse_bytes, Target};
 use kernelgen::tpu::{checked_config_request, Oracle, OracleResponse};
 use kernelgen::vmem::request::{resolve, Resolved};
 use kernelgen::vmem::suggest::{nearest_fits, Suggestion};
-use kernelgen::vmem::{check, matrix, KernelModel, Verdict, VmemReport};
+use kernelgen::vmem::{matrix, KernelModel, Verdict, VmemReport};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -101,8 +101,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let resolved = resolve_request(&args.kernel.spec(), &args.opts)?;
     let req = resolved.request();
-    let mut report = check(&req)?;
-    report.notes.splice(0..0, resolved.notes.iter().cloned());
+    let report = resolved.check()?;
     let suggestions = if report.verdict == Verdict::Fits {
         vec![]
     } else {

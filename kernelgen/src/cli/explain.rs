@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kernelgen::vmem::explain::{jax_rpa_call_shapes, parse, reading, Failure};
 use kernelgen::vmem::suggest::nearest_fits;
-use kernelgen::vmem::{check, smem, KernelModel, Verdict};
+use kernelgen::vmem::{smem, KernelModel, Verdict};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -70,8 +70,7 @@ pub fn run(mut a: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let resolved = resolve_request(&a.kernel.spec(), &a.opts)?;
     let req = resolved.request();
-    let mut report = check(&req)?;
-    report.notes.splice(0..0, resolved.notes.iter().cloned());
+    let report = resolved.check()?;
     let room = smem::room(&resolved.cfg, &resolved.target, report.kernel);
     for line in reading(failure, &report, room, resolved.cfg.page_size() as u64) {
         println!("{line}");

@@ -8,7 +8,7 @@ use clap::Args;
 use kernelgen::config::{parse_dtype, KernelSpec, TPU_DEFAULTS};
 use kernelgen::target::{fmt_bytes, Target};
 use kernelgen::vmem::request::per_device;
-use kernelgen::vmem::{check, Verdict, VmemReport};
+use kernelgen::vmem::{Verdict, VmemReport};
 use runtime::plan::{kv_bytes_per_token, EnginePlan, LevanterKnobs, Rule, Scope};
 use serde::Serialize;
 
@@ -194,8 +194,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
     for (shape, tokens) in [("prefill", prefill), ("decode", per_round)] {
         let spec = kernel_spec(&a, tokens.max(a.q_block as u64), max_seq_len)?;
         let resolved = resolve_request(&spec, &a.opts)?;
-        let mut report = check(&resolved.request())?;
-        report.notes.splice(0..0, resolved.notes.iter().cloned());
+        let report = resolved.check()?;
         let smem_room = kernelgen::vmem::smem::room(&resolved.cfg, &target, report.kernel);
         kernel.push(KernelCheck {
             shape,

@@ -11,7 +11,9 @@
 
 use super::{stablehlo, templates, EmitError};
 use crate::config::{Dtype, KernelConfig};
-use serde::{Deserialize, Serialize};
+use crate::vmem::Dims;
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
 
 /// File name of the Pallas kernel inside an artifact directory.
 pub const FILE_NAME: &str = "rpa.pallas.py";
@@ -50,11 +52,14 @@ pub struct PallasDims {
     /// `2 * num_kv_heads`: K and V interleaved on kv_pages' head axis (`[pages, 2 * kv_heads,
     /// page_size, head_dim]`, head-major).
     pub num_combined_heads: u32,
-    /// Python literals: the exact f32 values (written as f64, which Python parses exactly), or
-    /// `None`.
-    pub sm_scale: String,
-    pub sliding_window: String,
-    pub soft_cap: String,
+    /// Rendered as Python literals: the exact f32 values (written as f64, which Python parses
+    /// exactly), or `None`.
+    #[serde(serialize_with = "py_f32")]
+    pub sm_scale: f32,
+    #[serde(serialize_with = "py_option")]
+    pub sliding_window: Option<u32>,
+    #[serde(serialize_with = "py_option")]
+    pub soft_cap: Option<f32>,
     /// KV heads per grid step (see [`kv_heads_per_block`]).
     pub kv_heads_per_block: u32,
     pub q_heads_per_block: u32,
@@ -75,10 +80,10 @@ pub struct PallasDims {
 /// `VMEM_BUFFERS`. Mosaic lays the last two dims out in (8 * 32 / bits, 128) tiles.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmemBuffer {
-    pub name: String,
-    pub shape: Vec<u64>,
+    pub name: Cow<'static, str>,
+    pub shape: Dims,
     /// `float32` or `bfloat16`.
-    pub dtype: String,
+    pub dtype: Cow<'static, str>,
     /// 2 for double-buffered buffers (the q/out pipeline windows and the KV page buffer).
     pub copies: u32,
 }
@@ -134,8 +139,34 @@ pub fn chunk_pages(kv_pages_block: u32, page_size: u32, rows: u32) -> u32 {
 
 /// A Python literal for an f32: its exact value printed as f64 (round-trips through Python's
 /// float and back to the same f32).
-fn py_f32(x: f32) -> String {
-    format!("{:?}", x as f64)
+fn py_f32<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{:?}", *x as f64))
+}
+
+/// A Python literal for an optional number: `None`, or the number (an f32 as [`py_f32`] writes
+/// it).
+fn py_option<T: PyNumber, S: Serializer>(x: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match x {
+        None => s.collect_str("None"),
+        Some(v) => v.py(s),
+    }
+}
+
+/// A number [`py_option`] can write as a Python literal.
+trait PyNumber {
+    fn py<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
+}
+
+impl PyNumber for u32 {
+    fn py<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl PyNumber for f32 {
+    fn py<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        py_f32(self, s)
+    }
 }
 
 impl PallasDims {
@@ -162,11 +193,9 @@ impl PallasDims {
             pages_per_seq: cfg.pages_per_seq(),
             total_pages: cfg.total_pages(),
             num_combined_heads: 2 * g.num_kv_heads,
-            sm_scale: py_f32(cfg.sm_scale()),
-            sliding_window: cfg
-                .sliding_window()
-                .map_or("None".to_string(), |w| w.to_string()),
-            soft_cap: cfg.soft_cap().map_or("None".to_string(), py_f32),
+            sm_scale: cfg.sm_scale(),
+            sliding_window: cfg.sliding_window(),
+            soft_cap: cfg.soft_cap(),
             kv_heads_per_block,
             q_heads_per_block: kv_heads_per_block * g.group(),
             num_head_blocks: g.num_kv_heads / kv_heads_per_block,
@@ -185,24 +214,25 @@ impl PallasDims {
             self.rows as u64,
             self.head_dim_padded as u64,
         );
-        let buf = |name: &str, shape: Vec<u64>, dtype: &str, copies: u32| VmemBuffer {
-            name: name.to_string(),
-            shape,
-            dtype: dtype.to_string(),
-            copies,
-        };
+        let buf =
+            |name: &'static str, shape: &[u64], dtype: &'static str, copies: u32| VmemBuffer {
+                name: Cow::Borrowed(name),
+                shape: Dims::from_slice(shape),
+                dtype: Cow::Borrowed(dtype),
+                copies,
+            };
         vec![
-            buf("q_window", vec![h, rows, d], self.dtype, 2),
-            buf("out_window", vec![h, rows, d], self.dtype, 2),
+            buf("q_window", &[h, rows, d], self.dtype, 2),
+            buf("out_window", &[h, rows, d], self.dtype, 2),
             buf(
                 "kv_buf",
-                vec![self.kv_pages_block as u64, 2 * h, self.page_size as u64, d],
+                &[self.kv_pages_block as u64, 2 * h, self.page_size as u64, d],
                 self.dtype,
                 2,
             ),
-            buf("m", vec![h, rows, 128], "float32", 1),
-            buf("l", vec![h, rows, 128], "float32", 1),
-            buf("acc", vec![h, rows, d], "float32", 1),
+            buf("m", &[h, rows, 128], "float32", 1),
+            buf("l", &[h, rows, 128], "float32", 1),
+            buf("acc", &[h, rows, d], "float32", 1),
         ]
     }
 }
@@ -440,11 +470,11 @@ mod tests {
         let bufs = d.vmem_buffers();
         let kv = bufs.iter().find(|b| b.name == "kv_buf").unwrap();
         // [kv_pages_block, 2 * heads, page_size, head_dim]: head-major pages
-        assert_eq!((kv.shape.clone(), kv.copies), (vec![16, 16, 64, 128], 2));
+        assert_eq!((&kv.shape[..], kv.copies), (&[16, 16, 64, 128][..], 2));
         let acc = bufs.iter().find(|b| b.name == "acc").unwrap();
         assert_eq!(
-            (acc.shape.clone(), acc.dtype.as_str()),
-            (vec![8, 64, 128], "float32")
+            (&acc.shape[..], &*acc.dtype),
+            (&[8, 64, 128][..], "float32")
         );
         let d2 = PallasDims::new(&cfg((32, 8), 128, Dtype::Bf16, (32, 8), None, None));
         let kv2 = d2
@@ -452,6 +482,6 @@ mod tests {
             .into_iter()
             .find(|b| b.name == "kv_buf")
             .unwrap();
-        assert_eq!(kv2.shape, vec![8, 16, 64, 128]);
+        assert_eq!(kv2.shape[..], [8, 16, 64, 128]);
     }
 }

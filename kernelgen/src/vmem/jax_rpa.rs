@@ -17,7 +17,7 @@
 //! allocation listing (`padding_matches_compiler_dumps` in `vmem/mod.rs`).
 
 use super::spill::SpillFeatures;
-use super::{buffer, ModelAccount, VmemError};
+use super::{buffer, ModelAccount, Note, VmemError};
 use crate::config::{Dtype, KernelConfig};
 use crate::target::Target;
 
@@ -88,15 +88,13 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
     let p = cfg.page_size() as u64;
     let bq = cfg.q_block() as u64;
     let bkv = cfg.kv_pages_block() as u64;
-    let mut notes = vec![format!(
-        "heads per block: {hq_blk} q / {hkvc_blk} combined kv (get_min_heads_per_blk), {} head block(s)",
-        hq / hq_blk
-    )];
+    let mut notes = vec![Note::JaxHeads {
+        q: hq_blk,
+        combined_kv: hkvc_blk,
+        blocks: hq / hq_blk,
+    }];
     if d != 128 {
-        notes.push(format!(
-            "head_dim {d}: the jax kernel is only known to compile for 128 (measured: 256 fails in \
-             tpu.strided_load); serving stacks pad head_dim to 128"
-        ));
+        notes.push(Note::JaxHeadDim(d));
     }
     let buffers = vec![
         buffer(

@@ -21,7 +21,7 @@
 //! `VMEM_BUFFERS`, which the interpret-mode test checks against the rendered module.
 
 use super::spill::SpillFeatures;
-use super::{buffer, Buffer, ModelAccount, VmemError};
+use super::{buffer, Buffer, ModelAccount, Note, VmemError};
 use crate::config::{Dtype, KernelConfig};
 use crate::emit::pallas::{PallasDims, VmemBuffer};
 use crate::target::Target;
@@ -51,8 +51,8 @@ fn to_buffer(t: &Target, b: &VmemBuffer) -> Buffer {
     // kv_buf's two copies are one scratch array with a leading axis of 2; the pipelined
     // windows are two separate allocations.
     if b.name == "kv_buf" {
-        let mut shape = vec![b.copies as u64];
-        shape.extend(&b.shape);
+        let mut shape = super::Dims::from_slice(&[b.copies as u64]);
+        shape.extend_from_slice(&b.shape);
         buffer(t, name, what, dtype, &shape, 1)
     } else {
         buffer(t, name, what, dtype, &b.shape, b.copies as u64)
@@ -74,15 +74,14 @@ pub fn account(cfg: &KernelConfig, t: &Target) -> Result<ModelAccount, VmemError
         &[t.internal_scratch_bytes / 512, 128],
         1,
     ));
-    let mut notes = vec![format!(
-        "heads per block: {} q / {} KV ({} head block(s)); {} folded query rows per KV head",
-        dims.q_heads_per_block, dims.kv_heads_per_block, dims.num_head_blocks, dims.rows
-    )];
+    let mut notes = vec![Note::KernelgenHeads {
+        q: dims.q_heads_per_block as u64,
+        kv: dims.kv_heads_per_block as u64,
+        blocks: dims.num_head_blocks as u64,
+        rows: dims.rows as u64,
+    }];
     if dims.head_dim < 128 {
-        notes.push(format!(
-            "head_dim {}: no padding in HBM; each VMEM row still takes 128 lanes (counted)",
-            dims.head_dim
-        ));
+        notes.push(Note::KernelgenNarrowHeadDim(dims.head_dim as u64));
     }
     let features = SpillFeatures {
         rows: dims.rows as u64,
@@ -157,6 +156,6 @@ mod tests {
         p.page_size = 16;
         let a = account(&KernelConfig::new(p).unwrap(), &t).unwrap();
         let kv = a.buffers.iter().find(|b| b.name == "kv_buf").unwrap();
-        assert_eq!(kv.padded_shape, vec![2, 4, 6, 16, 128]);
+        assert_eq!(kv.padded_shape[..], [2, 4, 6, 16, 128]);
     }
 }

@@ -21,7 +21,8 @@ pub mod suggest;
 
 use crate::config::{Dtype, KernelConfig};
 use crate::target::{fmt_bytes, Target};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+use smallvec::SmallVec;
 use std::fmt;
 
 /// Which kernel's allocations to account (and to fit register spills for, and to compile with
@@ -56,6 +57,10 @@ impl KernelModel {
     }
 }
 
+/// An array's dims as a report holds them: inline up to rank 6 (the buffers of both kernels have
+/// rank 5 at most), so accounting a config puts no shape on the heap. Serializes as a list.
+pub type Dims = SmallVec<[u64; 6]>;
+
 /// One VMEM allocation, itemized.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Buffer {
@@ -64,9 +69,9 @@ pub struct Buffer {
     pub what: &'static str,
     pub dtype: &'static str,
     /// Logical shape of one copy, including the copy axis where the kernel has one.
-    pub shape: Vec<u64>,
+    pub shape: Dims,
     /// Shape after Mosaic's padding (minor dim to 128 lanes, second-minor to the dtype's tile).
-    pub padded_shape: Vec<u64>,
+    pub padded_shape: Dims,
     /// Separate copies the compiler allocates (2 for pipelined windows).
     pub copies: u64,
     pub bytes: u64,
@@ -75,8 +80,8 @@ pub struct Buffer {
 }
 
 /// How VMEM bytes of an array are counted: padding of the last two dims, times element size.
-pub fn padded(target: &Target, dtype: Dtype, shape: &[u64]) -> (Vec<u64>, u64) {
-    let mut p = shape.to_vec();
+pub fn padded(target: &Target, dtype: Dtype, shape: &[u64]) -> (Dims, u64) {
+    let mut p = Dims::from_slice(shape);
     let n = p.len();
     if n >= 1 {
         p[n - 1] = p[n - 1].div_ceil(128) * 128;
@@ -103,7 +108,7 @@ pub fn buffer(
         name,
         what,
         dtype: dtype.mlir(),
-        shape: shape.to_vec(),
+        shape: Dims::from_slice(shape),
         padded_shape,
         copies,
         bytes: bytes * copies,
@@ -145,7 +150,9 @@ pub enum LimitSource {
 pub struct VmemReport {
     pub kernel: KernelModel,
     pub target: &'static str,
-    pub config: String,
+    /// The config checked (one device's heads); serialized as its one-line text.
+    #[serde(serialize_with = "as_text")]
+    pub config: KernelConfig,
     pub buffers: Vec<Buffer>,
     /// Sum of the exact buffers (kernel scratch, windows, internal scratch).
     pub explicit_bytes: u64,
@@ -171,7 +178,112 @@ pub struct VmemReport {
     /// The compiler's first scoped-allocation check: see [`ScopedAllocation`].
     pub scoped: ScopedAllocation,
     /// Adjustments made to match what the kernel actually runs (clamps, head blocks, padding).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
+}
+
+fn as_text<S: Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A remark on a report: an adjustment made to match what the kernel runs, or a limit of the
+/// spill calibration. Held as data and worded only when printed or serialized (as a string), so
+/// checking a grid of configs words none of them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Note {
+    /// How the request became one device's config (clamps, tensor parallelism): see
+    /// [`request::resolve`], which words it once per request.
+    Request(String),
+    /// JAX's kernel: heads per block as its `get_min_heads_per_blk` picks them.
+    JaxHeads {
+        q: u64,
+        combined_kv: u64,
+        blocks: u64,
+    },
+    /// JAX's kernel with a head_dim other than 128.
+    JaxHeadDim(u64),
+    /// kernelgen's kernel: heads per block and the query rows folded onto each KV head.
+    KernelgenHeads {
+        q: u64,
+        kv: u64,
+        blocks: u64,
+        rows: u64,
+    },
+    /// kernelgen's kernel with a head_dim under 128.
+    KernelgenNarrowHeadDim(u64),
+    /// The config's rows x keys lie beyond the spill calibration of `kernel` on `target`.
+    OutsideCalibration {
+        kernel: KernelModel,
+        target: &'static str,
+        rows: u64,
+        keys: u64,
+        max_rows: u64,
+        max_keys: u64,
+    },
+    /// No spill calibration for `kernel` on `target`.
+    Uncalibrated {
+        kernel: KernelModel,
+        target: &'static str,
+    },
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::Request(text) => f.write_str(text),
+            Note::JaxHeads {
+                q,
+                combined_kv,
+                blocks,
+            } => write!(
+                f,
+                "heads per block: {q} q / {combined_kv} combined kv (get_min_heads_per_blk), {blocks} head block(s)"
+            ),
+            Note::JaxHeadDim(d) => write!(
+                f,
+                "head_dim {d}: the jax kernel is only known to compile for 128 (measured: 256 fails in \
+                 tpu.strided_load); serving stacks pad head_dim to 128"
+            ),
+            Note::KernelgenHeads {
+                q,
+                kv,
+                blocks,
+                rows,
+            } => write!(
+                f,
+                "heads per block: {q} q / {kv} KV ({blocks} head block(s)); {rows} folded query rows per KV head"
+            ),
+            Note::KernelgenNarrowHeadDim(d) => write!(
+                f,
+                "head_dim {d}: no padding in HBM; each VMEM row still takes 128 lanes (counted)"
+            ),
+            Note::OutsideCalibration {
+                kernel,
+                target,
+                rows,
+                keys,
+                max_rows,
+                max_keys,
+            } => write!(
+                f,
+                "{rows} rows x {keys} keys per KV head is outside the spill calibration for {} on {target} \
+                 (up to {max_rows} rows, {max_keys} keys): the verdict is uncertain unless the exact buffers \
+                 alone exceed the limit; use --oracle",
+                kernel.name()
+            ),
+            Note::Uncalibrated { kernel, target } => write!(
+                f,
+                "no spill calibration for {} on {target}: the verdict is uncertain unless far from the limit; \
+                 use --oracle",
+                kernel.name()
+            ),
+        }
+    }
+}
+
+impl Serialize for Note {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// What the TPU compiler allocates in scoped VMEM before anything else: the kernel's scratch
@@ -275,7 +387,7 @@ pub enum VmemError {
 pub struct ModelAccount {
     pub buffers: Vec<Buffer>,
     pub features: spill::SpillFeatures,
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 impl KernelModel {
@@ -319,24 +431,26 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
     let spill = spill::estimate_with(req.kernel, t, &account.features, explicit_bytes);
     if spill.outside_domain {
         let m = spill.model.expect("a domain comes with a model");
-        notes.push(format!(
-            "{} rows x {} keys per KV head is outside the spill calibration for {} on {} (up to {} rows, {} keys): \
-             the verdict is uncertain unless the exact buffers alone exceed the limit; use --oracle",
-            account.features.rows, account.features.keys, req.kernel.name(), t.name, m.max_rows, m.max_keys
-        ));
+        notes.push(Note::OutsideCalibration {
+            kernel: req.kernel,
+            target: t.name,
+            rows: account.features.rows,
+            keys: account.features.keys,
+            max_rows: m.max_rows,
+            max_keys: m.max_keys,
+        });
     } else if spill.model.is_none() {
-        notes.push(format!(
-            "no spill calibration for {} on {}: the verdict is uncertain unless far from the limit; use --oracle",
-            req.kernel.name(),
-            t.name
-        ));
+        notes.push(Note::Uncalibrated {
+            kernel: req.kernel,
+            target: t.name,
+        });
     }
     buffers.push(Buffer {
         name: "spills",
         what: "register spills and vector temporaries (fitted to the TPU compiler)",
         dtype: "u8",
-        shape: vec![spill.bytes],
-        padded_shape: vec![spill.bytes],
+        shape: smallvec::smallvec![spill.bytes],
+        padded_shape: smallvec::smallvec![spill.bytes],
         copies: 1,
         bytes: spill.bytes,
         exact: false,
@@ -353,7 +467,7 @@ pub fn check(req: &CheckRequest) -> Result<VmemReport, VmemError> {
     Ok(VmemReport {
         kernel: req.kernel,
         target: t.name,
-        config: req.cfg.to_string(),
+        config: req.cfg.clone(),
         buffers,
         explicit_bytes,
         total_bytes,
@@ -408,7 +522,7 @@ mod tests {
         assert_eq!(padded(&v7x, Dtype::F32, &[1, 64, 128]).1, 0x8000);
         assert_eq!(padded(&v7x, Dtype::F32, &[8, 8, 128]).1, 0x8000);
         // head_dim 64 pads to 128 lanes
-        assert_eq!(padded(&v5p, Dtype::F32, &[8, 8, 64]).0, vec![8, 8, 128]);
+        assert_eq!(padded(&v5p, Dtype::F32, &[8, 8, 64]).0[..], [8, 8, 128]);
     }
 
     #[test]

@@ -75,6 +75,14 @@ impl Resolved {
             vmem_limit: self.limit,
         }
     }
+
+    /// [`super::check`] of [`Self::request`], its report's notes led by this request's own.
+    pub fn check(&self) -> Result<super::VmemReport, super::VmemError> {
+        let mut report = super::check(&self.request())?;
+        let own = self.notes.iter().cloned().map(super::Note::Request);
+        report.notes.splice(0..0, own);
+        Ok(report)
+    }
 }
 
 /// Resolves `params` (the whole model's config, not yet validated) for `model` on `target`:

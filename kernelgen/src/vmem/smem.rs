@@ -7,7 +7,7 @@
 //! own constants: an overflow with 1 MiB + 2 KiB of operands reported "exceeded by 3.1K", so
 //! about 1.1 KiB.
 
-use super::{KernelModel, Verdict};
+use super::{Dims, KernelModel, Verdict};
 use crate::config::KernelConfig;
 use crate::target::Target;
 use serde::Serialize;
@@ -20,7 +20,7 @@ const UNCERTAINTY_BYTES: u64 = 64;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SmemItem {
     pub name: &'static str,
-    pub shape: Vec<u64>,
+    pub shape: Dims,
     pub bytes: u64,
 }
 
@@ -89,27 +89,25 @@ pub fn room(cfg: &KernelConfig, t: &Target, kernel: KernelModel) -> SmemRoom {
 }
 
 fn account_shape(s: u64, pps: u64, t: &Target, kernel: KernelModel) -> SmemReport {
-    let mut arrays: Vec<(&'static str, Vec<u64>)> = vec![("kv_lens", vec![s])];
+    let item = |name: &'static str, shape: &[u64]| SmemItem {
+        name,
+        shape: Dims::from_slice(shape),
+        bytes: padded_i32(shape),
+    };
+    let mut items = Vec::with_capacity(6);
+    items.push(item("kv_lens", &[s]));
     match kernel {
-        KernelModel::JaxRpa => arrays.push(("page_indices", vec![s, pps])),
-        KernelModel::Kernelgen => arrays.push(("page_indices (flattened)", vec![s * pps])),
+        KernelModel::JaxRpa => items.push(item("page_indices", &[s, pps])),
+        KernelModel::Kernelgen => items.push(item("page_indices (flattened)", &[s * pps])),
     }
-    arrays.push(("cu_q_lens", vec![s + 1]));
+    items.push(item("cu_q_lens", &[s + 1]));
     if kernel == KernelModel::JaxRpa {
-        arrays.push(("kernel state (seq_idx, buf_idx)", vec![2]));
+        items.push(item("kernel state (seq_idx, buf_idx)", &[2]));
     }
-    arrays.push(("num_seqs", vec![1]));
-    let mut items: Vec<SmemItem> = arrays
-        .into_iter()
-        .map(|(name, shape)| SmemItem {
-            name,
-            bytes: padded_i32(&shape),
-            shape,
-        })
-        .collect();
+    items.push(item("num_seqs", &[1]));
     items.push(SmemItem {
         name: "compiler reserved",
-        shape: vec![],
+        shape: Dims::new(),
         bytes: RESERVED_BYTES,
     });
     let total_bytes = items.iter().map(|i| i.bytes).sum();
