@@ -1,4 +1,4 @@
-//! `kernelgen bench decode` and `bench kernel` as users run them: every figure is the median of
+//! `kernelgen bench decode`, `bench kernel` and `bench check` as users run them: every figure is the median of
 //! the measured rounds and lies inside the spread printed beside it; bad options are refused
 //! before any work.
 
@@ -105,6 +105,77 @@ fn zero_repeats_is_refused_naming_the_flag() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--repeats"), "{err}");
+}
+
+/// `bench check` counts the checker's own verdicts: each kernel's counts per pass are what
+/// `vmem::check` gives over the grid, every config is counted once (a config the kernel cannot
+/// run as unsupported), and the throughput is the configs over the seconds it printed.
+#[test]
+fn check_bench_counts_the_checkers_verdicts_over_the_grid() {
+    use kernelgen::vmem::{check, CheckRequest, KernelModel, Verdict};
+    let o = kernelgen(&["bench", "check", "--passes", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let grid = kernelgen::bench::check::grid();
+    assert_eq!(r["grid"].as_u64(), Some(grid.len() as u64));
+    let kernels = r["kernels"].as_array().unwrap();
+    let names: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jax-rpa", "kernelgen"]);
+    for (k, model) in kernels
+        .iter()
+        .zip([KernelModel::JaxRpa, KernelModel::Kernelgen])
+    {
+        let mut want = [0u64; 4];
+        for (cfg, target) in &grid {
+            let req = CheckRequest {
+                cfg,
+                target: *target,
+                kernel: model,
+                vmem_limit: None,
+            };
+            want[match check(&req).map(|r| r.verdict) {
+                Ok(Verdict::Fits) => 0,
+                Ok(Verdict::DoesNotFit) => 1,
+                Ok(Verdict::Uncertain) => 2,
+                Err(_) => 3,
+            }] += 1;
+        }
+        let v = &k["verdicts"];
+        let got = [
+            v[0].as_u64().unwrap(),
+            v[1].as_u64().unwrap(),
+            v[2].as_u64().unwrap(),
+            k["unsupported"].as_u64().unwrap(),
+        ];
+        assert_eq!(got, want, "{k}");
+        assert_eq!(k["configs"].as_u64(), Some(2 * grid.len() as u64));
+        let (configs, seconds) = (2.0 * grid.len() as f64, k["seconds"].as_f64().unwrap());
+        let rate = k["configs_per_s"].as_f64().unwrap();
+        assert!(
+            seconds > 0.0 && (rate - configs / seconds).abs() <= 1e-9 * rate,
+            "{k}"
+        );
+    }
+    // An unknown kernel is refused naming the ones there are; zero passes naming the flag.
+    let o = kernelgen(&[
+        "bench",
+        "check",
+        "--kernel",
+        "kernelgen,jax",
+        "--passes",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("jax") && err.contains("jax-rpa, kernelgen"),
+        "{err}"
+    );
+    let o = kernelgen(&["bench", "check", "--passes", "0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--passes"));
 }
 
 /// Builds a small SmolLM2-geometry f32 kernel artifact with `kv` pages per block and

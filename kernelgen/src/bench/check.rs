@@ -11,14 +11,28 @@ use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
+    /// Passes over the grid.
+    pub passes: usize,
+    /// Configs in the grid (the same for every kernel).
+    pub grid: usize,
+    /// One row per kernel model, each timed over the whole grid `passes` times.
+    pub kernels: Vec<KernelThroughput>,
+    /// One real TPU compile of a grid config (JAX's kernel), when asked for: its seconds and
+    /// verdict.
+    pub oracle: Option<(f64, String)>,
+}
+
+/// The checker's speed on one kernel model's formula.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelThroughput {
+    pub kernel: KernelModel,
     /// Configs checked (grid size x passes).
     pub configs: usize,
     pub seconds: f64,
     pub configs_per_s: f64,
-    /// Per pass: fit, do not fit, uncertain.
+    /// Per pass: fit, do not fit, uncertain, and configs the kernel cannot run (a clear error).
     pub verdicts: [usize; 3],
-    /// One real TPU compile of a grid config, when asked for: its seconds and verdict.
-    pub oracle: Option<(f64, String)>,
+    pub unsupported: usize,
 }
 
 /// 5 targets x 12 head layouts x 5 page sizes x 5 q_blocks x 7 kv_pages_blocks x 2 dtypes.
@@ -73,62 +87,92 @@ pub fn grid() -> Vec<(KernelConfig, Target)> {
     out
 }
 
-/// Checks the grid `passes` times; with `oracle`, also times one real compile (`on_setup` hears
-/// about a first-time venv install).
+/// Checks the grid `passes` times with each of `kernels`; with `oracle`, also times one real
+/// compile (`on_setup` hears about a first-time venv install).
 pub fn run(
     passes: usize,
+    kernels: &[KernelModel],
     oracle: bool,
     on_setup: &mut dyn FnMut(&str),
 ) -> Result<CheckReport, BenchError> {
     if passes == 0 {
         return Err(BenchError::Options("--passes must be >= 1".into()));
     }
-    let grid = grid();
-    let mut counts = [0usize; 3];
-    let start = Instant::now();
-    for _ in 0..passes {
-        for (cfg, t) in &grid {
-            let r = check(&CheckRequest {
-                cfg,
-                target: *t,
-                kernel: KernelModel::JaxRpa,
-                vmem_limit: None,
-            });
-            if let Ok(r) = r {
-                counts[match r.verdict {
-                    Verdict::Fits => 0,
-                    Verdict::DoesNotFit => 1,
-                    Verdict::Uncertain => 2,
-                }] += 1;
-            }
-        }
+    if kernels.is_empty() {
+        return Err(BenchError::Options(
+            "--kernel: give at least one kernel".into(),
+        ));
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let configs = grid.len() * passes;
+    let grid = grid();
+    let kernels = kernels
+        .iter()
+        .map(|&k| throughput(&grid, k, passes))
+        .collect();
     let oracle = if oracle {
-        let (cfg, t) = grid
-            .iter()
-            .find(|(c, t)| {
-                t.name == "v5p"
-                    && c.page_size() == 64
-                    && c.q_block() == 16
-                    && c.kv_pages_block() == 16
-            })
-            .expect("the grid holds llama3-8b at page 64, q16 kv16 on v5p");
-        let mut o = Oracle::start(on_setup).map_err(crate::Error::from)?;
-        let req = checked_config_request(cfg, t, KernelModel::JaxRpa, None)?;
-        o.compile(&req).map_err(crate::Error::from)?; // the first compile pays jax's warm-up
-        let t0 = Instant::now();
-        let resp = o.compile(&req).map_err(crate::Error::from)?;
-        Some((t0.elapsed().as_secs_f64(), resp.verdict.to_string()))
+        Some(one_compile(&grid, on_setup)?)
     } else {
         None
     };
     Ok(CheckReport {
+        passes,
+        grid: grid.len(),
+        kernels,
+        oracle,
+    })
+}
+
+fn throughput(
+    grid: &[(KernelConfig, Target)],
+    kernel: KernelModel,
+    passes: usize,
+) -> KernelThroughput {
+    let mut counts = [0usize; 4];
+    let start = Instant::now();
+    for _ in 0..passes {
+        for (cfg, t) in grid {
+            let r = check(&CheckRequest {
+                cfg,
+                target: *t,
+                kernel,
+                vmem_limit: None,
+            });
+            counts[match r.map(|r| r.verdict) {
+                Ok(Verdict::Fits) => 0,
+                Ok(Verdict::DoesNotFit) => 1,
+                Ok(Verdict::Uncertain) => 2,
+                Err(_) => 3,
+            }] += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let configs = grid.len() * passes;
+    let [fit, no, unsure, unsupported] = counts.map(|c| c / passes);
+    KernelThroughput {
+        kernel,
         configs,
         seconds,
         configs_per_s: configs as f64 / seconds,
-        verdicts: counts.map(|c| c / passes),
-        oracle,
-    })
+        verdicts: [fit, no, unsure],
+        unsupported,
+    }
+}
+
+/// Seconds and verdict of one real TPU compile of llama3-8b at page 64, q16 kv16 on v5p (JAX's
+/// kernel), after a first compile that pays jax's warm-up.
+fn one_compile(
+    grid: &[(KernelConfig, Target)],
+    on_setup: &mut dyn FnMut(&str),
+) -> Result<(f64, String), BenchError> {
+    let (cfg, t) = grid
+        .iter()
+        .find(|(c, t)| {
+            t.name == "v5p" && c.page_size() == 64 && c.q_block() == 16 && c.kv_pages_block() == 16
+        })
+        .expect("the grid holds llama3-8b at page 64, q16 kv16 on v5p");
+    let mut o = Oracle::start(on_setup).map_err(crate::Error::from)?;
+    let req = checked_config_request(cfg, t, KernelModel::JaxRpa, None)?;
+    o.compile(&req).map_err(crate::Error::from)?;
+    let t0 = Instant::now();
+    let resp = o.compile(&req).map_err(crate::Error::from)?;
+    Ok((t0.elapsed().as_secs_f64(), resp.verdict.to_string()))
 }
