@@ -323,7 +323,7 @@ fn run_programs(a: ProgramsBenchArgs) -> anyhow::Result<ExitCode> {
 #[derive(Args, Debug)]
 #[command(
     after_help = "Checks a grid of configs (5 targets x 12 head layouts x 5 page sizes x 5 q_blocks x \
-7 kv_pages_blocks x 2 dtypes = 21,000) several times with each kernel's formula and prints configs/s against the \
+7 kv_pages_blocks x 2 dtypes = 21,000) once untimed, then --passes times, with each kernel's formula and prints configs/s against the \
 500,000/s target (issue 18). A config a kernel cannot run (JAX's kernel needs 2 x KV heads XLA-tileable) is checked \
 too (its clear error) and counted as unsupported. With --oracle, also compiles one config with the real TPU \
 compiler in the same run and prints the speedup.
@@ -331,8 +331,8 @@ compiler in the same run and prints the speedup.
 Example: kernelgen bench check --passes 20 --json"
 )]
 pub struct CheckBenchArgs {
-    /// Passes over the grid
-    #[arg(long, default_value_t = 5)]
+    /// Timed passes over the grid, per kernel (after one untimed pass)
+    #[arg(long, default_value_t = 20)]
     pub passes: usize,
     /// Kernel models to time, comma-separated: jax-rpa, kernelgen
     #[arg(long, value_delimiter = ',', default_value = "jax-rpa,kernelgen")]
