@@ -136,17 +136,15 @@ fn spill_constants_match_a_refit_of_the_data() {
 
 /// Each kernel's verdict band, relative to the estimated total at its fit points with an
 /// estimate of at least a quarter of the default limit (`kernelgen calibrate --kernel K`), no
-/// wider than today's on any target: kernelgen's within 5% at the median and 10% at the widest,
-/// issue 18's target (today 4.4-5.5% above / 7.2-8.7% below at the widest, the median at most
-/// 3.9%); JAX's within 20% and 21% (today 11-19% above / 13-20% below at the median, 11-20% /
-/// 13-21% at the widest), where issue 18 asks for +-10%. A wider band sends more configs to
-/// `uncertain`.
+/// wider than today's on any target: kernelgen's within 5% at the median and 10% at the widest
+/// on v5e-v7x, issue 18's targets (today 4.4-5.5% above / 7.2-8.7% below at the widest, the
+/// median at most 3.9%), and within 7% and 13% on v4 (today 6.3% / 4.7% at the median, 12% /
+/// 9% at the widest, 97 points: its spills scatter more); JAX's within 20% and 21% (today 11-19%
+/// above / 13-20% below at the median, 11-20% / 13-21% at the widest), where issue 18 asks for
+/// +-10%. A wider band sends more configs to `uncertain`.
 #[test]
 fn bands_are_no_wider_than_today() {
-    for (kernel, median, widest) in [
-        (KernelModel::Kernelgen, 0.05, 0.10),
-        (KernelModel::JaxRpa, 0.20, 0.21),
-    ] {
+    for kernel in KERNELS {
         let fit = fit_all(&points(kernel));
         let mut targets = 0;
         for (k, target, w) in &fit.widths {
@@ -157,6 +155,11 @@ fn bands_are_no_wider_than_today() {
                 "{target}: {} points above the floor",
                 w.points
             );
+            let (median, widest) = match (kernel, *target) {
+                (KernelModel::Kernelgen, "v4") => (0.07, 0.13),
+                (KernelModel::Kernelgen, _) => (0.05, 0.10),
+                (KernelModel::JaxRpa, _) => (0.20, 0.21),
+            };
             for (what, up, down, most) in [
                 ("median", w.median_up, w.median_down, median),
                 ("widest", w.max_up, w.max_down, widest),
@@ -285,10 +288,10 @@ fn the_compilers_scoped_size_is_the_scratch_figure() {
 }
 
 /// Issue 18's target for `uncertain` on the held-out split (`kernelgen calibrate --heldout`
-/// today: 7 of 170, 4.1%: jax-rpa 7 of 70, kernelgen 0 of 100).
+/// today: 9 of 192, 4.7%: jax-rpa 9 of 77, kernelgen 0 of 115; 7 of 170 before the v4 points).
 const HELDOUT_MAX_UNCERTAIN_PCT: usize = 5;
 
-/// The held-out split (`kernelgen/data/vmem_oracle_heldout.jsonl`: both kernels on v5e, v5p,
+/// The held-out split (`kernelgen/data/vmem_oracle_heldout.jsonl`: both kernels on v4, v5e, v5p,
 /// v6e and v7x, GQA groups 1-16, head_dim 64-256, a third at raised limits, another seed),
 /// whose configs no fit reads: how the checker does on configs it was not fitted to. Zero
 /// wrong verdicts; `uncertain` may not exceed today's share (HELDOUT_MAX_UNCERTAIN_PCT).

@@ -137,6 +137,32 @@ pub const FITTED: &[(KernelModel, &str, SpillModel)] = &[
     ),
     (
         KernelModel::Kernelgen,
+        "v4",
+        SpillModel {
+            form: SpillForm::LogLinear,
+            coef: [
+                -9.345581349370127e0,
+                2.0824403137563727e-1,
+                8.007903761781077e-1,
+                4.641344043057794e0,
+                2.0978475069267422e-1,
+                5.658054140814854e-1,
+                -1.54482051425771e-1,
+                2.554648168592286e-1,
+                -1.9097056790890715e-1,
+                -2.6936898106198745e-2,
+            ],
+            under: 4.5879809976412006e-1,
+            under_abs: 1.5241963636049256e5,
+            over: 3.5514483752386683e-1,
+            over_abs: 1.0732388163452409e5,
+            points: 79,
+            max_rows: 512,
+            max_keys: 512,
+        },
+    ),
+    (
+        KernelModel::Kernelgen,
         "v5e",
         SpillModel {
             form: SpillForm::LogLinear,
